@@ -8,6 +8,8 @@ A cache is a folder:
     lam_actions.npy   (N,) int16: latent action of the transition out of each frame (-1 at an
                       episode's last frame or when no LAM was given)
     actions.npy       (N,) int16: the store's true actions (-1 where unknown)
+    indices.npy       (N, s) int16: VQ code indices, only when the tokenizer is VQ (the MaskGIT
+                      frame model trains on them; cache.json then has "codebook_size")
 
 `LatentClips` draws fixed-length clips that never cross an episode boundary, deterministically
 from (seed, rank, step), from memory or from the GPU.
@@ -52,6 +54,11 @@ def build_latent_cache(store, tokenizer, out: str | os.PathLike, lam=None, chunk
     n = int(store.num_frames)
     s, c = tokenizer.cfg.tokens_per_frame, tokenizer.cfg.latent_dim
     lat = open_memmap(tmp / "latents.npy", mode="w+", dtype=np.float16, shape=(n, s, c))
+    vq = tokenizer.cfg.bottleneck == "vq"
+    if vq and tokenizer.cfg.codebook_size > np.iinfo(np.int16).max + 1:
+        raise ValueError(f"codebooks of more than 32768 codes do not fit indices.npy (int16), got "
+                         f"{tokenizer.cfg.codebook_size}")
+    codes = open_memmap(tmp / "indices.npy", mode="w+", dtype=np.int16, shape=(n, s)) if vq else None
     lam_act = open_memmap(tmp / "lam_actions.npy", mode="w+", dtype=np.int16, shape=(n,))
     true_act = open_memmap(tmp / "actions.npy", mode="w+", dtype=np.int16, shape=(n,))
     lam_act[:] = -1
@@ -68,7 +75,12 @@ def build_latent_cache(store, tokenizer, out: str | os.PathLike, lam=None, chunk
             group = items[i:i + batch_size]
             frames = torch.from_numpy(np.stack([np.asarray(store.frames(e, a, b)) for e, a, b in group]))
             frames = frames.to(device)
-            z = tokenizer.encode(frames).to(torch.float16).cpu().numpy()  # (g, L, s, c)
+            if vq:  # one encoder pass: indices, and the latents are their normalised code vectors
+                idx = tokenizer.encode_indices(frames)  # (g, L, s)
+                z = tokenizer.normalize(tokenizer.vq.lookup(idx).float()).to(torch.float16).cpu().numpy()
+                idx = idx.cpu().numpy().astype(np.int16)
+            else:
+                z = tokenizer.encode(frames).to(torch.float16).cpu().numpy()  # (g, L, s, c)
             acts = lam.infer_actions(frames).cpu().numpy() if lam is not None and length > 1 else None
             for j, (e, a, b) in enumerate(group):
                 base = episodes[e][0]
@@ -76,19 +88,22 @@ def build_latent_cache(store, tokenizer, out: str | os.PathLike, lam=None, chunk
                 # had history; each frame is written once
                 skip = 0 if a == 0 else 1
                 lat[base + a + skip: base + b] = z[j, skip:]
+                if vq:
+                    codes[base + a + skip: base + b] = idx[j, skip:]
                 if acts is not None:
                     lam_act[base + a: base + b - 1] = acts[j]
                 pbar.update(b - a - skip)
     pbar.close()
     for e, (base, length) in enumerate(episodes):
         true_act[base: base + length] = store.episode(e)["actions"]
-    for arr in (lat, lam_act, true_act):
+    for arr in (lat, lam_act, true_act) + ((codes,) if vq else ()):
         arr.flush()
-    del lat, lam_act, true_act
+    del lat, lam_act, true_act, codes
     atomic_write_json(tmp / "cache.json", {
         "format": "driftless-latents", "version": 1, "num_frames": n, "tokens": s, "latent_dim": c,
         "episodes": episodes, "tokenizer": str(tokenizer_path), "lam": str(lam_path) if lam is not None else None,
         "num_lam_actions": int(lam.cfg.num_actions) if lam is not None else 0,
+        **({"codebook_size": int(tokenizer.cfg.codebook_size)} if vq else {}),
     })
     if out.exists():
         shutil.rmtree(out)
@@ -109,6 +124,8 @@ class LatentCache:
         self.latents = np.load(self.root / "latents.npy", mmap_mode="r")
         self.lam_actions = np.load(self.root / "lam_actions.npy", mmap_mode="r")
         self.actions = np.load(self.root / "actions.npy", mmap_mode="r")
+        ipath = self.root / "indices.npy"  # VQ caches only
+        self.indices = np.load(ipath, mmap_mode="r") if ipath.exists() else None
         self.episodes = np.asarray(self.meta["episodes"], dtype=np.int64).reshape(-1, 2)
 
 
@@ -116,7 +133,8 @@ class LatentClips:
     """Endless deterministic batches of latent clips for the dynamics model.
 
     Each batch: {"latents": (b, T, s, c) float32, "actions": (b, T-1) int64} where actions are
-    the LAM's or the true ones (`action_source`), or absent for "none".
+    the LAM's or the true ones (`action_source`), or absent for "none"; a cache of a VQ
+    tokenizer adds "indices": (b, T, s) int64 code indices.
     """
 
     def __init__(self, cache: LatentCache, clip_len: int, batch_size: int, action_source: str = "lam",
@@ -132,6 +150,8 @@ class LatentClips:
         self.starts = torch.from_numpy(np.concatenate(starts))
         where = self.device if on_device else torch.device("cpu")
         self.latents = torch.from_numpy(np.ascontiguousarray(cache.latents)).to(where)
+        self.indices = (torch.from_numpy(np.ascontiguousarray(cache.indices)).to(where)
+                        if cache.indices is not None else None)
         acts = {"lam": cache.lam_actions, "true": cache.actions}.get(action_source)
         self.actions = torch.from_numpy(np.asarray(acts, dtype=np.int64)).to(where) if acts is not None else None
         if self.actions is not None and action_source == "lam" and cache.meta.get("lam") is None:
@@ -142,6 +162,8 @@ class LatentClips:
         pick = self.starts[torch.randint(0, len(self.starts), (self.batch_size,), generator=g)]
         idx = (pick[:, None] + torch.arange(self.clip_len)).to(self.latents.device)  # (b, T)
         out = {"latents": self.latents[idx].to(self.device, non_blocking=True).float()}
+        if self.indices is not None:
+            out["indices"] = self.indices[idx].to(self.device, non_blocking=True).long()
         if self.actions is not None:
             a = self.actions[idx[:, :-1]].to(self.device)
             if bool((a < 0).any()):

@@ -336,6 +336,9 @@ class Dynamics(nn.Module):
         from driftless.diffusion.scheduling import sample_matrix, schedule_matrix
 
         cfg = self.cfg
+        if cfg.frame_model != "forcing":
+            raise ValueError(f"scheduling-matrix rollouts denoise whole frames: they need frame_model='forcing', "
+                             f"this model is {cfg.frame_model!r} (use schedule='autoregressive')")
         steps = cfg.diffusion.sampling_steps if steps is None else steps
         if actions is not None:
             b, h, device = actions.shape[0], actions.shape[1], actions.device

@@ -14,7 +14,9 @@ from driftless.models import registry
 
 def make_debug_world(out: str | Path, seed: int = 0, num_actions: int = 4, action_map: dict | None = None,
                      dynamics_overrides: dict | None = None) -> Path:
-    """Write a world folder of random-weight debug components (64x64, |A| = num_actions)."""
+    """Write a world folder of random-weight debug components (64x64, |A| = num_actions).
+    `dynamics_overrides` may choose the frame model, e.g. {"frame_model": "mar"}; "maskgit"
+    comes with a VQ debug tokenizer whose codebook matches."""
     from driftless.config import override
     from driftless.world.build import build_world
 
@@ -23,11 +25,13 @@ def make_debug_world(out: str | Path, seed: int = 0, num_actions: int = 4, actio
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tok_cfg = registry.preset("tokenizer", "debug")
-        tok_cfg.latent_mean = [0.0] * tok_cfg.latent_dim
-        tok_cfg.latent_std = [1.0] * tok_cfg.latent_dim
         lam_cfg = override(registry.preset("lam", "debug"), {"num_actions": num_actions})
         dyn_cfg = override(registry.preset("dynamics", "debug"),
                            {"latent_dim": tok_cfg.latent_dim, "num_actions": num_actions, **(dynamics_overrides or {})})
+        if dyn_cfg.frame_model == "maskgit":  # MaskGIT reads VQ codes: a VQ tokenizer with its codebook
+            tok_cfg = override(tok_cfg, {"bottleneck": "vq", "codebook_size": dyn_cfg.maskgit.codebook_size})
+        tok_cfg.latent_mean = [0.0] * tok_cfg.latent_dim
+        tok_cfg.latent_std = [1.0] * tok_cfg.latent_dim
         paths = {}
         for kind, cfg in (("tokenizer", tok_cfg), ("lam", lam_cfg), ("dynamics", dyn_cfg)):
             model = registry.build(kind, cfg)
