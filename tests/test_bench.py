@@ -11,14 +11,6 @@ from driftless.eval.bench import (GenerateBenchConfig, TrainBenchConfig, bench_g
                                   peak_key, resolve_peak, stats)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_stats_median_and_iqr():
     s = stats([5.0, 1.0, 3.0, 2.0, 4.0])
     assert (s["median"], s["q25"], s["q75"], s["iqr"], s["min"], s["max"], s["n"]) == (3, 2, 4, 2, 1, 5, 5)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 CHROMIUM = "/usr/bin/chromium"
@@ -53,8 +52,6 @@ def server(tmp_path_factory):
     from driftless.world.debug import make_debug_world
     from driftless.world.world import load
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     path = os.environ.get("DRIFTLESS_PLAY_WORLD") or make_debug_world(
         tmp_path_factory.mktemp("browser") / "world", action_map=ACTION_MAP)
     world = load(path)
@@ -70,7 +67,6 @@ def server(tmp_path_factory):
     yield {"url": f"http://127.0.0.1:{port}/", "app": app, "world": world}
     srv.should_exit = True
     thread.join(timeout=10)
-    torch.set_num_threads(threads)
 
 
 def canvas_pixels(page) -> np.ndarray:

@@ -27,15 +27,6 @@ from driftless.diffusion.gaussian import DiffusionConfig, GaussianDiffusion
 from driftless.nn.mlp_denoiser import MLPDenoiser, MLPDenoiserConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is fastest (no hand-offs) and leaves the other core free."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---- the sampler against an exact denoiser ---------------------------------------------------
 
 def exact_gaussian_denoiser(diffusion: GaussianDiffusion, mu: torch.Tensor, sd: float):
@@ -113,7 +104,7 @@ def mode_mass(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def toy(one_thread):
+def toy():
     torch.manual_seed(0)
     cfg = DiffLossConfig(token_dim=2, cond_dim=4, width=64, depth=3, freq_dim=64,
                          sampling_steps=SAMPLING_STEPS)

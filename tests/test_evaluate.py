@@ -26,14 +26,6 @@ RES, P = 32, 8
 SHIFTS = [(0, 2), (0, -2), (2, 0), (-2, 0)]  # (dy, dx) of each action
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _shift(frames: torch.Tensor, actions) -> torch.Tensor:
     """frames (b, H, W, 3), actions (b,) -> each frame rolled by its action's shift."""
     return torch.stack([torch.roll(f, SHIFTS[int(a)], dims=(0, 1)) for f, a in zip(frames, actions)])
@@ -77,7 +69,7 @@ class ToyDynamics(nn.Module):
         self.tok, self.mode, self.noise = tok, mode, noise
         self.replay = None if replay is None else torch.from_numpy(np.array(replay))
         self.cfg = SimpleNamespace(num_actions=len(SHIFTS), action_source=source, context_window=8,
-                                   latent_dim=tok.cfg.latent_dim, tokens_per_frame=tok.cfg.tokens_per_frame)
+                                   frame_model="forcing", latent_dim=tok.cfg.latent_dim, tokens_per_frame=tok.cfg.tokens_per_frame)
 
     def frame_actions(self, trans, b, t, device):
         return None

@@ -4,19 +4,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from driftless.cli import main
 
 DATA = "synthetic:dim=2,length=300,prediction_length=4,test_windows=3,period=6"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.slow

@@ -13,15 +13,6 @@ from driftless.models.forecaster import Forecaster, preset
 from driftless.train.forecast import ForecastTrainConfig, load_forecaster, save_forecaster, train_forecaster
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is fastest, and far faster on a shared, loaded CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _random_model(backbone, **kw):
     torch.manual_seed(0)
     cfg = preset("debug", target_dim=3, backbone=backbone, context_length=6, prediction_length=5,

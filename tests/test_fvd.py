@@ -9,14 +9,6 @@ from driftless.eval.fvd import (I3DFeatures, InceptionI3D, convert_state_dict, f
                                 load_i3d, save_random_i3d)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_frechet_distance_closed_forms():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((6, 6))

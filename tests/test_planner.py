@@ -39,7 +39,6 @@ def _room_data(n=4000, length=8, seed=0):
 
 @pytest.fixture(scope="module")
 def room_model():
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     x, c = _room_data()
     cfg = copy.deepcopy(sdf.PRESETS["debug"])

@@ -32,7 +32,6 @@ def test_classify():
 
 
 def test_rollout_modes_run():
-    torch.set_num_threads(1)
     model = cross_eval.train_cross_model(steps=5)
     p_mem, starts = cross_eval.rollout(model, 4, memory=True, horizon=8)
     p_free, _ = cross_eval.rollout(model, 4, memory=False, horizon=8)

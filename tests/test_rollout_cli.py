@@ -23,10 +23,7 @@ ACTION_MAP = {"keys": {"ArrowLeft": 1, "ArrowRight": 2, "ArrowUp": 3, " ": 3, "A
 def world_dir(tmp_path_factory):
     from driftless.world.debug import make_debug_world
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model: one thread is fastest on 2 shared cores
-    yield make_debug_world(tmp_path_factory.mktemp("rollout") / "world", action_map=ACTION_MAP)
-    torch.set_num_threads(threads)
+    return make_debug_world(tmp_path_factory.mktemp("rollout") / "world", action_map=ACTION_MAP)
 
 
 @pytest.fixture(scope="module")

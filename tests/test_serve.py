@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -27,11 +26,8 @@ def play_world(tmp_path_factory):
     from driftless.world.debug import make_debug_world
     from driftless.world.world import load
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the debug world is tiny: one thread avoids contention on 2 shared cores
     world = load(make_debug_world(tmp_path_factory.mktemp("play") / "world", action_map=ACTION_MAP))
     yield world
-    torch.set_num_threads(threads)
 
 
 def png_bytes(w=96, h=64, seed=0, fmt="PNG"):
