@@ -66,9 +66,11 @@ def register(sub) -> None:
     i.add_argument("store", metavar="DIR", help="store folder")
     i.set_defaults(func=_info)
 
+    from driftless.cli.image_data import register_games
     from driftless.cli.maze_data import register_maze
 
     register_maze(dsub)
+    register_games(dsub)
 
 
 def _coinrun(args) -> int:

@@ -28,6 +28,7 @@ KINDS: dict[str, ModelKind] = {
     "tokenizer": ModelKind("tokenizer", "Tokenizer", "TokenizerConfig"),
     "lam": ModelKind("lam", "LatentActionModel", "LAMConfig"),
     "dynamics": ModelKind("dynamics", "Dynamics", "DynamicsConfig"),
+    "image": ModelKind("image", "ImageMAR", "ImageConfig"),
 }
 
 
