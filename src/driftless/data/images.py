@@ -76,16 +76,11 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
     """One image -> uint8 (size, size, 3): RGB, centre-cropped to a square, area-resized."""
     from PIL import Image, UnidentifiedImageError
 
+    from driftless.data.videos import square_resize
+
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            s = min(w, h)
-            left, top = (w - s) // 2, (h - s) // 2
-            im = im.crop((left, top, left + s, top + s))
-            if s != size:
-                im = im.resize((size, size), Image.BOX if s > size else Image.BICUBIC)
-            return np.asarray(im, dtype=np.uint8)
+            return square_resize(im, size, area=True)
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from e
 

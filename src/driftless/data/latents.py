@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,14 @@ class LatentCache:
         self.episodes = np.asarray(self.meta["episodes"], dtype=np.int64).reshape(-1, 2)
 
 
+def _readonly_tensor(arr: np.ndarray) -> torch.Tensor:
+    """A tensor over a read-only memory map, without copying it into RAM (clips only index it;
+    nothing ever writes to it, so torch's warning about non-writable arrays does not apply)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+
 class LatentClips:
     """Endless deterministic batches of latent clips for the dynamics model.
 
@@ -149,9 +158,8 @@ class LatentClips:
             raise ValueError(f"no episode in {cache.root} is at least {clip_len} frames long")
         self.starts = torch.from_numpy(np.concatenate(starts))
         where = self.device if on_device else torch.device("cpu")
-        self.latents = torch.from_numpy(np.ascontiguousarray(cache.latents)).to(where)
-        self.indices = (torch.from_numpy(np.ascontiguousarray(cache.indices)).to(where)
-                        if cache.indices is not None else None)
+        self.latents = _readonly_tensor(cache.latents).to(where)
+        self.indices = _readonly_tensor(cache.indices).to(where) if cache.indices is not None else None
         acts = {"lam": cache.lam_actions, "true": cache.actions}.get(action_source)
         self.actions = torch.from_numpy(np.asarray(acts, dtype=np.int64)).to(where) if acts is not None else None
         if self.actions is not None and action_source == "lam" and cache.meta.get("lam") is None:

@@ -37,15 +37,17 @@ def shard_name_for(rel_path: str) -> str:
     return "video-" + hashlib.sha1(rel_path.encode("utf-8")).hexdigest()[:20]
 
 
-def square_resize(img: Image.Image, size: int) -> np.ndarray:
-    """Center-crop `img` to a square, resize to (size, size), return uint8 (size, size, 3)."""
+def square_resize(img: Image.Image, size: int, area: bool = False) -> np.ndarray:
+    """Center-crop `img` to a square, resize to (size, size), return uint8 (size, size, 3).
+    Lanczos by default; `area=True` averages pixels when shrinking (bicubic when enlarging)."""
     img = img.convert("RGB")
     w, h = img.size
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2
     img = img.crop((left, top, left + side, top + side))
     if side != size:
-        img = img.resize((size, size), Image.Resampling.LANCZOS)
+        method = (Image.Resampling.BOX if side > size else Image.Resampling.BICUBIC) if area else Image.Resampling.LANCZOS
+        img = img.resize((size, size), method)
     return np.asarray(img, dtype=np.uint8)
 
 
