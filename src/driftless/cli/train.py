@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from driftless.train.trainer import TrainConfig
 
@@ -111,7 +112,10 @@ def _run(args: argparse.Namespace) -> int:
         clip_len=args.clip_len, val_data=args.val_data, workers=args.workers, device=args.device,
         resume=args.resume, actions=getattr(args, "actions", "lam"), init_from=args.init_from))
     if summary.get("rank", 0) == 0 or "ranks_in_sync" in summary:
-        print(json.dumps(summary), flush=True)
+        # one write per line: under torchrun every rank shares this stdout, and print() writes the
+        # text and its newline separately, so two ranks' summaries could land on one line
+        sys.stdout.write(json.dumps(summary) + "\n")
+        sys.stdout.flush()
     return 0 if summary["stopped"] != "nonfinite" else 3
 
 
