@@ -212,12 +212,28 @@ def test_play_page_end_to_end(server, tmp_path):
             page3.close()
             page2.close()
 
+            docs = os.environ.get("DRIFTLESS_DOCS_IMG")
+            if docs and ready["sources"]["level"]:  # for the docs: a played session from a real test level
+                gif = tmp_path / "level.gif"
+                page.click("#btn-level")
+                n0 = wait_stats(page, "s.started && !s.inFlight")["frames"]
+                page.click("#btn-record")
+                for key, frames in (("ArrowRight", 14), ("ArrowUp", 6), ("ArrowRight", 14), ("ArrowLeft", 8)):
+                    page.keyboard.down(key)
+                    n0 += frames
+                    wait_stats(page, f"s.frames >= {n0}", timeout=30000)
+                    page.keyboard.up(key)
+                page.click("#btn-record")
+                page.wait_for_function("() => !document.getElementById('btn-gif').disabled")
+                with page.expect_download() as dl:
+                    page.click("#btn-gif")
+                dl.value.save_as(gif)
+
             page.evaluate("() => { window.scrollTo(0, 0); document.activeElement.blur(); }")
             page.mouse.move(2, 2)
             shot = tmp_path / "play.png"
             page.screenshot(path=str(shot))
             assert Image.open(shot).size == (1000, 760)
-            docs = os.environ.get("DRIFTLESS_DOCS_IMG")
             if docs:
                 Path(docs).mkdir(parents=True, exist_ok=True)
                 shutil.copy(shot, Path(docs) / "play.png")

@@ -228,7 +228,7 @@ def load_inception(path: str | Path, device="cpu", size: int = INCEPTION_SIZE) -
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no Inception weights at {path}: give a .safetensors state dict for InceptionV3 "
-                                f"(torchvision names) or a TorchScript Inception (docs/_sections/images.md)")
+                                f"(torchvision names) or a TorchScript Inception (docs/benchmarks.md, section 10)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

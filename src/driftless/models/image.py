@@ -28,7 +28,7 @@ fraction). Temperature scales the diffusion sampler's noise.
 Differences from MAR: one transformer over all positions with mask tokens (MAR: an MAE-style
 encoder on visible tokens + a decoder), fewer buffer tokens (64 image tokens here), the frame
 tokens come from this project's small KL tokenizer; the head is `DiffLoss` (fixed posterior
-variance, x0 clamp; see docs/_sections/diffloss.md).
+variance, x0 clamp; see docs/benchmarks.md, section 7).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _preset(dim, depth, heads, buffer, head, **kw) -> ImageConfig:
 PRESETS: dict[str, ImageConfig] = {
     # tests: 4 tokens of 4 channels, two classes, a 2 x 32 head with a 25-step sampler
     "debug": _preset(32, 1, 2, 2, "debug", grid=(2, 2), latent_dim=4, num_classes=2, ar_steps=4),
-    # CPU experiments here (docs/_sections/images.md): ~1.9 M backbone + 0.25 M head
+    # CPU experiments here (docs/benchmarks.md, section 10): ~1.9 M backbone + 0.25 M head
     "cpu": ImageConfig(dim=192, depth=4, heads=4, buffer=4,
                        diffloss=diffloss_config("small", width=128, depth=3)),
     "small": _preset(256, 6, 4, 8, "small"),  # ~4.9 M + 1.3 M head
