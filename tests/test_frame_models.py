@@ -235,7 +235,7 @@ def test_vq_latent_cache_feeds_maskgit_training(tmp_path, small_store):
     tok = registry.build("tokenizer", tok_cfg).eval()
     cache = LatentCache(build_latent_cache(small_store, tok, tmp_path / "lat", chunk=8, batch_size=4))
     assert cache.meta["codebook_size"] == 64 and cache.indices.shape == (small_store.num_frames, 64)
-    frames = torch.from_numpy(np.asarray(small_store.frames(0, 0, 8)))[None]
+    frames = torch.from_numpy(np.array(small_store.frames(0, 0, 8)))[None]
     assert np.array_equal(cache.indices[:8], tok.encode_indices(frames)[0].numpy())
     lat = tok.normalize(tok.vq.lookup(torch.from_numpy(cache.indices[:8].astype(np.int64))))
     assert torch.allclose(torch.from_numpy(cache.latents[:8].astype(np.float32)), lat, atol=2e-3)
