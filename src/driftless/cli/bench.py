@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from driftless.train.distributed import default_device
+
 EPILOG_TRAIN = """\
 reports: step time (median, IQR over --steps timed steps after --warmup), frames/s, tokens/s,
 FLOPs per step (FlopCounterMode, forward + backward), achieved TFLOP/s, MFU against the
@@ -57,7 +59,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"{stage:9s} {r['parameters'] / 1e6:6.2f}M params  step {r['step_s']['median'] * 1e3:8.1f} ms "
               f"(IQR {r['step_s']['iqr'] * 1e3:.1f})  {r['frames_per_s']['median']:9.1f} frames/s  "
               f"{r['tokens_per_s']['median']:11.0f} tokens/s  {r['tflops']:8.3f} TFLOP/s  MFU {mfu}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     _write_json({"bench": "train", "info": run_info(device), "results": results}, args.json)
     return 0
 
@@ -82,7 +84,7 @@ def _generate(args: argparse.Namespace) -> int:
     for e in r["results"]:
         print(f"batch {e['batch']:4d}  {e['step_s']['median'] * 1e3:8.2f} ms/step (IQR {e['step_s']['iqr'] * 1e3:.2f})"
               f"  {e['fps_per_session']:8.2f} FPS per session  {e['fps_total']:9.2f} frames/s total")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     _write_json({"bench": "generate", "info": run_info(device), **r}, args.json)
     return 0
 

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from driftless.eval.evaluate import ACTION_MODES, PARTS, EvalConfig
+from driftless.train.distributed import default_device
 
 EPILOG = """\
 what is measured (see docs/benchmarks.md, "Evaluation"):
@@ -79,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         action_clips=args.action_clips, fvd_frames=args.fvd_frames, fvd_size=args.fvd_size,
         batch_size=args.batch_size, seed=args.seed,
         precision="bf16" if args.bf16 else "fp32", sampling=sampling, skip=skip, progress=not args.no_progress)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     world = load(args.world, device=device)
     store, store_info = resolve_store(args.data, args.split)
     if not store_info["split_matches"]:

@@ -8,6 +8,8 @@ import json
 import time
 from pathlib import Path
 
+from driftless.train.distributed import default_device
+
 EXAMPLES = """examples:
   driftless data procgen-games --out data/games/train --per-game 400
   driftless data procgen-games --out data/games/val --per-game 100 --split val
@@ -32,12 +34,6 @@ def _floats(text: str) -> list[float]:
         return [float(v) for v in str(text).split(",") if v.strip()]
     except ValueError as e:
         raise ValueError(f"expected comma-separated numbers, got {text!r}") from e
-
-
-def _device(name: str | None) -> str:
-    import torch
-
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _ckpt_dir(path: str) -> Path:
@@ -196,7 +192,7 @@ def save_grid(path: str | Path, images, labels: list[int], names: list[str], per
 
 
 def _sample(args) -> int:
-    device = _device(args.device)
+    device = default_device(args.device)
     model = _load_image_model(args, device)
     labels = _class_labels(model, args.classes, args.per_class)
     imgs, timing = generate_images(model, labels, args.ar_steps, args.diffusion_steps, args.temperature,
@@ -243,7 +239,7 @@ def _eval(args) -> int:
     from driftless.data.images import read_image_folder
     from driftless.eval.image_metrics import classifier_metrics, fid_and_is, load_classifier, load_inception
 
-    device = _device(args.device)
+    device = default_device(args.device)
     model = _load_image_model(args, device)
     clf = load_classifier(args.classifier, device)
     names = model.cfg.class_names

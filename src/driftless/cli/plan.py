@@ -8,6 +8,8 @@ import json
 import math
 from pathlib import Path
 
+from driftless.train.distributed import default_device
+
 EXAMPLES = """examples:
   driftless data maze --maze medium --steps 1000000 --out data/maze
   driftless plan train --data data/maze/medium.npz --out runs/maze/medium-df
@@ -17,14 +19,6 @@ EXAMPLES = """examples:
   driftless plan maze --maze medium --method controller random --multi-task
   driftless plan cross --out docs/img/cross.png
 """
-
-
-def _device(name: str | None) -> str:
-    import torch
-
-    if name:
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def train_maze_model(data_path: str, out: str, baseline: str | None, preset: str, steps: int, batch: int,
@@ -71,7 +65,7 @@ def _train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = True
     info = train_maze_model(args.data, args.out, args.baseline, args.preset, args.steps, args.batch, args.lr,
-                            args.frame_stack, args.tokens, _device(args.device), args.seed,
+                            args.frame_stack, args.tokens, default_device(args.device), args.seed,
                             max_minutes=args.max_minutes, compile=args.compile, half=args.half)
     print(json.dumps(info))
     return 0
@@ -86,7 +80,7 @@ def _maze(args: argparse.Namespace) -> int:
     from driftless.models.sequence_df import load
 
     torch.set_num_threads(args.threads)
-    model = load(args.checkpoint, _device(args.device)) if args.checkpoint else None
+    model = load(args.checkpoint, default_device(args.device)) if args.checkpoint else None
     if model is not None and model.cfg.meta.get("maze") not in (None, args.maze):
         raise ValueError(f"{args.checkpoint} was trained on maze {model.cfg.meta['maze']!r}, not {args.maze!r}")
     fs = model.cfg.meta.get("frame_stack", 1) if model is not None else 1
@@ -102,7 +96,7 @@ def _maze(args: argparse.Namespace) -> int:
         s = res.summary()
         s.update({"frame_stack": fs, "horizon_tokens": horizon, "mctg": args.mctg if method == "df" else 1,
                   "guidance": args.guidance, "alpha_power": args.guidance_alpha_power, "schedule": args.schedule,
-                  "sampling_steps": args.sampling_steps, "device": _device(args.device)})
+                  "sampling_steps": args.sampling_steps, "device": default_device(args.device)})
         summaries.append(s)
         print(json.dumps(s))
         if args.plot:
@@ -124,7 +118,7 @@ def _cross(args: argparse.Namespace) -> int:
     from driftless.eval.cross_eval import run_cross
 
     torch.set_num_threads(args.threads)
-    out = run_cross(args.out, steps=args.steps, episodes=args.episodes, seed=args.seed, device=_device(args.device),
+    out = run_cross(args.out, steps=args.steps, episodes=args.episodes, seed=args.seed, device=default_device(args.device),
                     memoryless_horizon=args.memoryless_horizon)
     print(json.dumps(out))
     return 0

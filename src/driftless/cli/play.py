@@ -10,8 +10,10 @@ import sys
 def pick_device(name: str) -> str:
     import torch
 
+    from driftless.train.distributed import default_device
+
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return default_device()
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
     return name

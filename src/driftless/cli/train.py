@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from driftless.train.distributed import default_device
 from driftless.train.trainer import TrainConfig
 
 STAGE_HELP = {
@@ -140,7 +141,7 @@ def _run_latents(args: argparse.Namespace) -> int:
     from driftless.data.store import EpisodeStore
     from driftless.models.registry import load_model
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     tok = load_model(args.tokenizer, device, kind="tokenizer")
     if tok.cfg.latent_mean is None:
         raise ValueError(f"{args.tokenizer} has no latent statistics yet; finish its training first")

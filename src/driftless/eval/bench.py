@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from driftless.train.distributed import default_device
+
 # dense peak TFLOP/s by precision (vendor datasheets)
 PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "H100 SXM": {"bf16": 989.0, "tf32": 494.0, "fp32": 67.0},
@@ -295,7 +297,7 @@ def load_bench_world(name: str, device):
 def bench_generate(cfg: GenerateBenchConfig, world=None) -> dict:
     import contextlib
 
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(default_device(cfg.device))
     world = world if world is not None else load_bench_world(cfg.world, device)
     device = world.device
     if world.dynamics is None:

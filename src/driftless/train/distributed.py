@@ -25,6 +25,14 @@ class DistInfo:
         return self.world_size > 1
 
 
+def default_device(name: str | None = None) -> str:
+    """The device a command runs on: `name` as given, or when it is empty or "auto" CUDA when
+    available, else the CPU."""
+    if not name or str(name) == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(name)
+
+
 def setup(device: str | torch.device | None = None) -> DistInfo:
     """Initialise the process group when launched by torchrun; choose the device.
 
@@ -34,9 +42,7 @@ def setup(device: str | torch.device | None = None) -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None or str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = torch.device(default_device(device))
     if device.type == "cuda":
         if world_size > 1 or device.index is None:
             device = torch.device("cuda", local_rank if world_size > 1 else (device.index or 0))
