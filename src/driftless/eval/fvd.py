@@ -173,13 +173,40 @@ class I3DFeatures:
         return torch.cat(out).double().numpy()
 
 
-def _takes_stylegan_kwargs(module) -> bool:
+# ---- loading user-given feature networks (shared with eval.image_metrics) -------------------------
+def forward_arg_names(module) -> list[str]:
+    """The argument names of `module.forward`, for a TorchScript or an eager module."""
     try:
-        names = [a.name for a in module.forward.schema.arguments]  # TorchScript
+        return [a.name for a in module.forward.schema.arguments]  # TorchScript
     except AttributeError:
         import inspect
 
-        names = list(inspect.signature(module.forward).parameters)
+        return list(inspect.signature(module.forward).parameters)
+
+
+def load_matching_state(model: nn.Module, state: dict, path, name: str) -> nn.Module:
+    """Load `state` into `model`; any missing (besides BatchNorm counters) or unexpected key is a
+    ValueError naming the file and the architecture."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model
+
+
+def load_torchscript(path, device, failure: str):
+    """torch.jit.load, quiet about TorchScript's deprecation (it is how these exports ship); an
+    unreadable file is a ValueError `failure` (formatted with the error's class name as {error})."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(path), map_location=torch.device(device))
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(failure.format(error=e.__class__.__name__)) from e
+
+
+def _takes_stylegan_kwargs(module) -> bool:
+    names = forward_arg_names(module)
     return all(k in names for k in ("rescale", "resize", "return_features"))
 
 
@@ -196,18 +223,10 @@ def load_i3d(path: str | Path, device="cpu", size: int = I3D_SIZE) -> I3DFeature
         if "logits.conv3d.weight" not in state:
             raise ValueError(f"{path} is not an InceptionI3D state dict (no 'logits.conv3d.weight')")
         model = InceptionI3D(num_classes=state["logits.conv3d.weight"].shape[0])
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-        if missing or unexpected:
-            raise ValueError(f"{path} does not match InceptionI3D: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        load_matching_state(model, state, path, "InceptionI3D")
         return I3DFeatures(model, device, size, stylegan_kwargs=False, source=str(path))
-    try:
-        with warnings.catch_warnings():  # TorchScript is deprecated in torch but is how I3D exports ship
-            warnings.simplefilter("ignore", DeprecationWarning)
-            model = torch.jit.load(str(path), map_location=torch.device(device))
-    except (RuntimeError, ValueError) as e:
-        raise ValueError(f"{path} is not a TorchScript module ({e.__class__.__name__}); for a plain state dict "
-                         f"convert it with driftless.eval.fvd.convert_state_dict to .safetensors") from e
+    model = load_torchscript(path, device, f"{path} is not a TorchScript module ({{error}}); for a plain state dict "
+                                           f"convert it with driftless.eval.fvd.convert_state_dict to .safetensors")
     return I3DFeatures(model, device, size, stylegan_kwargs=_takes_stylegan_kwargs(model), source=str(path))
 
 

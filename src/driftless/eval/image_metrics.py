@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from driftless.eval.fvd import feature_stats, frechet_distance
+from driftless.eval.fvd import (feature_stats, forward_arg_names, frechet_distance, load_matching_state,
+                                load_torchscript)
 
 INCEPTION_SIZE = 299
 
@@ -193,7 +194,7 @@ class InceptionFeatures:
             raise ValueError(f"unknown Inception interface {style!r}")
         self.model, self.style, self.size, self.source = model.to(device).eval(), style, int(size), source
         self.device = torch.device(device)
-        self.no_bias = style == "stylegan" and _has_arg(model, "no_output_bias")
+        self.no_bias = style == "stylegan" and "no_output_bias" in forward_arg_names(model)
 
     @torch.no_grad()
     def __call__(self, images, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -214,15 +215,6 @@ class InceptionFeatures:
         return torch.cat(feats).double().numpy(), torch.cat(probs).double().numpy()
 
 
-def _has_arg(model, name: str) -> bool:
-    try:
-        return name in [a.name for a in model.forward.schema.arguments]
-    except AttributeError:
-        import inspect
-
-        return name in inspect.signature(model.forward).parameters
-
-
 def load_inception(path: str | Path, device="cpu", size: int = INCEPTION_SIZE) -> InceptionFeatures:
     """Load user-given Inception weights (see the module docstring); nothing is downloaded."""
     path = Path(path)
@@ -237,19 +229,11 @@ def load_inception(path: str | Path, device="cpu", size: int = INCEPTION_SIZE) -
             raise ValueError(f"{path} is not an Inception-v3 state dict with torchvision names "
                              f"(no 'fc.weight' / 'Mixed_7c.branch_pool.conv.weight')")
         model = InceptionV3(num_classes=state["fc.weight"].shape[0])
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-        if missing or unexpected:
-            raise ValueError(f"{path} does not match InceptionV3: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        load_matching_state(model, state, path, "InceptionV3")
         return InceptionFeatures(model, "state_dict", device, size, source=str(path))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            model = torch.jit.load(str(path), map_location=torch.device(device))
-    except (RuntimeError, ValueError) as e:
-        raise ValueError(f"{path} is neither .safetensors nor a TorchScript module ({e.__class__.__name__}); "
-                         f"convert a state dict with driftless.eval.image_metrics.convert_state_dict") from e
-    style = "stylegan" if _has_arg(model, "return_features") else "plain"
+    model = load_torchscript(path, device, f"{path} is neither .safetensors nor a TorchScript module ({{error}}); "
+                                           f"convert a state dict with driftless.eval.image_metrics.convert_state_dict")
+    style = "stylegan" if "return_features" in forward_arg_names(model) else "plain"
     return InceptionFeatures(model, style, device, size, source=str(path))
 
 
