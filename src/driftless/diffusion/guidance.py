@@ -29,16 +29,11 @@ from typing import Callable
 
 import torch
 
-from driftless.diffusion.gaussian import GaussianDiffusion
+from driftless.diffusion.gaussian import GaussianDiffusion, _expand
 
 Guide = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 RewardFn = Callable[[torch.Tensor], torch.Tensor]
 GUIDANCE_MODES = ("noisy", "x0")
-
-
-def _expand(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    # (b, T) per-token scalars -> broadcastable to (b, T, ...)
-    return a.reshape(a.shape + (1,) * (like.dim() - a.dim()))
 
 
 def mctg_inputs(x: torch.Tensor, x0: torch.Tensor, levels: torch.Tensor, diffusion: GaussianDiffusion,
