@@ -203,7 +203,7 @@ def test_play_cli_serves_and_prints_url(world_dir):
 
 @pytest.mark.slow
 def test_threads_auto_picks_a_measured_candidate(world_dir, prompt, tmp_path, capsys):
-    from driftless.cli.play import tune_threads
+    from driftless.world.threads import tune_threads
     from driftless.world.world import load
 
     world = load(world_dir)

@@ -32,7 +32,7 @@ class CheckpointError(ValueError):
     """A checkpoint folder is missing, incomplete, truncated or of the wrong kind."""
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -49,14 +49,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
@@ -97,14 +97,14 @@ def save(
     header = {"kind": kind, "version": __version__, "config": config, "meta": meta or {}}
     (tmp / "config.json").write_text(json.dumps(header, indent=2, sort_keys=True) + "\n")
     for f in tmp.iterdir():
-        _fsync_file(f)
-    _fsync_dir(tmp)
+        fsync_file(f)
+    fsync_dir(tmp)
     if directory.exists():
         if old.exists():
             shutil.rmtree(old)
         os.replace(directory, old)
     os.replace(tmp, directory)
-    _fsync_dir(directory.parent)
+    fsync_dir(directory.parent)
     if old.exists():
         shutil.rmtree(old)
     return directory

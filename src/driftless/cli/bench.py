@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from driftless.train.distributed import default_device
+from driftless.cli.common import write_json
+from driftless.runtime import default_device
 
 EPILOG_TRAIN = """\
 reports: step time (median, IQR over --steps timed steps after --warmup), frames/s, tokens/s,
@@ -28,21 +29,12 @@ examples:
 """
 
 
-def _write_json(obj: dict, path: str | None) -> None:
-    if path:
-        from driftless.checkpoint import atomic_write_json
-        from driftless.eval.evaluate import clean_json
-
-        atomic_write_json(path, clean_json(obj))
-        print(f"wrote {path}")
-
-
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from driftless.cli.train import _parse_overrides
+    from driftless.cli.common import parse_overrides
     from driftless.eval.bench import TrainBenchConfig, bench_train
-    from driftless.eval.evaluate import run_info
+    from driftless.runtime import run_info
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -52,7 +44,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = TrainBenchConfig(stage=stage, preset=args.preset, batch_size=args.batch_size, clip_len=args.clip_len,
                                steps=args.steps, warmup=args.warmup, device=args.device, precision=args.precision,
                                compile=args.compile, peak_tflops=args.peak_tflops, measure_peak=args.measure_peak,
-                               seed=args.seed, overrides=_parse_overrides(args.set) if stage == args.stage else {})
+                               seed=args.seed, overrides=parse_overrides(args.set) if stage == args.stage else {})
         r = bench_train(cfg)
         results.append(r)
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
@@ -60,7 +52,7 @@ def _train(args: argparse.Namespace) -> int:
               f"(IQR {r['step_s']['iqr'] * 1e3:.1f})  {r['frames_per_s']['median']:9.1f} frames/s  "
               f"{r['tokens_per_s']['median']:11.0f} tokens/s  {r['tflops']:8.3f} TFLOP/s  MFU {mfu}")
     device = default_device(args.device)
-    _write_json({"bench": "train", "info": run_info(device), "results": results}, args.json)
+    write_json({"bench": "train", "info": run_info(device), "results": results}, args.json)
     return 0
 
 
@@ -68,7 +60,7 @@ def _generate(args: argparse.Namespace) -> int:
     import torch
 
     from driftless.eval.bench import GenerateBenchConfig, bench_generate
-    from driftless.eval.evaluate import run_info
+    from driftless.runtime import run_info
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,7 +77,7 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"batch {e['batch']:4d}  {e['step_s']['median'] * 1e3:8.2f} ms/step (IQR {e['step_s']['iqr'] * 1e3:.2f})"
               f"  {e['fps_per_session']:8.2f} FPS per session  {e['fps_total']:9.2f} frames/s total")
     device = default_device(args.device)
-    _write_json({"bench": "generate", "info": run_info(device), **r}, args.json)
+    write_json({"bench": "generate", "info": run_info(device), **r}, args.json)
     return 0
 
 

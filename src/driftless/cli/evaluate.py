@@ -6,7 +6,7 @@ import argparse
 import json
 
 from driftless.eval.evaluate import ACTION_MODES, PARTS, EvalConfig
-from driftless.train.distributed import default_device
+from driftless.runtime import default_device
 
 EPILOG = """\
 what is measured (see docs/benchmarks.md, "Evaluation"):

@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from driftless.cli.common import parse_overrides
 
 DATA_HELP = ("dataset: 'macrodata' (statsmodels, offline), 'synthetic' (known law), options as "
              "'synthetic:dim=2,prediction_length=4', or a GluonTS dataset folder (metadata.json, train/, test/; "
              "options 'PATH:max_target_dim=100')")
-
-
-def _parse_sets(items: list[str]) -> dict:
-    out = {}
-    for item in items or []:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def _threads(args) -> None:
@@ -63,7 +51,7 @@ def cmd_train(args) -> int:
         seasons = [int(s) for s in args.seasons.split(",") if s.strip()]
     cfg = preset(args.preset, target_dim=ds.dim, prediction_length=h, context_length=ctx, seasons=seasons,
                  teacher_forcing=args.teacher_forcing)
-    cfg = override(cfg, _parse_sets(args.set))
+    cfg = override(cfg, parse_overrides(args.set))
     model = Forecaster(cfg)
     tcfg = ForecastTrainConfig(steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     n_params = sum(p.numel() for p in model.parameters())

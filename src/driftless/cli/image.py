@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from driftless.train.distributed import default_device
+from driftless.runtime import default_device
 
 EXAMPLES = """examples:
   driftless data procgen-games --out data/games/train --per-game 400
@@ -50,7 +50,7 @@ def _load_tokenizer(path: str, device: str):
 def _train(args) -> int:
     import torch
 
-    from driftless.cli.train import _parse_overrides
+    from driftless.cli.common import parse_overrides
     from driftless.config import override, to_dict
     from driftless.data.images import LatentBatches, cached_latents
     from driftless.models import registry
@@ -74,7 +74,7 @@ def _train(args) -> int:
                for i in range(0, min(len(vlat), args.batch_size * args.val_batches), args.batch_size)]
     derived = {"grid": list(tok.cfg.grid), "latent_dim": tok.cfg.latent_dim, "num_classes": len(classes),
                "class_names": list(classes)}
-    overrides = _parse_overrides(args.set)
+    overrides = parse_overrides(args.set)
     if args.order:
         overrides["order"] = args.order
     cfg = override(registry.preset("image", args.preset), {**derived, **overrides})

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from driftless.train.distributed import default_device
+from driftless.runtime import default_device
 
 EXAMPLES = """examples:
   driftless data maze --maze medium --steps 1000000 --out data/maze

@@ -3,78 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-
-def pick_device(name: str) -> str:
-    import torch
-
-    from driftless.train.distributed import default_device
-
-    if name == "auto":
-        return default_device()
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return name
-
-
-def setup_threads(device: str, threads: str | int | None) -> int:
-    """Set torch's CPU thread count: a number, or None for all cores (auto is resolved later)."""
-    import torch
-
-    if threads not in (None, "auto"):
-        try:
-            n = int(threads)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise ValueError(f"--threads must be a number >= 1 or 'auto', got {threads!r}")
-    if device == "cpu" and threads not in (None, "auto"):
-        torch.set_num_threads(n)
-    elif device == "cpu" and threads is None:
-        torch.set_num_threads(os.cpu_count() or 1)
-    return torch.get_num_threads()
-
-
-def tune_threads(world, batch: int = 1, candidates: list[int] | None = None, steps: int = 3,
-                 sampling: dict | None = None) -> tuple[int, dict]:
-    """Time a few frames with 1 thread and with all cores; keep the faster (CPU only).
-
-    On a machine busy with other work, threads that wait for each other at every operation
-    can be many times slower than one thread (seen here: 2.4 vs 70 frames/s for the debug
-    world on 2 shared cores). A candidate is dropped after its first frame when that alone is
-    3x slower than the best so far. Returns (threads, {threads: seconds per frame})."""
-    import time
-
-    import numpy as np
-    import torch
-
-    from driftless.world.world import World
-
-    cores = os.cpu_count() or 1
-    candidates = candidates or sorted({1, cores})
-    probe = World(world.tokenizer, world.lam, world.dynamics, world.meta, world.device)
-    context = np.random.default_rng(0).integers(0, 256, (batch, 1, *world.resolution, 3), dtype=np.uint8)
-    actions = np.zeros(batch, dtype=np.int64)
-    timings: dict[int, float] = {}
-    for n in candidates:
-        torch.set_num_threads(n)
-        probe.reset(context, seed=0, **(sampling or {}))
-        t = time.perf_counter()
-        probe.step(actions)  # the first frame also warms up
-        first = time.perf_counter() - t
-        best = min(timings.values(), default=float("inf"))
-        if first > 3 * best:
-            timings[n] = first
-            continue
-        t = time.perf_counter()
-        for _ in range(steps):
-            probe.step(actions)
-        timings[n] = (time.perf_counter() - t) / steps
-    choice = min(timings, key=timings.get)
-    torch.set_num_threads(choice)
-    return choice, timings
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -86,9 +15,11 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f'`driftless play` needs the play extras ({e.name} is missing): '
                          f'pip install "driftless[play]"') from e
     import driftless
+    from driftless.runtime import check_device, set_threads
+    from driftless.world.threads import tune_threads
 
-    device = pick_device(args.device)
-    threads = setup_threads(device, args.threads)
+    device = check_device(args.device)
+    threads = set_threads(device, args.threads)
     try:
         world = driftless.load(args.world, device=device)
     except FileNotFoundError as e:

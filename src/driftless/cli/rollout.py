@@ -48,7 +48,7 @@ def make_policy(args, num_actions: int, batch: int):
     raise ValueError(f"--policy must be 'given' or 'random', got {policy!r}")
 
 
-def load_prompt(args, resolution) -> "np.ndarray":
+def load_prompt(args, resolution):
     """--prompt IMAGE or --level N -> uint8 (1, H, W, 3)."""
     import numpy as np
 
@@ -69,7 +69,8 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import driftless
-    from driftless.cli.play import pick_device, setup_threads, tune_threads
+    from driftless.runtime import check_device, set_threads
+    from driftless.world.threads import tune_threads
     from driftless.serve.media import Mp4Writer, save_video, tile
 
     out = Path(args.out)
@@ -79,8 +80,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    device = pick_device(args.device)
-    threads = setup_threads(device, args.threads)
+    device = check_device(args.device)
+    threads = set_threads(device, args.threads)
     world = driftless.load(args.world, device=device)
     if world.dynamics is None:
         raise ValueError(f"{args.world} has no dynamics model; rollouts need a full world")

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from driftless.train.distributed import default_device
+from driftless.cli.common import parse_overrides
+from driftless.runtime import default_device
 from driftless.train.trainer import TrainConfig
 
 STAGE_HELP = {
@@ -24,19 +25,6 @@ EXAMPLES = """examples:
   torchrun --nproc-per-node 2 -m driftless train tokenizer ...     (DDP: same flags)
   any stage: --resume continues exactly where the last checkpoint left off
 """
-
-
-def _parse_overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE (e.g. backbone.depth=8), got {item!r}")
-        key, raw = item.split("=", 1)
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def _add_common(p: argparse.ArgumentParser, kind: str) -> None:
@@ -95,7 +83,7 @@ def _add_common(p: argparse.ArgumentParser, kind: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     from driftless.train.stages import StageArgs, run_stage
 
-    overrides = _parse_overrides(args.set)
+    overrides = parse_overrides(args.set)
     if getattr(args, "teacher_forcing", False):
         overrides["teacher_forcing"] = True
     if getattr(args, "frame_model", None):

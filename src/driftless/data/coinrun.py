@@ -61,7 +61,7 @@ class DiskSpaceError(ValueError):
     """Not enough free disk space for the requested generation."""
 
 
-def _import_procgen():
+def import_procgen():
     try:
         # `procgen` imports gym, which prints a deprecation notice to stderr: silence it
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
@@ -87,7 +87,7 @@ def make_env(num: int, split: str = "train", rand_seed: int = 0, distribution_mo
     """A gym3 CoinRun vector env of `num` envs drawing levels from `split`."""
     lo, hi = split_range(split)
     _check_mode(distribution_mode)
-    env_cls = _import_procgen()
+    env_cls = import_procgen()
     return env_cls(num=int(num), env_name="coinrun", start_level=lo, num_levels=hi - lo,
                    distribution_mode=distribution_mode, rand_seed=int(rand_seed), num_threads=0)
 
@@ -248,7 +248,7 @@ def generate(out, episodes: int, split: str = "train", workers: int | None = Non
     max_frames = None if max_frames_per_episode in (None, 0) else int(max_frames_per_episode)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames_per_episode must be >= 1, got {max_frames_per_episode}")
-    _import_procgen()  # fail early with the install hint
+    import_procgen()  # fail early with the install hint
     out = Path(out)
     gen = f"e{envs}-p{per_shard}-m{max_frames or 0}"
     meta = {"source": "procgen:coinrun", "split": split, "distribution_mode": distribution_mode,

@@ -141,10 +141,10 @@ def write_image_folder(root: str | Path, images: np.ndarray, labels: np.ndarray,
 def _game_frames(game: str, count: int, split: str, stride: int, envs: int, seed: int, mode: str,
                  max_steps: int) -> np.ndarray:
     """`count` frames (count, 64, 64, 3) of one game from a random agent, `stride` steps apart."""
-    from driftless.data.coinrun import NUM_ACTIONS, _import_procgen, split_range
+    from driftless.data.coinrun import NUM_ACTIONS, import_procgen, split_range
 
     lo, hi = split_range(split)
-    env_cls = _import_procgen()
+    env_cls = import_procgen()
     key = [seed, _SPLIT_ID[split], GAMES.index(game)]
     env_seed = int(np.random.SeedSequence(key + [0]).generate_state(1)[0] % (2**31 - 1))
     rng = np.random.default_rng(np.random.SeedSequence(key + [1]))

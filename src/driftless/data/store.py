@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from driftless.checkpoint import _fsync_dir, _fsync_file, atomic_write_json
+from driftless.checkpoint import fsync_dir, fsync_file, atomic_write_json
 
 try:  # POSIX advisory locks; elsewhere locking is a no-op (single writer assumed)
     import fcntl
@@ -473,16 +473,16 @@ class ShardWriter:
         np.save(self.tmp / "rewards.npy", np.concatenate(self._rewards))
         (self.tmp / "episodes.json").write_text(json.dumps(self._episodes) + "\n")
         for name in ("actions.npy", "rewards.npy", "episodes.json"):
-            _fsync_file(self.tmp / name)
+            fsync_file(self.tmp / name)
         root = self.store.root
         with _flock(root / LOCK_FILE):
             store_header = _read_store_json(root)
             (self.tmp / WRITER_LOCK).unlink()  # we keep the lock through its fd until the end
-            _fsync_dir(self.tmp)
+            fsync_dir(self.tmp)
             if self.final.exists():  # a stale copy (crash between rename and listing, or removed shard)
                 shutil.rmtree(self.final)
             os.replace(self.tmp, self.final)
-            _fsync_dir(root)
+            fsync_dir(root)
             if self.name not in store_header["shards"]:
                 store_header["shards"].append(self.name)
             atomic_write_json(root / STORE_FILE, store_header)

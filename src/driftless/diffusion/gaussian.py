@@ -38,7 +38,7 @@ class DiffusionConfig:
             raise ValueError(f"context_level must lie in [0, {self.levels}], got {self.context_level}")
 
 
-def _expand(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def expand_like(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     # a: (b, t) per-token scalars -> broadcastable to like: (b, t, ...)
     return a.reshape(a.shape + (1,) * (like.dim() - a.dim()))
 
@@ -60,7 +60,7 @@ class GaussianDiffusion:
     def q_sample(self, x0: torch.Tensor, k: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Noise x0 (b, t, ...) to per-token levels k (b, t)."""
         a, s = self.schedule.alpha_sigma(k)
-        return _expand(a, x0) * x0 + _expand(s, x0) * noise
+        return expand_like(a, x0) * x0 + expand_like(s, x0) * noise
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         if self.cfg.prediction == "eps":
@@ -68,7 +68,7 @@ class GaussianDiffusion:
         if self.cfg.prediction == "x0":
             return x0
         a, s = self.schedule.alpha_sigma(k)
-        return _expand(a, x0) * noise - _expand(s, x0) * x0
+        return expand_like(a, x0) * noise - expand_like(s, x0) * x0
 
     def loss_weight(self, k: torch.Tensor) -> torch.Tensor:
         """Per-token weight on the parametrisation's MSE so that all three weigh x0 errors alike."""
@@ -91,7 +91,7 @@ class GaussianDiffusion:
     def predict(self, model_out: torch.Tensor, xk: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0_hat, eps_hat) from the model output at levels k."""
         a, s = self.schedule.alpha_sigma(k)
-        a, s = _expand(a, xk), _expand(s, xk)
+        a, s = expand_like(a, xk), expand_like(s, xk)
         out, xk = model_out.float(), xk.float()
         if self.cfg.prediction == "v":
             x0 = a * xk - s * out
@@ -117,9 +117,9 @@ class GaussianDiffusion:
         eta = self.cfg.eta if eta is None else eta
         a_to, s_to = self.schedule.alpha_sigma(k_to)
         a_from, s_from = self.schedule.alpha_sigma(k_from)
-        a_to, s_to = _expand(a_to, x0), _expand(s_to, x0)
+        a_to, s_to = expand_like(a_to, x0), expand_like(s_to, x0)
         if eta > 0:
-            a_from, s_from = _expand(a_from, x0), _expand(s_from, x0)
+            a_from, s_from = expand_like(a_from, x0), expand_like(s_from, x0)
             ratio = (s_to**2 / s_from.clamp(min=1e-8) ** 2) * (1 - a_from**2 / a_to.clamp(min=1e-8) ** 2)
             std = eta * ratio.clamp(min=0).sqrt()
             noise = torch.randn(x0.shape, device=x0.device, generator=generator)

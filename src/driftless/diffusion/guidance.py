@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from driftless.diffusion.gaussian import GaussianDiffusion, _expand
+from driftless.diffusion.gaussian import GaussianDiffusion, expand_like
 
 Guide = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 RewardFn = Callable[[torch.Tensor], torch.Tensor]
@@ -46,10 +46,10 @@ def mctg_inputs(x: torch.Tensor, x0: torch.Tensor, levels: torch.Tensor, diffusi
     if samples == 1:
         return x
     a, s = diffusion.schedule.alpha_sigma(levels)
-    a, s = _expand(a, x), _expand(s, x)
+    a, s = expand_like(a, x), expand_like(s, x)
     eps = torch.randn((samples - 1,) + tuple(x.shape), generator=generator, device="cpu").to(x.device)
     alt = a * x0.detach() + s * eps  # (K-1, b, T, ...)
-    noisy = _expand(levels > 0, x)
+    noisy = expand_like(levels > 0, x)
     alt = torch.where(noisy, alt, x.detach())
     offsets = torch.cat([torch.zeros_like(x)[None], alt - x.detach()], dim=0)  # (K, b, T, ...)
     return (x[None] + offsets).flatten(0, 1)  # (K*b, T, ...)
@@ -84,7 +84,7 @@ def reward_guide(
         if scale == 0:
             return x0
         a, s = diffusion.schedule.alpha_sigma(levels)
-        a, s = _expand(a, x0), _expand(s, x0)
+        a, s = expand_like(a, x0), expand_like(s, x0)
         with torch.enable_grad():
             if mode == "x0":
                 leaf = x0.detach().float().requires_grad_(True)

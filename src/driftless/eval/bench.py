@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from driftless.train.distributed import default_device
+from driftless.runtime import default_device
 
 # dense peak TFLOP/s by precision (vendor datasheets)
 PEAK_TFLOPS: dict[str, dict[str, float]] = {

@@ -24,12 +24,7 @@ randomness comes from `seed`.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import math
-import os
-import platform
-import subprocess
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from driftless.eval.metrics import psnr, ssim
+from driftless.runtime import clean_json, run_info
 
 PARTS = ("recon", "rollout", "drift", "actions", "fvd")
 ACTION_MODES = ("auto", "inferred", "true")
@@ -88,66 +84,6 @@ class EvalConfig:
         for name in ("clips", "recon_clips", "drift_frames", "drift_rollouts", "batch_size", "recon_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-
-# ---- run information --------------------------------------------------------------------------
-def git_commit() -> dict:
-    """Commit of the source tree driftless runs from, if it is a git checkout (a copy without
-    .git can name its commit in the environment variable DRIFTLESS_GIT_COMMIT)."""
-    here = Path(__file__).resolve().parent
-    git = ["git", "-c", "safe.directory=*"]  # a checkout owned by another user (containers) still answers
-    try:
-        commit = subprocess.run(git + ["rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        if commit.returncode == 0:
-            dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                   capture_output=True, text=True, timeout=10)
-            return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"commit": os.environ.get("DRIFTLESS_GIT_COMMIT"), "source": "environment"}
-
-
-def device_name(device) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def run_info(device) -> dict:
-    from driftless import __version__
-
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "driftless": __version__, "torch": torch.__version__, "numpy": np.__version__,
-        "python": platform.python_version(), "platform": platform.platform(),
-        "device": str(device), "device_name": device_name(device), "cuda": torch.version.cuda,
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "git": git_commit(), "argv": list(sys.argv),
-    }
-
-
-def clean_json(obj):
-    """Replace non-finite floats by None and numpy scalars by Python ones (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean_json(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.ndarray):
-        return clean_json(obj.tolist())
-    return obj
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -400,7 +336,7 @@ def drift_protocol(world, store, cfg: EvalConfig, bank_store=None) -> tuple[dict
 def action_map_accuracy(world, store, cfg: EvalConfig) -> dict:
     """Accuracy of latent action -> control group on the store's true actions: the world's
     shipped map (fitted at build time) and a map refitted on these clips with a held-out part."""
-    from driftless.world.action_map import PROCGEN_GROUPS, _groups_of, collect_pairs, fit_action_map
+    from driftless.world.action_map import PROCGEN_GROUPS, groups_of, collect_pairs, fit_action_map
 
     try:
         lat, true = collect_pairs(world.lam, store, clip_len=16, max_clips=cfg.action_clips, seed=cfg.seed + 5,
@@ -415,7 +351,7 @@ def action_map_accuracy(world, store, cfg: EvalConfig) -> dict:
     shipped = world.action_map
     if shipped.get("counts") and shipped.get("group_names") == list(PROCGEN_GROUPS):
         latent_to_group = np.asarray(shipped["counts"]).argmax(0)
-        g = _groups_of(true, PROCGEN_GROUPS)
+        g = groups_of(true, PROCGEN_GROUPS)
         out["shipped"] = {"accuracy": float((latent_to_group[lat] == g).mean()),
                           "accuracy_at_build": shipped.get("accuracy")}
     return out

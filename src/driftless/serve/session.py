@@ -122,11 +122,11 @@ class LevelSource:
             raise ValueError(f"level must be a CoinRun test level in [{lo}, {hi}), got {level}")
         if not self.available:
             raise NoStartSource(f"random test levels need Procgen: {self.reason}")
-        from driftless.data.coinrun import _import_procgen
+        from driftless.data.coinrun import import_procgen
 
         try:
             with self._lock:
-                env_cls = _import_procgen()
+                env_cls = import_procgen()
                 env = env_cls(num=1, env_name="coinrun", start_level=level, num_levels=1,
                               distribution_mode=self.mode, rand_seed=int(rng.integers(2**31 - 1)), num_threads=0)
                 _, obs, _ = env.observe()
@@ -260,7 +260,7 @@ class PlaySession:
         with self._rec_lock:
             self.recording = False
             self.record_frames = []
-        self.world._session = None  # drop the KV caches now rather than at garbage collection
+        self.world.end_session()  # drop the KV caches now rather than at garbage collection
         self.prompt = self.frame = None
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from driftless.runtime import default_device
+
 
 @dataclass
 class DistInfo:
@@ -23,14 +25,6 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def default_device(name: str | None = None) -> str:
-    """The device a command runs on: `name` as given, or when it is empty or "auto" CUDA when
-    available, else the CPU."""
-    if not name or str(name) == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(name)
 
 
 def setup(device: str | torch.device | None = None) -> DistInfo:

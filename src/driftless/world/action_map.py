@@ -28,7 +28,7 @@ KEY_GROUPS: dict[str, str] = {
 }
 
 
-def _groups_of(true_actions: np.ndarray, groups: dict[str, tuple[int, ...]]) -> np.ndarray:
+def groups_of(true_actions: np.ndarray, groups: dict[str, tuple[int, ...]]) -> np.ndarray:
     lookup = np.full(max(max(v) for v in groups.values()) + 1, -1, dtype=np.int64)
     for gi, acts in enumerate(groups.values()):
         lookup[list(acts)] = gi
@@ -63,7 +63,7 @@ def fit_action_map(latent: np.ndarray, true: np.ndarray, num_latent: int,
                    groups: dict[str, tuple[int, ...]] = PROCGEN_GROUPS, keys: dict[str, str] = KEY_GROUPS,
                    holdout: float = 0.3, seed: int = 0) -> dict:
     """Fit on part of the pairs, report accuracy on the rest; returns the JSON-able map."""
-    g = _groups_of(true, groups)
+    g = groups_of(true, groups)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(g))
     n_fit = int(len(g) * (1 - holdout))

@@ -211,6 +211,15 @@ class World:
             raise ValueError(f"actions must lie in [0, {self.num_actions})")
         return a.to(self.device)
 
+    def end_session(self) -> None:
+        """Forget the running session now (its KV caches are freed at once rather than at
+        garbage collection); `step` then needs a new `reset`."""
+        self._session = None
+
+    @property
+    def in_session(self) -> bool:
+        return self._session is not None
+
     @torch.no_grad()
     def step(self, action=None, **sampling) -> np.ndarray:
         """Generate the next frame for `action` (int, or int array (B,)); uint8 (..., H, W, 3)."""
