@@ -44,6 +44,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = TrainBenchConfig(stage=stage, preset=args.preset, batch_size=args.batch_size, clip_len=args.clip_len,
                                steps=args.steps, warmup=args.warmup, device=args.device, precision=args.precision,
                                compile=args.compile, peak_tflops=args.peak_tflops, measure_peak=args.measure_peak,
+                               reference=args.reference, profile=args.profile,
                                seed=args.seed, overrides=parse_overrides(args.set) if stage == args.stage else {})
         r = bench_train(cfg)
         results.append(r)
@@ -51,6 +52,14 @@ def _train(args: argparse.Namespace) -> int:
         print(f"{stage:9s} {r['parameters'] / 1e6:6.2f}M params  step {r['step_s']['median'] * 1e3:8.1f} ms "
               f"(IQR {r['step_s']['iqr'] * 1e3:.1f})  {r['frames_per_s']['median']:9.1f} frames/s  "
               f"{r['tokens_per_s']['median']:11.0f} tokens/s  {r['tflops']:8.3f} TFLOP/s  MFU {mfu}")
+        if r["reference"]:
+            ref_mfu = f"{r['reference_mfu']:.1%}" if r["reference_mfu"] is not None else "n/a"
+            print(f"{'':9s} reference transformer {r['reference']['tflops']:8.3f} TFLOP/s  MFU {ref_mfu}"
+                  f"  -> this model runs at {r['vs_reference']:.2f}x its TFLOP/s")
+        if r["profile"]:
+            print(f"{'':9s} profile: {r['profile']['trace']}; top kernels per step:")
+            for k in r["profile"]["top"][:8]:
+                print(f"{'':11s}{k['ms_per_step']:8.2f} ms {k['share']:6.1%}  x{k['calls_per_step']:.0f}  {k['name'][:80]}")
     device = default_device(args.device)
     write_json({"bench": "train", "info": run_info(device), "results": results}, args.json)
     return 0
@@ -97,9 +106,17 @@ def register(sub) -> None:
     t.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     t.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    t.add_argument("--compile", action="store_true", help="torch.compile the model, as train --compile")
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model, as `train` does (default: on with CUDA, off on the CPU)")
+    t.add_argument("--reference", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time a plain ST-transformer of the stage's shape in the same run (default: on "
+                        "with CUDA): the ratio to it travels between machines")
+    t.add_argument("--profile", metavar="DIR",
+                   help="profile 5 more steps with torch.profiler: a Chrome trace in DIR and the top kernels")
     t.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (overrides the table)")
-    t.add_argument("--measure-peak", action="store_true", help="on CPU: measure the peak with a fp32 matmul")
+    t.add_argument("--measure-peak", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure the device's peak with a large matmul in this run (default: on with CUDA; "
+                        "on the CPU a fp32 1024^3 product)")
     t.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--seed", type=int, default=0)

@@ -49,7 +49,8 @@ def _add_common(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--clip-len", type=int, help="frames per training clip (default: tokenizer 8, lam 16, "
                                                   "dynamics from its preset)")
     p.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"])
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: on with CUDA, off on the CPU)")
     p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
     p.add_argument("--log-every", type=int, default=d.log_every)

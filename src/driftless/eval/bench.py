@@ -137,9 +137,11 @@ class TrainBenchConfig:
     warmup: int = 3
     device: str | None = None
     precision: str = "auto"  # as the trainer: auto (bf16 on GPU) | fp32 | bf16
-    compile: bool = False
+    compile: bool | None = None  # as the trainer: None = on with CUDA, off on the CPU
     peak_tflops: float | None = None
-    measure_peak: bool = False
+    measure_peak: bool | None = None  # time a large matmul in this run (None: on with CUDA)
+    reference: bool | None = None  # time the plain reference transformer too (None: on with CUDA)
+    profile: str | None = None  # folder for a torch.profiler trace of a few steps and its kernel table
     seed: int = 0
     overrides: dict = field(default_factory=dict)
 
@@ -222,7 +224,24 @@ def bench_train(cfg: TrainBenchConfig) -> dict:
         sync(device)
         times.append(time.perf_counter() - t)
     precision = "bf16" if trainer.autocast_dtype == torch.bfloat16 else ("tf32" if device.type == "cuda" else "fp32")
-    peak = resolve_peak(device, precision, cfg.peak_tflops, cfg.measure_peak)
+    profile = _profile(step, device, cfg.profile, f"{cfg.stage}-{cfg.preset}-b{cfg.batch_size}") if cfg.profile else None
+    measure = cfg.measure_peak if cfg.measure_peak is not None else device.type == "cuda"
+    datasheet = resolve_peak(device, precision) if device.type == "cuda" else {"tflops": None, "source": "cpu"}
+    if cfg.peak_tflops:
+        peak = {"tflops": float(cfg.peak_tflops), "source": "declared"}
+    elif measure:
+        from driftless.eval.reference import measure_matmul_peak
+
+        peak = measure_matmul_peak(device, torch.bfloat16 if precision == "bf16" else torch.float32)
+    else:
+        peak = datasheet
+    reference = None
+    if cfg.reference if cfg.reference is not None else device.type == "cuda":
+        from driftless.eval.reference import bench_reference, reference_shape
+
+        shape = reference_shape(model, _tokens_per_frame(cfg.stage, mcfg), clip_len, cfg.batch_size)
+        reference = bench_reference(shape, device, cfg.precision, trainer.compiled, steps=cfg.steps,
+                                    warmup=cfg.warmup, seed=cfg.seed)
     st = stats(times)
     frames = cfg.batch_size * clip_len
     tokens = frames * _tokens_per_frame(cfg.stage, mcfg)
@@ -238,8 +257,39 @@ def bench_train(cfg: TrainBenchConfig) -> dict:
         "tokens_per_s": {k: tokens / st[q] for k, q in (("median", "median"), ("q25", "q75"), ("q75", "q25"))},
         "flops_per_step": flops, "tflops": achieved, "peak": peak,
         "mfu": achieved / peak["tflops"] if peak["tflops"] else None,
+        "datasheet_peak": datasheet,
+        "mfu_datasheet": achieved / datasheet["tflops"] if datasheet["tflops"] else None,
+        "reference": reference,
+        "reference_mfu": reference["tflops"] / peak["tflops"] if reference and peak["tflops"] else None,
+        "vs_reference": achieved / reference["tflops"] if reference else None,
+        "compiled": trainer.compiled, "profile": profile,
         "memory": memory, "config": asdict(cfg), "model_config": to_dict(mcfg),
     }
+
+
+def _profile(step, device, folder: str, name: str, steps: int = 5, top: int = 20) -> dict:
+    """Run `steps` more steps under torch.profiler: a Chrome trace in `folder` and the kernels
+    that take the most device (or CPU) time, as a table in the result."""
+    from pathlib import Path
+
+    from torch.profiler import ProfilerActivity, profile
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    trace = str(Path(folder) / f"{name}.json")
+    prof.export_chrome_trace(trace)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
+    table = [{"name": e.key[:120], "calls_per_step": e.count / steps, "ms_per_step": getattr(e, key) / steps / 1e3,
+              "share": getattr(e, key) / total} for e in rows]
+    return {"trace": trace, "time_per_step_ms": total / steps / 1e3, "kernels_per_step": sum(e.count for e in events)
+            / steps, "top": table}
 
 
 # ---- generation speed -----------------------------------------------------------------------------

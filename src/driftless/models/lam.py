@@ -87,6 +87,8 @@ class LatentActionModel(nn.Module):
         self.to_action = nn.Linear(de, cfg.action_dim)
         self.vq = VectorQuantizer(cfg.num_actions, cfg.action_dim, beta=cfg.vq_beta, usage_decay=cfg.vq_usage_decay)
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # for the VQ warm-up
+        self._host_steps: int | None = None  # host copy of train_steps (see before_train_step)
+        self._phase: str | None = None
         nn.init.normal_(self.summary, std=0.02)
         if cfg.inference_only:
             return
@@ -120,15 +122,30 @@ class LatentActionModel(nn.Module):
             raise ValueError(f"inferring actions needs at least 2 frames, got {x.shape[1]}")
         vec = self._action_vectors(x)
         if self.training:
-            step = int(self.train_steps)
+            phase = self._phase if self._phase is not None else self._phase_of(int(self.train_steps))
             self.train_steps += 1
-            if step < self.cfg.vq_warmup:
+            if phase == "warmup":
                 idx = self.vq.quantize(vec)
                 zero = vec.new_zeros(())
                 return F.normalize(vec, dim=-1), idx, zero, {"vq_perplexity": zero.detach() + 1, "vq_usage": zero.detach()}
-            if step == self.cfg.vq_warmup and self.cfg.vq_warmup > 0:
+            if phase == "kmeans":
                 self.vq.init_kmeans(F.normalize(vec.detach().float(), dim=-1).reshape(-1, self.cfg.action_dim))
         return self.vq(vec)
+
+    def _phase_of(self, step: int) -> str:
+        """VQ warm-up ("warmup": continuous vectors), the k-means initialisation ("kmeans", once),
+        then vector quantisation ("vq"), by the number of training calls so far."""
+        warm = self.cfg.vq_warmup
+        return "warmup" if step < warm else ("kmeans" if step == warm and warm > 0 else "vq")
+
+    def before_train_step(self) -> None:
+        """Called by the Trainer before each step, outside compiled code: advances a host-side
+        copy of `train_steps`, so the forward pass never reads a device counter (a sync, and a
+        graph break under torch.compile) and sees the phase as a constant that changes twice."""
+        if self._host_steps is None:
+            self._host_steps = int(self.train_steps)  # once: from a fresh or resumed checkpoint
+        self._phase = self._phase_of(self._host_steps)
+        self._host_steps += 1
 
     @torch.no_grad()
     def infer_actions(self, frames: torch.Tensor) -> torch.Tensor:

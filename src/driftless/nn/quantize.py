@@ -113,16 +113,16 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _reset_dead(self, flat: torch.Tensor) -> None:
-        dead = self.usage < self.dead_threshold
-        n_dead = int(dead.sum())
-        if n_dead == 0 or flat.shape[0] == 0:
+        # a candidate replacement for every code, kept only where the code is dead: no host sync
+        if flat.shape[0] == 0:
             return
-        pick = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
-        new = flat[pick].to(self.codebook.dtype)
+        dead = self.usage < self.dead_threshold  # (K,)
+        pick = torch.randint(0, flat.shape[0], (self.num_codes,), device=flat.device)
+        new = flat[pick].to(self.codebook.dtype)  # (K, dim)
         if dist.is_available() and dist.is_initialized():
             dist.broadcast(new, src=0)
-        self.codebook.data[dead] = new
-        self.usage[dead] = 1.0 / self.num_codes
+        self.codebook.data.copy_(torch.where(dead[:, None], new, self.codebook.data))
+        self.usage.copy_(torch.where(dead, torch.full_like(self.usage, 1.0 / self.num_codes), self.usage))
 
 
 class DiagonalGaussian(nn.Module):

@@ -3,7 +3,8 @@
 A model trains here if it has
     training_loss(batch) -> (loss tensor, {name: scalar tensor})
 and optionally
-    validation(batch) -> ({name: float}, image uint8 (H, W, 3) or None).
+    validation(batch) -> ({name: float}, image uint8 (H, W, 3) or None)
+    before_train_step() -> None   (host-side bookkeeping, called outside compiled code).
 
 The loop: AdamW (no decay on 1-D parameters), linear warm-up then cosine decay, gradient
 clipping, EMA weights, bf16 autocast on GPU, optional torch.compile, DDP under torchrun.
@@ -47,7 +48,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     seed: int = 0
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
-    compile: bool = False
+    compile: bool | None = None  # torch.compile the model; None = on for CUDA, off on the CPU
     log_every: int = 50
     val_every: int = 1000
     save_every: int = 1000
@@ -91,6 +92,16 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+def masked_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """optimizer.step() unless the device scalar `skip` is 1: the fused Adam(W) kernels read it
+    on the device (the mechanism torch's GradScaler uses: `found_inf`), so the host never waits."""
+    optimizer.grad_scale, optimizer.found_inf = None, skip
+    try:
+        optimizer.step()
+    finally:
+        optimizer.found_inf = None
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for p in model.parameters():
@@ -122,11 +133,16 @@ class Trainer:
         self.frames_per_sample = frames_per_sample
         self.model = model.to(info.device)
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        # fused: one kernel for all parameters, and it can skip a non-finite step on the device
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-            fused=info.device.type == "cuda")
+            _param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
         self.step = 0
         self.nonfinite_total = 0
+        # device-side accounting of skipped (non-finite) steps, read every log_every steps
+        zero = torch.zeros((), device=info.device)
+        self._bad_total, self._bad_run, self._last_bad, self._step_counter = (zero.clone() for _ in range(4))
+        self._nonfinite_base = 0  # skipped steps of earlier runs (resumed)
+        self._bad_logged = 0
         if cfg.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and info.device.type == "cuda")
@@ -138,7 +154,8 @@ class Trainer:
         if info.enabled:
             wrapped = DistributedDataParallel(
                 wrapped, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-        if cfg.compile:
+        self.compiled = cfg.compile if cfg.compile is not None else info.device.type == "cuda"
+        if self.compiled:
             wrapped = torch.compile(wrapped)
         self.forward = wrapped
         self.ckpt_dir = self.out / "checkpoint"
@@ -190,7 +207,7 @@ class Trainer:
         self.ema_model.load_state_dict(checkpoint.read_weights(self.ckpt_dir, ema=True))
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
-        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        self.nonfinite_total = self._nonfinite_base = int(state.get("nonfinite_total", 0))
         if "time_spent_s" in header.get("meta", {}):
             self.meta["time_spent_s"] = header["meta"]["time_spent_s"]
         self._truncate_log(self.step)
@@ -216,10 +233,17 @@ class Trainer:
                 self.tb.flush()
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
+    def _update_ema(self, ok: torch.Tensor | float = 1.0) -> None:
+        """ema <- ema + w (param - ema), w = (1 - decay) * ok: one fused pass, no host sync."""
         decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
         ema_params = list(self.ema_model.parameters())
-        torch._foreach_lerp_(ema_params, [p.detach() for p in self.model.parameters()], 1 - decay)
+        params = [p.detach() for p in self.model.parameters()]
+        if isinstance(ok, torch.Tensor):
+            delta = torch._foreach_sub(params, ema_params)
+            torch._foreach_mul_(delta, ok * (1 - decay))
+            torch._foreach_add_(ema_params, delta)
+        else:
+            torch._foreach_lerp_(ema_params, params, (1 - decay) * ok)
         for e, b in zip(self.ema_model.buffers(), self.model.buffers()):
             e.copy_(b)
 
@@ -251,22 +275,35 @@ class Trainer:
         return result
 
     # ---- the loop --------------------------------------------------------------------------
-    def train_step(self, batch: dict) -> tuple[torch.Tensor, dict, torch.Tensor, bool]:
+    def train_step(self, batch: dict) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
         """One optimizer step on a batch already on the device: forward, backward, clipping, and,
-        when loss and gradient are finite on every rank, the update and EMA (step advances);
-        otherwise the gradients are dropped (and the step does not advance). Returns
-        (loss, metrics, grad_norm, ok)."""
+        when loss and gradient are finite on every rank, the update and EMA; otherwise the update
+        and EMA are skipped. The step always advances (the batch is consumed either way).
+
+        Nothing here waits for the device: whether the step was finite stays a device tensor
+        (`ok`) that masks the update inside the fused optimizer and the EMA; the loop reads it
+        with the other metrics every `log_every` steps. Returns (loss, metrics, grad_norm, ok)."""
+        hook = getattr(self.model, "before_train_step", None)
+        if hook is not None:  # host-side bookkeeping of the model, kept out of compiled code
+            hook()
         with torch.autocast(self.info.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             loss, metrics = self.forward(batch)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        ok = not any_rank(not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)), self.info)
-        if ok:
-            self.optimizer.step()
-            self._update_ema()
-            self.step += 1
+        bad = (~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))).float()  # () 1.0 = skip
+        if self.info.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # one rank's overflow skips the step everywhere
+        masked_step(self.optimizer, bad)
+        self._update_ema(ok=1.0 - bad)
         self.optimizer.zero_grad(set_to_none=True)
-        return loss, metrics, grad_norm, ok
+        self.step += 1
+        self._bad_total += bad
+        self._bad_run = (self._bad_run + bad) * bad  # consecutive skipped steps, 0 after a good one
+        self._last_bad = torch.where(bad > 0, self._step_counter, self._last_bad)
+        self._step_counter += 1
+        return loss, metrics, grad_norm, 1.0 - bad
 
     def fit(self, batches: Callable[[int], Iterator[dict]], val_batches: list[dict] | None = None) -> dict:
         """Train until cfg.steps (or cfg.max_minutes). `batches(start)` must yield this rank's
@@ -278,69 +315,79 @@ class Trainer:
         # time already spent in earlier chunks of a time-budgeted run
         t_offset = float(self.meta.get("time_spent_s", 0.0)) if cfg.time_budget else 0.0
         t_last, step_last = t_start, self.step
-        consecutive_bad = 0
         first_step = self.step
         stopped = "steps"
         pbar = tqdm(total=cfg.steps, initial=self.step, disable=not info.is_main, desc=f"train {self.kind}",
                     dynamic_ncols=True)
         self.model.train()
+        self._step_counter.fill_(self.step)
         while self.step < cfg.steps:
             torch.manual_seed(step_seed(cfg.seed, info.rank, self.step))
+            # under DDP the wall-clock checks are collectives: make them only every log_every steps
+            check_time = not info.enabled or self.step % cfg.log_every == 0
             frac = None
             if cfg.time_budget:
                 frac = (t_offset + time.time() - t_start) / (cfg.time_budget * 60)
-                if any_rank(frac >= 1.0, info):
+                if check_time and any_rank(frac >= 1.0, info):
                     stopped = "time_budget"
                     break
             lr = lr_at(self.step, cfg, frac)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             loss, metrics, grad_norm, ok = self.train_step(_to_device(next(it), info.device))
-            if not ok:
-                consecutive_bad += 1
-                self.nonfinite_total += 1
-                self._log({"step": self.step, "event": "nonfinite", "loss": float(loss.detach()),
-                           "grad_norm": float(grad_norm)})
-                if consecutive_bad >= cfg.max_nonfinite:
-                    stopped = "nonfinite"
-                    tqdm.write(f"stopping: {consecutive_bad} non-finite steps in a row; "
-                               f"the last good checkpoint in {self.ckpt_dir} is kept")
-                    break
-                self.step += 1  # the batch is consumed either way, keeping the data stream aligned
-                continue
-            consecutive_bad = 0
             pbar.update(1)
 
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:  # the loop's one regular sync
                 avg = all_reduce_mean({"loss": loss, "grad_norm": grad_norm, **metrics}, info)
+                bad_run, skipped = self._read_nonfinite(step_last)
                 now = time.time()
                 fps = (self.step - step_last) * cfg.batch_size * info.world_size * self.frames_per_sample / max(
                     1e-9, now - t_last)
                 t_last, step_last = now, self.step
-                record = {"step": self.step, "split": "train", "lr": lr, "frames_per_s": fps,
-                          "elapsed_s": now - t_start, **avg}
-                if info.device.type == "cuda":
-                    record["max_mem_gb"] = torch.cuda.max_memory_allocated(info.device) / 2**30
-                self._log(record)
-                pbar.set_postfix(loss=f"{avg['loss']:.4f}", fps=f"{fps:.0f}")
+                if bad_run >= cfg.max_nonfinite:
+                    stopped = "nonfinite"
+                    tqdm.write(f"stopping: {bad_run} non-finite steps in a row; "
+                               f"the last good checkpoint in {self.ckpt_dir} is kept")
+                    break
+                if bad_run == 0:  # the last step was finite: its loss is worth a record
+                    record = {"step": self.step, "split": "train", "lr": lr, "frames_per_s": fps,
+                              "elapsed_s": now - t_start, **avg}
+                    if info.device.type == "cuda":
+                        record["max_mem_gb"] = torch.cuda.max_memory_allocated(info.device) / 2**30
+                    self._log(record)
+                    pbar.set_postfix(loss=f"{avg['loss']:.4f}", fps=f"{fps:.0f}")
             if cfg.val_every and self.step % cfg.val_every == 0:
                 self.validate(val_batches or [])
                 self.model.train()
-            if cfg.save_every and self.step % cfg.save_every == 0:
+            if cfg.save_every and self.step % cfg.save_every == 0 and float(self._bad_run) == 0:
+                # (after a skipped step the weights are the last good ones, but its checkpoint was
+                # written already; a run that is failing keeps that one)
                 self.meta["time_spent_s"] = t_offset + time.time() - t_start
                 self.save()
             if cfg.stop_after and self.step - first_step >= cfg.stop_after and self.step < cfg.steps:
                 stopped = "stop_after"
                 break
-            if cfg.max_minutes and any_rank(time.time() - t_start > cfg.max_minutes * 60, info):
+            if cfg.max_minutes and check_time and any_rank(time.time() - t_start > cfg.max_minutes * 60, info):
                 stopped = "time"  # every rank takes part in the check, so all stop together
                 break
         pbar.close()
         if stopped != "nonfinite":
             self.meta["time_spent_s"] = t_offset + time.time() - t_start
             self.save()
+        self._read_nonfinite(step_last)
         return {"step": self.step, "stopped": stopped, "seconds": time.time() - t_start,
                 "nonfinite_total": self.nonfinite_total, **self.rank_sync()}
+
+    def _read_nonfinite(self, since_step: int) -> tuple[int, int]:
+        """Read the device-side counts of skipped steps (a host sync); log an event if steps were
+        skipped since `since_step`. Returns (consecutive skipped steps now, skipped since)."""
+        run, total, last = (int(v) for v in torch.stack([self._bad_run, self._bad_total, self._last_bad]).cpu())
+        skipped = total - self._bad_logged
+        if skipped > 0:
+            self._log({"step": last, "event": "nonfinite", "skipped": skipped, "since_step": since_step})
+        self._bad_logged = total
+        self.nonfinite_total = self._nonfinite_base + total
+        return run, skipped
 
     @torch.no_grad()
     def rank_sync(self) -> dict:
