@@ -18,7 +18,7 @@ import secrets
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,17 @@ class PlayConfig:
             raise ValueError(f"denoise_steps must be >= 1, got {self.denoise_steps}")
         if float(self.idle_timeout_s) <= 0:
             raise ValueError(f"idle_timeout_s must be > 0, got {self.idle_timeout_s}")
+
+    @classmethod
+    def build(cls, base: PlayConfig | None = None, **options) -> PlayConfig:
+        """`base` (default: every default) with `options` replaced; an unknown option is a ValueError."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown play option(s) {unknown}; known: {sorted(known)}")
+        if base is not None and not options:
+            return base
+        return cls(**{**(asdict(base) if base is not None else {}), **options})
 
     @property
     def image_limits(self) -> ImageLimits:
