@@ -12,9 +12,9 @@ import driftless
 from driftless.config import from_dict, override, to_dict
 from driftless.models import registry
 from driftless.models.dynamics import Dynamics, DynamicsConfig
-from driftless.models.frame_mar import (MARConfig, cosine_mask_counts, random_frame_masks, truncated_normal,
-                                        truncated_normal_mean)
+from driftless.models.frame_mar import MARConfig
 from driftless.models.frame_maskgit import MaskGITConfig
+from driftless.nn.masking import cosine_mask_counts, random_masks, truncated_normal, truncated_normal_mean
 
 
 def _dyn(frame_model: str, **over) -> Dynamics:
@@ -57,7 +57,7 @@ def test_mar_mask_ratio_is_the_truncated_normal_on_07_1():
     clean = ratios == 0
     assert abs(float(clean.float().mean()) - frame.mar.clean_frame_prob) < 0.01
     assert float(ratios[~clean].min()) >= 0.7 and abs(float(ratios[~clean].mean()) - expected) < 3e-3
-    masks = random_frame_masks(ratios[:50].reshape(5, 10), 64, torch.Generator().manual_seed(2))
+    masks = random_masks(ratios[:50].reshape(5, 10), 64, torch.Generator().manual_seed(2))
     assert torch.equal(masks.sum(-1), torch.ceil(ratios[:50].reshape(5, 10) * 64 - 1e-6).long())
 
 

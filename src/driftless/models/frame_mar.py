@@ -25,13 +25,13 @@ the finished frame is committed to the caches at the context level.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from driftless.diffusion.diffloss import DiffLoss, DiffLossConfig, linear_cfg_schedule
+from driftless.nn.masking import cosine_mask_counts, keep_some_unmasked, random_masks, random_order, truncated_normal
 
 
 @dataclass
@@ -65,52 +65,6 @@ class MARConfig:
         return DiffLossConfig(token_dim=token_dim, cond_dim=cond_dim, width=self.head_width, depth=self.head_depth,
                               freq_dim=self.head_freq_dim, noise_draws=self.noise_draws,
                               sampling_steps=self.head_steps, eta=self.head_eta)
-
-
-# ---- schedules shared with MaskGIT -------------------------------------------------------------
-def truncated_normal(shape: tuple[int, ...], mean: float, std: float, low: float, high: float,
-                     device=None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Samples of N(mean, std^2) restricted to [low, high], by inverting the normal CDF."""
-    a = torch.special.ndtr(torch.tensor((low - mean) / std, dtype=torch.float64))
-    b = torch.special.ndtr(torch.tensor((high - mean) / std, dtype=torch.float64))
-    u = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
-    x = mean + std * torch.special.ndtri(a + (b - a) * u)
-    return x.clamp(low, high).float()
-
-
-def truncated_normal_mean(mean: float, std: float, low: float, high: float) -> float:
-    """Mean of N(mean, std^2) restricted to [low, high]."""
-    a, b = (low - mean) / std, (high - mean) / std
-    pdf = lambda v: math.exp(-0.5 * v * v) / math.sqrt(2 * math.pi)  # noqa: E731
-    cdf = lambda v: 0.5 * (1 + math.erf(v / math.sqrt(2)))  # noqa: E731
-    return mean + std * (pdf(a) - pdf(b)) / (cdf(b) - cdf(a))
-
-
-def cosine_mask_counts(num_tokens: int, steps: int) -> list[int]:
-    """Tokens still masked after each of `steps` generation steps (MAR's and MaskGIT's cosine
-    schedule): floor(n * cos(pi/2 * (i+1)/steps)), at least one token revealed per step, at
-    least one kept masked until the last step, 0 after it. steps is capped at num_tokens."""
-    if num_tokens < 1 or steps < 1:
-        raise ValueError(f"the unmasking schedule needs num_tokens >= 1 and steps >= 1, got {num_tokens}, {steps}")
-    steps = min(steps, num_tokens)
-    counts, masked = [], num_tokens
-    for i in range(steps):
-        if i == steps - 1:
-            masked = 0
-        else:
-            want = math.floor(num_tokens * math.cos(math.pi / 2 * (i + 1) / steps))
-            masked = max(1, min(masked - 1, want))
-        counts.append(masked)
-    return counts
-
-
-def random_frame_masks(ratios: torch.Tensor, num_tokens: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """ratios (...) in [0, 1] -> bool masks (..., num_tokens) with ceil(ratio * n) True at random
-    positions of every frame."""
-    n_mask = torch.ceil(ratios * num_tokens - 1e-6).clamp(0, num_tokens).long()  # (...)
-    scores = torch.rand(ratios.shape + (num_tokens,), generator=generator, device=ratios.device)
-    ranks = scores.argsort(-1).argsort(-1)  # (..., n): a random permutation per frame
-    return ranks < n_mask.unsqueeze(-1)
 
 
 def frame_actions_for_training(dyn, batch: dict, b: int, t: int, device) -> torch.Tensor | None:
@@ -149,10 +103,7 @@ class MARFrame(nn.Module):
     def sample_ratios(self, shape: tuple[int, ...], device, generator: torch.Generator | None = None) -> torch.Tensor:
         m = self.mar
         r = truncated_normal(shape, m.mask_mean, m.mask_std, m.mask_min, m.mask_max, device, generator)
-        if m.clean_frame_prob > 0:
-            clean = torch.rand(shape, generator=generator, device=device) < m.clean_frame_prob
-            r = torch.where(clean, torch.zeros_like(r), r)
-        return r
+        return keep_some_unmasked(r, m.clean_frame_prob, generator)
 
     # ---- training ----------------------------------------------------------------------------
     def training_loss(self, dyn, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -161,7 +112,7 @@ class MARFrame(nn.Module):
         acts = frame_actions_for_training(dyn, batch, b, t, x0.device)
         levels = dyn.diffusion.sample_levels((b, t), x0.device, low=0)
         xk = dyn.diffusion.q_sample(x0, levels, torch.randn_like(x0))
-        mask = random_frame_masks(self.sample_ratios((b, t), x0.device), s)  # (b, t, s)
+        mask = random_masks(self.sample_ratios((b, t), x0.device), s)  # (b, t, s)
         z = self.features(dyn, xk, mask, levels, acts)
         loss = self.head.loss(x0, z, mask)
         return loss, {"diffloss": loss.detach(), "mask_ratio": mask.float().mean().detach()}
@@ -178,7 +129,7 @@ class MARFrame(nn.Module):
         counts = cosine_mask_counts(s, steps)
         level = cfg.diffusion.context_level if context_level is None else context_level
         levels = torch.full((b, 1), level, dtype=torch.long, device=device)
-        order = torch.rand((b, s), generator=generator, device=device).argsort(-1)  # random order per session
+        order = random_order((b,), s, device, generator)  # (b, s): a random order per session
         noise = torch.randn((b, 1, s, c), generator=generator, device=device)  # fixed for this frame
         x = torch.zeros((b, 1, s, c), device=device)
         known = torch.zeros((b, 1, s), dtype=torch.bool, device=device)

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from driftless.diffusion.diffloss import linear_cfg_schedule
-from driftless.models.frame_mar import cosine_mask_counts, frame_actions_for_training, random_frame_masks
+from driftless.models.frame_mar import frame_actions_for_training
+from driftless.nn.masking import cosine_mask_counts, gumbel, keep_some_unmasked, random_masks, uniform_ratios
 
 
 @dataclass
@@ -53,11 +54,6 @@ class MaskGITConfig:
             raise ValueError(f"MaskGIT steps must be >= 1, got {self.steps}")
         if self.choice_temperature < 0:
             raise ValueError(f"MaskGIT choice_temperature must be >= 0, got {self.choice_temperature}")
-
-
-def gumbel(shape, device, generator: torch.Generator | None = None) -> torch.Tensor:
-    u = torch.rand(shape, generator=generator, device=device).clamp(1e-20, 1.0 - 1e-7)
-    return -torch.log(-torch.log(u))
 
 
 class MaskGITFrame(nn.Module):
@@ -98,12 +94,8 @@ class MaskGITFrame(nn.Module):
         return self.to_logits(h)
 
     def sample_rates(self, shape: tuple[int, ...], device, generator: torch.Generator | None = None) -> torch.Tensor:
-        lo, hi = self.mg.mask_min, self.mg.mask_max
-        r = lo + (hi - lo) * torch.rand(shape, generator=generator, device=device)
-        if self.mg.clean_frame_prob > 0:
-            clean = torch.rand(shape, generator=generator, device=device) < self.mg.clean_frame_prob
-            r = torch.where(clean, torch.zeros_like(r), r)
-        return r
+        r = uniform_ratios(shape, self.mg.mask_min, self.mg.mask_max, device, generator)
+        return keep_some_unmasked(r, self.mg.clean_frame_prob, generator)
 
     # ---- training ----------------------------------------------------------------------------
     def training_loss(self, dyn, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -114,7 +106,7 @@ class MaskGITFrame(nn.Module):
         idx = self.check_indices(batch["indices"])  # (b, t, s)
         b, t, s = idx.shape
         acts = frame_actions_for_training(dyn, batch, b, t, idx.device)
-        mask = random_frame_masks(self.sample_rates((b, t), idx.device), s)  # (b, t, s)
+        mask = random_masks(self.sample_rates((b, t), idx.device), s)  # (b, t, s)
         inp = torch.where(mask, torch.full_like(idx, self.mask_index), idx)
         logits = self.logits(dyn, inp, acts).float()  # (b, t, s, K)
         ce = F.cross_entropy(logits[mask], idx[mask], label_smoothing=self.mg.label_smoothing) if mask.any() \
