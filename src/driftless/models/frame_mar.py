@@ -26,12 +26,17 @@ the finished frame is committed to the caches at the context level.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from driftless.diffusion.diffloss import DiffLoss, DiffLossConfig, linear_cfg_schedule
+from driftless.models.frames import Backbone, BuildShared, FrameModel, no_shared_layers
 from driftless.nn.masking import cosine_mask_counts, keep_some_unmasked, random_masks, random_order, truncated_normal
+
+if TYPE_CHECKING:
+    from driftless.models.dynamics import DynamicsConfig, RolloutState
 
 
 @dataclass
@@ -67,20 +72,14 @@ class MARConfig:
                               sampling_steps=self.head_steps, eta=self.head_eta)
 
 
-def frame_actions_for_training(dyn, batch: dict, b: int, t: int, device) -> torch.Tensor | None:
-    """Per-frame actions (b, t) with the null action first and action dropout (for CFG)."""
-    acts = dyn.frame_actions(batch.get("actions"), b, t, device)
-    if acts is not None and dyn.cfg.action_dropout > 0:
-        drop = torch.rand(acts.shape, device=device) < dyn.cfg.action_dropout
-        acts = torch.where(drop, torch.full_like(acts, dyn.null_action), acts)
-    return acts
+class MARFrame(FrameModel):
+    """Input embedding with a mask token, and the DiffLoss head, on the shared backbone."""
 
+    name = "mar"
 
-class MARFrame(nn.Module):
-    """Input embedding with a mask token, and the DiffLoss head; the backbone is the Dynamics'."""
-
-    def __init__(self, cfg):
-        super().__init__()
+    def __init__(self, cfg: DynamicsConfig, build_shared: BuildShared = no_shared_layers):
+        super().__init__(cfg)
+        build_shared()  # (creation order: the shared layers first, then the frame model's)
         self.mar: MARConfig = cfg.mar
         d = cfg.backbone.dim
         self.latent_in = nn.Linear(cfg.latent_dim, d)
@@ -91,14 +90,19 @@ class MARFrame(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
 
     # ---- network ---------------------------------------------------------------------------
-    def features(self, dyn, xk: torch.Tensor, mask: torch.Tensor | None, levels: torch.Tensor,
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.latent_in(inputs)  # (b, t, s, c) -> (b, t, s, d)
+
+    def features(self, run: Backbone, xk: torch.Tensor, mask: torch.Tensor | None, levels: torch.Tensor,
                  actions: torch.Tensor | None, start: int = 0, caches=None, commit: bool = False) -> torch.Tensor:
         """xk: noisy latents (b, t, s, c); mask (b, t, s) bool (True = masked) or None; levels (b, t)
         -> per-token conditioning z (b, t, s, d) for the head. Causal across frames."""
-        tokens = self.latent_in(xk)  # (b, t, s, d)
+        tokens = self.embed(xk)  # (b, t, s, d)
         if mask is not None:
             tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
-        return dyn.run(tokens, levels, actions, start=start, caches=caches, commit=commit)
+        return run(tokens, levels, actions, start=start, caches=caches, commit=commit)
+
+    forward = features
 
     def sample_ratios(self, shape: tuple[int, ...], device, generator: torch.Generator | None = None) -> torch.Tensor:
         m = self.mar
@@ -106,24 +110,26 @@ class MARFrame(nn.Module):
         return keep_some_unmasked(r, m.clean_frame_prob, generator)
 
     # ---- training ----------------------------------------------------------------------------
-    def training_loss(self, dyn, batch: dict) -> tuple[torch.Tensor, dict]:
+    def training_loss(self, run: Backbone, batch: dict) -> tuple[torch.Tensor, dict]:
         x0 = batch["latents"].float()  # (b, t, s, c), normalised
         b, t, s = x0.shape[:3]
-        acts = frame_actions_for_training(dyn, batch, b, t, x0.device)
-        levels = dyn.diffusion.sample_levels((b, t), x0.device, low=0)
-        xk = dyn.diffusion.q_sample(x0, levels, torch.randn_like(x0))
+        acts = self.training_actions(batch, b, t, x0.device)
+        levels = self.diffusion.sample_levels((b, t), x0.device, low=0)
+        xk = self.diffusion.q_sample(x0, levels, torch.randn_like(x0))
         mask = random_masks(self.sample_ratios((b, t), x0.device), s)  # (b, t, s)
-        z = self.features(dyn, xk, mask, levels, acts)
+        z = self.features(run, xk, mask, levels, acts)
         loss = self.head.loss(x0, z, mask)
         return loss, {"diffloss": loss.detach(), "mask_ratio": mask.float().mean().detach()}
 
     # ---- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, dyn, state, actions: torch.Tensor | None, steps: int | None, cfg_scale: float,
-                 context_level: int | None, temperature: float, generator: torch.Generator | None,
-                 b: int, device) -> torch.Tensor:
-        """Sample the next frame (b, 1, s, c) and commit it to the caches."""
-        cfg = dyn.cfg
+    def generate_frame(self, run: Backbone, state: RolloutState, actions: torch.Tensor | None, batch: int, device,
+                       steps: int | None = None, cfg_scale: float = 1.0, eta: float | None = None,
+                       context_level: int | None = None, temperature: float = 1.0,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """-> the next frame's latents (b, 1, s, c): `steps` unmasking steps, the head's noise scaled
+        by `temperature` (`eta` unused: the head samples with its `head_eta`)."""
+        cfg, b = self.cfg, batch
         s, c = cfg.tokens_per_frame, cfg.latent_dim
         steps = self.mar.steps if steps is None else int(steps)
         counts = cosine_mask_counts(s, steps)
@@ -135,22 +141,22 @@ class MARFrame(nn.Module):
         known = torch.zeros((b, 1, s), dtype=torch.bool, device=device)
         acts = None if actions is None else actions.reshape(b, 1)
         guided = cfg_scale != 1.0 and acts is not None
-        null = torch.full_like(acts, dyn.null_action) if guided else None
+        null = torch.full_like(acts, self.null_action) if guided else None
         done = 0
         for i, still_masked in enumerate(counts):
-            xk = dyn.diffusion.q_sample(x, levels, noise)
-            z = self.features(dyn, xk, ~known, levels, acts, start=state.position, caches=state.caches)[:, 0]
+            xk = self.diffusion.q_sample(x, levels, noise)
+            z = self.features(run, xk, ~known, levels, acts, start=state.position, caches=state.caches)[:, 0]
             sel = order[:, done:s - still_masked]  # (b, n_i): this step's tokens
             gather = sel.unsqueeze(-1)
             z_sel = torch.gather(z, 1, gather.expand(-1, -1, z.shape[-1]))  # (b, n_i, d)
             kw = {}
             if guided:
-                z_u = self.features(dyn, xk, ~known, levels, null, start=state.position, caches=state.caches)[:, 0]
+                z_u = self.features(run, xk, ~known, levels, null, start=state.position, caches=state.caches)[:, 0]
                 kw = {"cfg_scale": linear_cfg_schedule(i, len(counts), cfg_scale, revealed=(s - still_masked) / s),
                       "z_uncond": torch.gather(z_u, 1, gather.expand(-1, -1, z_u.shape[-1]))}
             tok = self.head.sample(z_sel, temperature=temperature, generator=generator, **kw)  # (b, n_i, c)
             x[:, 0].scatter_(1, gather.expand(-1, -1, c), tok.to(x.dtype))
             known[:, 0].scatter_(1, sel, True)
             done = s - still_masked
-        dyn.observe(state, x, actions if actions is None else acts, context_level=context_level, generator=generator)
+        self.observe(run, state, x, acts, context_level=context_level, generator=generator)
         return x
