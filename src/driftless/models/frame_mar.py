@@ -33,7 +33,13 @@ from torch import nn
 
 from driftless.diffusion.diffloss import DiffLoss, DiffLossConfig, linear_cfg_schedule
 from driftless.models.frames import Backbone, BuildShared, FrameModel, no_shared_layers
-from driftless.nn.masking import cosine_mask_counts, keep_some_unmasked, random_masks, random_order, truncated_normal
+from driftless.nn.masking import (
+    cosine_mask_counts,
+    keep_some_unmasked,
+    random_masks,
+    random_order,
+    truncated_normal,
+)
 
 if TYPE_CHECKING:
     from driftless.models.dynamics import DynamicsConfig, RolloutState

@@ -40,7 +40,8 @@ The frame model gets the backbone function and nothing else of the Dynamics: the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Callable, ClassVar, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
 from torch import nn
