@@ -60,6 +60,20 @@ class ToyLAM(nn.Module):
         return errs.argmin(-1)
 
 
+class ToyFrame:
+    """The frame model's reading and writing: latents in, latents out (as the forcing model)."""
+
+    def check_tokenizer(self, tokenizer):
+        pass
+
+    def inputs_from_video(self, tokenizer, video):
+        z = tokenizer.encode(video).float()
+        return z, z
+
+    def to_latents(self, tokenizer, out):
+        return out
+
+
 class ToyDynamics(nn.Module):
     """mode: "shift" (the action moves the frame), "ignore" (it does not), "fade" (collapse to grey),
     "replay" (plays the frames `replay` (T, H, W, 3) in a loop, whatever the actions)."""
@@ -70,6 +84,7 @@ class ToyDynamics(nn.Module):
         self.replay = None if replay is None else torch.from_numpy(np.array(replay))
         self.cfg = SimpleNamespace(num_actions=len(SHIFTS), action_source=source, context_window=8,
                                    frame_model="forcing", latent_dim=tok.cfg.latent_dim, tokens_per_frame=tok.cfg.tokens_per_frame)
+        self.frame = ToyFrame()
 
     def frame_actions(self, trans, b, t, device):
         return None

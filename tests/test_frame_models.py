@@ -12,9 +12,9 @@ import driftless
 from driftless.config import from_dict, override, to_dict
 from driftless.models import registry
 from driftless.models.dynamics import Dynamics, DynamicsConfig
-from driftless.models.frame_mar import (MARConfig, cosine_mask_counts, random_frame_masks, truncated_normal,
-                                        truncated_normal_mean)
+from driftless.models.frame_mar import MARConfig
 from driftless.models.frame_maskgit import MaskGITConfig
+from driftless.nn.masking import cosine_mask_counts, random_masks, truncated_normal, truncated_normal_mean
 
 
 def _dyn(frame_model: str, **over) -> Dynamics:
@@ -57,7 +57,7 @@ def test_mar_mask_ratio_is_the_truncated_normal_on_07_1():
     clean = ratios == 0
     assert abs(float(clean.float().mean()) - frame.mar.clean_frame_prob) < 0.01
     assert float(ratios[~clean].min()) >= 0.7 and abs(float(ratios[~clean].mean()) - expected) < 3e-3
-    masks = random_frame_masks(ratios[:50].reshape(5, 10), 64, torch.Generator().manual_seed(2))
+    masks = random_masks(ratios[:50].reshape(5, 10), 64, torch.Generator().manual_seed(2))
     assert torch.equal(masks.sum(-1), torch.ceil(ratios[:50].reshape(5, 10) * 64 - 1e-6).long())
 
 
@@ -108,8 +108,8 @@ def test_maskgit_mask_rate_and_step_schedule():
         st = dyn.new_state()
         dyn.observe(st, torch.randint(0, 64, (3, 2, s)), None)
         trace = []
-        out = dyn.frame.generate(dyn, st, torch.tensor([0, 1, 2]), steps, 1.0, 1.0, torch.Generator().manual_seed(1),
-                                 3, "cpu", trace=trace)
+        out = dyn.frame.generate_frame(dyn.run, st, torch.tensor([0, 1, 2]), 3, "cpu", steps=steps,
+                                       generator=torch.Generator().manual_seed(1), trace=trace)
         assert trace == [[c] * 3 for c in cosine_mask_counts(s, steps)] and trace[-1] == [0, 0, 0]
         assert out.shape == (3, 1, s) and out.dtype == torch.long and int(out.max()) < 64
         assert st.position == 3
@@ -123,26 +123,26 @@ def test_mar_and_maskgit_are_causal_across_frames():
     x, lv = torch.randn(b, t, s, c), torch.randint(0, 1000, (b, t))
     mask = torch.rand(b, t, s) < 0.7
     acts = torch.randint(0, dyn.cfg.num_actions, (b, t))
-    z = dyn.frame.features(dyn, x, mask, lv, acts)
+    z = dyn.frame.features(dyn.run, x, mask, lv, acts)
     x2, lv2, m2, a2 = x.clone(), lv.clone(), mask.clone(), acts.clone()
     x2[:, 4:] += 1
     lv2[:, 4] = 3
     m2[:, 4] = ~m2[:, 4]
     a2[:, 4] = (a2[:, 4] + 1) % dyn.cfg.num_actions
-    z2 = dyn.frame.features(dyn, x2, m2, lv2, a2)
+    z2 = dyn.frame.features(dyn.run, x2, m2, lv2, a2)
     assert torch.allclose(z[:, :4], z2[:, :4], atol=1e-6) and not torch.allclose(z[:, 4], z2[:, 4])
 
     dyn = _dyn("maskgit").eval()
     idx = torch.randint(0, 65, (b, t, s))  # 64 = the mask token
-    logits = dyn.frame.logits(dyn, idx, acts)
+    logits = dyn.frame.logits(dyn.run, idx, acts)
     i2 = idx.clone()
     i2[:, 4:] = (i2[:, 4:] + 7) % 65
-    logits2 = dyn.frame.logits(dyn, i2, acts)
+    logits2 = dyn.frame.logits(dyn.run, i2, acts)
     assert logits.shape == (b, t, s, 64)
     assert torch.allclose(logits[:, :4], logits2[:, :4], atol=1e-6) and not torch.allclose(logits[:, 4], logits2[:, 4])
     a3 = acts.clone()
     a3[:, 2] = (a3[:, 2] + 1) % dyn.cfg.num_actions
-    assert not torch.allclose(dyn.frame.logits(dyn, idx, a3)[:, 2], logits[:, 2]), "the action matters"
+    assert not torch.allclose(dyn.frame.logits(dyn.run, idx, a3)[:, 2], logits[:, 2]), "the action matters"
 
 
 # ---- training -------------------------------------------------------------------------------------
@@ -187,15 +187,21 @@ def test_old_forcing_configs_and_weights_keep_loading():
     back = from_dict(DynamicsConfig, old)
     assert back.frame_model == "forcing" and back.mar == MARConfig() and back.maskgit == MaskGITConfig()
     keys = set(Dynamics(back).state_dict())
-    assert {"latent_in.weight", "latent_out.weight", "level_emb.mlp.0.weight", "action_emb.weight",
-            "action_token_bias"} <= keys and not any(k.startswith("frame.") for k in keys)
+    # the forcing model's layers live in its frame model now; weights saved with them top-level
+    # (`latent_in.*`, `latent_out.*`, as in the shipped world) load through a rename
+    assert {"frame.latent_in.weight", "frame.latent_out.weight", "level_emb.mlp.0.weight", "action_emb.weight",
+            "action_token_bias"} <= keys and not any(k.startswith("latent_") for k in keys)
     torch.manual_seed(3)
     a = Dynamics(back)
     torch.manual_seed(3)
     b = Dynamics(dataclasses.replace(back))
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in keys)
+    old_layout = {k.removeprefix("frame."): v + 1 for k, v in a.state_dict().items()}
+    assert "latent_in.weight" in old_layout and "latent_out.bias" in old_layout
+    b.load_state_dict(old_layout)  # strict
+    assert all(torch.equal(b.state_dict()[k], a.state_dict()[k] + 1) for k in keys)
     mar_keys = set(Dynamics(dataclasses.replace(back, frame_model="mar")).state_dict())
-    assert "frame.mask_token" in mar_keys and "latent_out.weight" not in mar_keys
+    assert "frame.mask_token" in mar_keys and "frame.latent_out.weight" not in mar_keys
 
 
 # ---- worlds -----------------------------------------------------------------------------------------

@@ -108,13 +108,13 @@ def test_dynamics_training_levels_forcing_vs_teacher_forcing(monkeypatch):
     seen = {}
     for tf in (False, True):
         dyn = Dynamics(dataclasses.replace(cfg, teacher_forcing=tf))
-        orig = dyn.forward
+        orig = dyn.frame.forward  # the forcing frame model's denoiser
 
-        def spy(x, levels, actions, **kw):
+        def spy(run, x, levels, actions, **kw):
             seen[tf] = levels.clone()
-            return orig(x, levels, actions, **kw)
+            return orig(run, x, levels, actions, **kw)
 
-        monkeypatch.setattr(dyn, "forward", spy)
+        monkeypatch.setattr(dyn.frame, "forward", spy)
         batch = {"latents": torch.randn(64, 6, cfg.tokens_per_frame, cfg.latent_dim),
                  "actions": torch.randint(0, cfg.num_actions, (64, 5))}
         loss, _ = dyn.training_loss(batch)

@@ -126,3 +126,26 @@ def test_ring_buffer_cache_matches_a_sliding_full_forward():
         model(x[:, i:i + 1], cond[:, i:i + 1], start=i, caches=c3, commit=True, window=8)
     b = model(x[:, 5:6], cond[:, 5:6], start=5, caches=c3)
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_masking_helpers():
+    from driftless.nn import masking
+
+    g = torch.Generator().manual_seed(0)
+    order = masking.random_order((3, 2), 10, generator=g)
+    assert order.shape == (3, 2, 10) and torch.equal(order.sort(-1).values, torch.arange(10).expand(3, 2, 10))
+    ratios = masking.uniform_ratios((20_000,), 0.5, 1.0, generator=g)
+    assert float(ratios.min()) >= 0.5 and float(ratios.max()) < 1.0 and abs(float(ratios.mean()) - 0.75) < 0.01
+    kept = masking.keep_some_unmasked(ratios, 0.2, generator=g)
+    assert abs(float((kept == 0).float().mean()) - 0.2) < 0.01 and torch.equal(kept[kept > 0], ratios[kept > 0])
+    assert masking.keep_some_unmasked(ratios, 0.0) is ratios
+    masks = masking.random_masks(torch.tensor([[0.0, 0.25, 1.0]]), 8, generator=g)
+    assert masks.shape == (1, 3, 8) and masks.sum(-1).tolist() == [[0, 2, 8]]
+    # MAR's mask ratio, N(1, 0.25^2) on [0.7, 1]: the same draws as an image model's inline sampler
+    r = masking.truncated_normal((50_000,), 1.0, 0.25, 0.7, 1.0, generator=torch.Generator().manual_seed(1))
+    a = torch.special.ndtr(torch.tensor((0.7 - 1.0) / 0.25, dtype=torch.float64))
+    u = a + (0.5 - a) * torch.rand(50_000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert torch.equal(r, (1.0 + 0.25 * torch.special.ndtri(u)).clamp(0.7, 1.0).float())
+    assert abs(float(r.mean()) - masking.truncated_normal_mean(1.0, 0.25, 0.7, 1.0)) < 2e-3
+    noise = masking.gumbel((100_000,), generator=g)
+    assert abs(float(noise.mean()) - 0.5772) < 0.02  # the Euler-Mascheroni constant

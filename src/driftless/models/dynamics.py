@@ -1,27 +1,25 @@
-"""Dynamics: a causal ST-transformer over the tokenizer's continuous latents, trained with
-Diffusion Forcing.
+"""Dynamics: a causal ST-transformer over the tokenizer's frames, trained with Diffusion Forcing
+(or masked modelling), conditioned on actions, sampled frame by frame with KV caches.
 
-Every frame of a training clip gets its own noise level k_t (0 = clean ... K = pure noise);
-the model denoises all frames at once, frame t seeing only frames <= t. Teacher forcing (clean
-history, noisy next frame) is the `teacher_forcing` flag of the same model.
-
-Conditioning of frame t (all per frame, through adaLN): its noise level, and the action of the
-transition into it, a_{t-1} (frame 0 and dropped actions get a "null" action, index
+The shared part lives here: the backbone, the positions, the per-frame conditioning and the KV
+caches. Conditioning of frame t (all per frame, through adaLN): its noise level, and the action
+of the transition into it, a_{t-1} (frame 0 and dropped actions get a "null" action, index
 `num_actions`, used for classifier-free guidance). The action enters as a prepended token of the
 frame (`token`, default) or as an embedding added to the per-frame conditioning (`additive`).
 Actions come from the LAM (`lam`), from the data's true actions (`true`) or not at all (`none`).
 
 Sampling one frame at a time uses per-layer KV caches of the temporal attention: a finished
-frame is noised to the small context level, run once to append its keys/values, and the window
-slides, so a rollout costs the same per frame however long it runs.
+frame is run once to append its keys/values (latents noised to the small context level), and
+the window slides, so a rollout costs the same per frame however long it runs.
 
-How a frame is modelled is the config field `frame_model` (backbone, action token, KV cache,
-trainer and World API are shared):
+How a frame is modelled is the frame model, `self.frame`, chosen by the config field
+`frame_model` from `FRAME_MODELS` (the interface: models/frames.py):
 
-* `forcing` (default): the backbone denoises the whole frame (DDIM over `steps`); this module.
+* `forcing` (default): the backbone denoises the whole frame (DDIM over `steps`); teacher forcing
+  (clean history, noisy next frame) is its `teacher_forcing` variant. models/frame_forcing.py.
 * `mar`: masked autoregression within the frame with a per-token diffusion head (MAR);
-  `driftless.models.frame_mar`. Latents in, latents out.
-* `maskgit`: Genie's baseline over VQ code indices with cross-entropy; `frame_maskgit`.
+  models/frame_mar.py. Latents in, latents out.
+* `maskgit`: Genie's baseline over VQ code indices with cross-entropy; models/frame_maskgit.py.
   Code indices in (b, t, s) int64, code indices out.
 """
 
@@ -32,16 +30,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from driftless.diffusion.gaussian import DiffusionConfig, GaussianDiffusion
-from driftless.models.frame_mar import MARConfig
-from driftless.models.frame_maskgit import MaskGITConfig
+from driftless.diffusion.gaussian import DiffusionConfig
+from driftless.models.frame_forcing import ForcingFrame
+from driftless.models.frame_mar import MARConfig, MARFrame
+from driftless.models.frame_maskgit import MaskGITConfig, MaskGITFrame
+from driftless.models.frames import FrameModel
 from driftless.nn.attention import KVCache
 from driftless.nn.embeddings import ScalarEmbedding, sincos_2d
 from driftless.nn.st_transformer import STConfig, STTransformer
 
 ACTION_SOURCES = ("lam", "true", "none")
 CONDITIONINGS = ("token", "additive")
-FRAME_MODELS = ("forcing", "mar", "maskgit")
+FRAME_MODELS: dict[str, type[FrameModel]] = {"forcing": ForcingFrame, "mar": MARFrame, "maskgit": MaskGITFrame}
 
 
 @dataclass
@@ -55,11 +55,11 @@ class DynamicsConfig:
     action_dropout: float = 0.1  # probability of the null action in training (for CFG)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     teacher_forcing: bool = False
-    frame_model: str = "forcing"  # forcing | mar | maskgit (see the module docstring)
+    frame_model: str = "forcing"  # a key of FRAME_MODELS: forcing | mar | maskgit (module docstring)
     clip_len: int = 16  # training clip length
     context_window: int = 16  # frames attended at inference (sliding window)
-    mar: MARConfig = field(default_factory=MARConfig)  # used when frame_model == "mar"
-    maskgit: MaskGITConfig = field(default_factory=MaskGITConfig)  # used when frame_model == "maskgit"
+    mar: MARConfig = field(default_factory=MARConfig)  # read by frame_model="mar" only
+    maskgit: MaskGITConfig = field(default_factory=MaskGITConfig)  # read by frame_model="maskgit" only
 
     def __post_init__(self) -> None:
         if self.action_source not in ACTION_SOURCES:
@@ -67,9 +67,11 @@ class DynamicsConfig:
         if self.action_conditioning not in CONDITIONINGS:
             raise ValueError(f"action_conditioning must be one of {CONDITIONINGS}, got {self.action_conditioning!r}")
         if self.frame_model not in FRAME_MODELS:
-            raise ValueError(f"frame_model must be one of {FRAME_MODELS}, got {self.frame_model!r}")
-        if self.teacher_forcing and self.frame_model != "forcing":
-            raise ValueError(f"teacher_forcing is a variant of frame_model='forcing', not of {self.frame_model!r}")
+            raise ValueError(f"frame_model must be one of {tuple(FRAME_MODELS)}, got {self.frame_model!r}")
+        if self.teacher_forcing and not FRAME_MODELS[self.frame_model].teacher_forcing:
+            variant_of = [name for name, frame in FRAME_MODELS.items() if frame.teacher_forcing]
+            raise ValueError(f"teacher_forcing is a variant of frame_model={' or '.join(map(repr, variant_of))}, "
+                             f"not of {self.frame_model!r}")
         if self.action_source == "none":
             self.num_actions = 0
         if self.backbone.cond_dim != self.backbone.dim:
@@ -109,11 +111,14 @@ class Dynamics(nn.Module):
     def __init__(self, cfg: DynamicsConfig):
         super().__init__()
         self.cfg = cfg
+        # the frame model creates its layers around the shared ones (it calls `_build_shared` once,
+        # in the order that fixes the initial weights drawn from a seed)
+        self.frame: FrameModel = FRAME_MODELS[cfg.frame_model](cfg, self._build_shared)
+        self.register_load_state_dict_pre_hook(_moved_into_frame)
+
+    def _build_shared(self) -> None:
+        cfg = self.cfg
         d = cfg.backbone.dim
-        self.diffusion = GaussianDiffusion(cfg.diffusion)
-        forcing = cfg.frame_model == "forcing"
-        if forcing:  # (parameter names and creation order of the forcing model are fixed: shipped worlds)
-            self.latent_in = nn.Linear(cfg.latent_dim, d)
         self.register_buffer("pos", sincos_2d(cfg.grid[0], cfg.grid[1], d), persistent=False)
         self.level_emb = ScalarEmbedding(d, scale=1.0)
         if cfg.num_actions:
@@ -123,43 +128,17 @@ class Dynamics(nn.Module):
             # the prepended token carries the action (or, unconditioned, a learned constant)
             self.action_token_bias = nn.Parameter(torch.zeros(d))
         self.backbone = STTransformer(cfg.backbone)
-        self.frame = None  # the mar / maskgit frame model (its own input and output layers)
-        if forcing:
-            self.latent_out = nn.Linear(d, cfg.latent_dim)
-            nn.init.xavier_uniform_(self.latent_in.weight)
-            nn.init.zeros_(self.latent_in.bias)
-            nn.init.zeros_(self.latent_out.weight)  # starts by predicting zeros (DiT)
-            nn.init.zeros_(self.latent_out.bias)
-        elif cfg.frame_model == "mar":
-            from driftless.models.frame_mar import MARFrame
-
-            self.frame = MARFrame(cfg)
-        else:
-            from driftless.models.frame_maskgit import MaskGITFrame
-
-            self.frame = MaskGITFrame(cfg)
 
     @property
     def null_action(self) -> int:
         return self.cfg.num_actions
 
     # ---- network -----------------------------------------------------------------------------
-    def forward(
-        self,
-        x: torch.Tensor,
-        levels: torch.Tensor,
-        actions: torch.Tensor | None,
-        start: int = 0,
-        caches: list[KVCache] | None = None,
-        commit: bool = False,
-    ) -> torch.Tensor:
-        """x: noisy latents (b, t, s, c); levels: (b, t) in [0, K]; actions: (b, t) int, the action
-        into each frame (null = num_actions) -> model output in the diffusion parametrisation.
-        (frame_model='forcing'; the mar / maskgit networks are `self.frame.features / logits`.)"""
-        if self.frame is not None:
-            raise ValueError(f"Dynamics.forward is the forcing denoiser; frame_model={self.cfg.frame_model!r} "
-                             f"runs through dynamics.frame")
-        return self.latent_out(self.run(self.latent_in(x), levels, actions, start, caches, commit))
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        """The frame model's network over a clip, on the shared backbone (`self.frame.forward`):
+        forcing: noisy latents (b, t, s, c), levels (b, t), actions (b, t) -> the denoiser's output;
+        mar: + a token mask -> the head's conditioning; maskgit: code indices, actions -> logits."""
+        return self.frame(self.run, *args, **kwargs)
 
     def run(
         self,
@@ -196,73 +175,22 @@ class Dynamics(nn.Module):
     # ---- training ------------------------------------------------------------------------------
     def frame_actions(self, actions: torch.Tensor | None, b: int, t: int, device) -> torch.Tensor | None:
         """Transition actions (b, t-1) -> per-frame actions (b, t) with the null action first."""
-        if not self.cfg.num_actions:
-            return None
-        null = torch.full((b, 1), self.null_action, dtype=torch.long, device=device)
-        if actions is None:
-            return null.expand(b, t)
-        return torch.cat([null, actions.long()], dim=1)
+        return self.frame.frame_actions(actions, b, t, device)
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        if self.frame is not None:
-            return self.frame.training_loss(self, batch)
-        x0 = batch["latents"].float()  # (b, t, s, c), normalised
-        b, t = x0.shape[:2]
-        acts = self.frame_actions(batch.get("actions"), b, t, x0.device)
-        if acts is not None and self.cfg.action_dropout > 0:
-            drop = torch.rand(acts.shape, device=x0.device) < self.cfg.action_dropout
-            acts = torch.where(drop, torch.full_like(acts, self.null_action), acts)
-        if self.cfg.teacher_forcing:
-            levels = torch.zeros(b, t, dtype=torch.long, device=x0.device)
-            levels[:, -1] = self.diffusion.sample_levels((b,), x0.device)
-        else:
-            levels = self.diffusion.sample_levels((b, t), x0.device, low=0)
-        noise = torch.randn_like(x0)
-        xk = self.diffusion.q_sample(x0, levels, noise)
-        out = self(xk, levels, acts)
-        per_frame = self.diffusion.loss(out, x0, noise, levels)  # (b, t)
-        loss = per_frame[:, -1].mean() if self.cfg.teacher_forcing else per_frame.mean()
-        return loss, {"diffusion_loss": loss.detach()}
+        return self.frame.training_loss(self.run, batch)
 
     # ---- frame-by-frame sampling with KV caches ---------------------------------------------
     def new_state(self) -> RolloutState:
         return RolloutState(caches=self.backbone.new_cache())
 
-    def _denoise_fn(self, actions: torch.Tensor | None, state: RolloutState, cfg_scale: float):
-        def denoise(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-            out = self(x, levels, actions, start=state.position, caches=state.caches)
-            if cfg_scale != 1.0 and actions is not None:
-                null = torch.full_like(actions, self.null_action)
-                out_u = self(x, levels, null, start=state.position, caches=state.caches)
-                out = out_u + cfg_scale * (out - out_u)
-            return out
-
-        return denoise
-
     @torch.no_grad()
-    def observe(self, state: RolloutState, latents: torch.Tensor, actions: torch.Tensor | None,
+    def observe(self, state: RolloutState, inputs: torch.Tensor, actions: torch.Tensor | None,
                 context_level: int | None = None, generator: torch.Generator | None = None) -> None:
-        """Append known frames (b, n, s, c) to the caches, held at the context noise level.
-        actions: (b, n) per-frame actions into each frame, or None. (maskgit: code indices
-        (b, n, s), clean.)"""
-        if self.cfg.frame_model == "maskgit":
-            return self.frame.observe(self, state, latents, actions)
-        level = self.cfg.diffusion.context_level if context_level is None else context_level
-        b, n = latents.shape[:2]
-        levels = torch.full((b, n), level, dtype=torch.long, device=latents.device)
-        noise = torch.randn(latents.shape, device=latents.device, generator=generator)
-        xk = self.diffusion.q_sample(latents.float(), levels, noise)
-        if self.cfg.num_actions and actions is None:
-            actions = torch.full((b, n), self.null_action, dtype=torch.long, device=latents.device)
-        # frame by frame keeps the cache within the window for long prompts
-        for i in range(n):
-            a_i = None if actions is None else actions[:, i:i + 1]
-            if self.frame is None:
-                self(xk[:, i:i + 1], levels[:, i:i + 1], a_i, start=state.position, caches=state.caches, commit=True)
-            else:
-                self.frame.features(self, xk[:, i:i + 1], None, levels[:, i:i + 1], a_i, start=state.position,
-                                    caches=state.caches, commit=True)
-            state.position += 1
+        """Append known frames to the caches: latents (b, n, s, c), held at the context noise level
+        (maskgit: code indices (b, n, s), clean). actions: (b, n) per-frame actions into each frame,
+        or None."""
+        self.frame.observe(self.run, state, inputs, actions, context_level=context_level, generator=generator)
 
     @torch.no_grad()
     def generate_frame(
@@ -284,33 +212,15 @@ class Dynamics(nn.Module):
         `steps` are DDIM steps (forcing), unmasking steps (mar) or MaskGIT steps (maskgit); the
         temperature scales the initial noise (forcing), the head's sampling noise (mar) or the
         softmax (maskgit); `eta` applies to forcing only (mar uses its head's `head_eta`).
-        maskgit returns code indices (b, 1, s)."""
-        from driftless.diffusion.scheduling import ladder
-
-        cfg = self.cfg
+        maskgit returns code indices (b, 1, s) (`self.frame.to_latents` turns them into latents)."""
         if actions is not None:
             b, device = actions.shape[0], actions.device
             actions = actions.long().reshape(b, 1)
         else:
             b = batch or 1
-        if cfg.frame_model == "mar":
-            return self.frame.generate(self, state, actions, steps, cfg_scale, context_level, temperature,
-                                       generator, b, device)
-        if cfg.frame_model == "maskgit":
-            return self.frame.generate(self, state, actions, steps, cfg_scale, temperature, generator, b, device)
-        steps = cfg.diffusion.sampling_steps if steps is None else steps
-        shape = (b, 1, cfg.tokens_per_frame, cfg.latent_dim)
-        x = torch.randn(shape, device=device, generator=generator) * temperature
-        lad = ladder(cfg.diffusion.levels, steps).to(device)
-        denoise = self._denoise_fn(actions, state, cfg_scale)
-        for i in range(steps):
-            k_now = lad[i].expand(b, 1)
-            k_next = lad[i + 1].expand(b, 1)
-            out = denoise(x, k_now)
-            x0, eps = self.diffusion.predict(out, x, k_now)
-            x = self.diffusion.ddim_step(x0, eps, k_next, k_now, eta=eta, generator=generator)
-        self.observe(state, x, actions, context_level=context_level, generator=generator)
-        return x
+        return self.frame.generate_frame(self.run, state, actions, b, device, steps=steps, cfg_scale=cfg_scale,
+                                         eta=eta, context_level=context_level, temperature=temperature,
+                                         generator=generator)
 
     @torch.no_grad()
     def generate_chunk(
@@ -332,14 +242,8 @@ class Dynamics(nn.Module):
         """Sample the next H frames together (b, H, s, c), following a Diffusion-Forcing
         scheduling matrix (`autoregressive`, `pyramid` with `uncertainty`, `full_sequence`)
         over the chunk while the cached past stays fixed; then append them to the caches.
-        actions: (b, H) per-frame actions, or None when unconditioned (give `horizon`)."""
-        from driftless.diffusion.scheduling import sample_matrix, schedule_matrix
-
-        cfg = self.cfg
-        if cfg.frame_model != "forcing":
-            raise ValueError(f"scheduling-matrix rollouts denoise whole frames: they need frame_model='forcing', "
-                             f"this model is {cfg.frame_model!r} (use schedule='autoregressive')")
-        steps = cfg.diffusion.sampling_steps if steps is None else steps
+        actions: (b, H) per-frame actions, or None when unconditioned (give `horizon`).
+        Only frame models that denoise whole frames can (forcing)."""
         if actions is not None:
             b, h, device = actions.shape[0], actions.shape[1], actions.device
             actions = actions.long()
@@ -347,11 +251,17 @@ class Dynamics(nn.Module):
             b, h = batch or 1, horizon
             if not h:
                 raise ValueError("an unconditioned chunk needs `horizon`")
-        if h > cfg.context_window - 1:
-            raise ValueError(f"a chunk of {h} frames does not fit the context window of {cfg.context_window}")
-        matrix = schedule_matrix(schedule, h, steps, cfg.diffusion.levels, uncertainty)
-        x = torch.randn((b, h, cfg.tokens_per_frame, cfg.latent_dim), device=device, generator=generator)
-        x = sample_matrix(self._denoise_fn(actions, state, cfg_scale), self.diffusion, x * temperature, matrix,
-                          eta=eta, generator=generator)
-        self.observe(state, x, actions, context_level=context_level, generator=generator)
-        return x
+        if h > self.cfg.context_window - 1:
+            raise ValueError(f"a chunk of {h} frames does not fit the context window of {self.cfg.context_window}")
+        return self.frame.generate_chunk(self.run, state, actions, h, b, device, schedule=schedule, steps=steps,
+                                         uncertainty=uncertainty, cfg_scale=cfg_scale, eta=eta,
+                                         context_level=context_level, temperature=temperature, generator=generator)
+
+
+def _moved_into_frame(module: Dynamics, state_dict: dict, prefix: str, *args) -> None:
+    """Load-time rename of weights saved before they moved into the frame model (the forcing
+    model's `latent_in.*` / `latent_out.*` were top-level): old checkpoints and worlds load as
+    they are."""
+    for old in module.frame.moved_from_dynamics:
+        for key in [k for k in state_dict if k.startswith(prefix + old)]:
+            state_dict[prefix + "frame." + key[len(prefix):]] = state_dict.pop(key)

@@ -25,13 +25,24 @@ the finished frame is committed to the caches at the context level.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from driftless.diffusion.diffloss import DiffLoss, DiffLossConfig, linear_cfg_schedule
+from driftless.models.frames import Backbone, BuildShared, FrameModel, no_shared_layers
+from driftless.nn.masking import (
+    cosine_mask_counts,
+    keep_some_unmasked,
+    random_masks,
+    random_order,
+    truncated_normal,
+)
+
+if TYPE_CHECKING:
+    from driftless.models.dynamics import DynamicsConfig, RolloutState
 
 
 @dataclass
@@ -67,66 +78,14 @@ class MARConfig:
                               sampling_steps=self.head_steps, eta=self.head_eta)
 
 
-# ---- schedules shared with MaskGIT -------------------------------------------------------------
-def truncated_normal(shape: tuple[int, ...], mean: float, std: float, low: float, high: float,
-                     device=None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Samples of N(mean, std^2) restricted to [low, high], by inverting the normal CDF."""
-    a = torch.special.ndtr(torch.tensor((low - mean) / std, dtype=torch.float64))
-    b = torch.special.ndtr(torch.tensor((high - mean) / std, dtype=torch.float64))
-    u = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
-    x = mean + std * torch.special.ndtri(a + (b - a) * u)
-    return x.clamp(low, high).float()
+class MARFrame(FrameModel):
+    """Input embedding with a mask token, and the DiffLoss head, on the shared backbone."""
 
+    name = "mar"
 
-def truncated_normal_mean(mean: float, std: float, low: float, high: float) -> float:
-    """Mean of N(mean, std^2) restricted to [low, high]."""
-    a, b = (low - mean) / std, (high - mean) / std
-    pdf = lambda v: math.exp(-0.5 * v * v) / math.sqrt(2 * math.pi)  # noqa: E731
-    cdf = lambda v: 0.5 * (1 + math.erf(v / math.sqrt(2)))  # noqa: E731
-    return mean + std * (pdf(a) - pdf(b)) / (cdf(b) - cdf(a))
-
-
-def cosine_mask_counts(num_tokens: int, steps: int) -> list[int]:
-    """Tokens still masked after each of `steps` generation steps (MAR's and MaskGIT's cosine
-    schedule): floor(n * cos(pi/2 * (i+1)/steps)), at least one token revealed per step, at
-    least one kept masked until the last step, 0 after it. steps is capped at num_tokens."""
-    if num_tokens < 1 or steps < 1:
-        raise ValueError(f"the unmasking schedule needs num_tokens >= 1 and steps >= 1, got {num_tokens}, {steps}")
-    steps = min(steps, num_tokens)
-    counts, masked = [], num_tokens
-    for i in range(steps):
-        if i == steps - 1:
-            masked = 0
-        else:
-            want = math.floor(num_tokens * math.cos(math.pi / 2 * (i + 1) / steps))
-            masked = max(1, min(masked - 1, want))
-        counts.append(masked)
-    return counts
-
-
-def random_frame_masks(ratios: torch.Tensor, num_tokens: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """ratios (...) in [0, 1] -> bool masks (..., num_tokens) with ceil(ratio * n) True at random
-    positions of every frame."""
-    n_mask = torch.ceil(ratios * num_tokens - 1e-6).clamp(0, num_tokens).long()  # (...)
-    scores = torch.rand(ratios.shape + (num_tokens,), generator=generator, device=ratios.device)
-    ranks = scores.argsort(-1).argsort(-1)  # (..., n): a random permutation per frame
-    return ranks < n_mask.unsqueeze(-1)
-
-
-def frame_actions_for_training(dyn, batch: dict, b: int, t: int, device) -> torch.Tensor | None:
-    """Per-frame actions (b, t) with the null action first and action dropout (for CFG)."""
-    acts = dyn.frame_actions(batch.get("actions"), b, t, device)
-    if acts is not None and dyn.cfg.action_dropout > 0:
-        drop = torch.rand(acts.shape, device=device) < dyn.cfg.action_dropout
-        acts = torch.where(drop, torch.full_like(acts, dyn.null_action), acts)
-    return acts
-
-
-class MARFrame(nn.Module):
-    """Input embedding with a mask token, and the DiffLoss head; the backbone is the Dynamics'."""
-
-    def __init__(self, cfg):
-        super().__init__()
+    def __init__(self, cfg: DynamicsConfig, build_shared: BuildShared = no_shared_layers):
+        super().__init__(cfg)
+        build_shared()  # (creation order: the shared layers first, then the frame model's)
         self.mar: MARConfig = cfg.mar
         d = cfg.backbone.dim
         self.latent_in = nn.Linear(cfg.latent_dim, d)
@@ -137,69 +96,73 @@ class MARFrame(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
 
     # ---- network ---------------------------------------------------------------------------
-    def features(self, dyn, xk: torch.Tensor, mask: torch.Tensor | None, levels: torch.Tensor,
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.latent_in(inputs)  # (b, t, s, c) -> (b, t, s, d)
+
+    def features(self, run: Backbone, xk: torch.Tensor, mask: torch.Tensor | None, levels: torch.Tensor,
                  actions: torch.Tensor | None, start: int = 0, caches=None, commit: bool = False) -> torch.Tensor:
         """xk: noisy latents (b, t, s, c); mask (b, t, s) bool (True = masked) or None; levels (b, t)
         -> per-token conditioning z (b, t, s, d) for the head. Causal across frames."""
-        tokens = self.latent_in(xk)  # (b, t, s, d)
+        tokens = self.embed(xk)  # (b, t, s, d)
         if mask is not None:
             tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
-        return dyn.run(tokens, levels, actions, start=start, caches=caches, commit=commit)
+        return run(tokens, levels, actions, start=start, caches=caches, commit=commit)
+
+    forward = features
 
     def sample_ratios(self, shape: tuple[int, ...], device, generator: torch.Generator | None = None) -> torch.Tensor:
         m = self.mar
         r = truncated_normal(shape, m.mask_mean, m.mask_std, m.mask_min, m.mask_max, device, generator)
-        if m.clean_frame_prob > 0:
-            clean = torch.rand(shape, generator=generator, device=device) < m.clean_frame_prob
-            r = torch.where(clean, torch.zeros_like(r), r)
-        return r
+        return keep_some_unmasked(r, m.clean_frame_prob, generator)
 
     # ---- training ----------------------------------------------------------------------------
-    def training_loss(self, dyn, batch: dict) -> tuple[torch.Tensor, dict]:
+    def training_loss(self, run: Backbone, batch: dict) -> tuple[torch.Tensor, dict]:
         x0 = batch["latents"].float()  # (b, t, s, c), normalised
         b, t, s = x0.shape[:3]
-        acts = frame_actions_for_training(dyn, batch, b, t, x0.device)
-        levels = dyn.diffusion.sample_levels((b, t), x0.device, low=0)
-        xk = dyn.diffusion.q_sample(x0, levels, torch.randn_like(x0))
-        mask = random_frame_masks(self.sample_ratios((b, t), x0.device), s)  # (b, t, s)
-        z = self.features(dyn, xk, mask, levels, acts)
+        acts = self.training_actions(batch, b, t, x0.device)
+        levels = self.diffusion.sample_levels((b, t), x0.device, low=0)
+        xk = self.diffusion.q_sample(x0, levels, torch.randn_like(x0))
+        mask = random_masks(self.sample_ratios((b, t), x0.device), s)  # (b, t, s)
+        z = self.features(run, xk, mask, levels, acts)
         loss = self.head.loss(x0, z, mask)
         return loss, {"diffloss": loss.detach(), "mask_ratio": mask.float().mean().detach()}
 
     # ---- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, dyn, state, actions: torch.Tensor | None, steps: int | None, cfg_scale: float,
-                 context_level: int | None, temperature: float, generator: torch.Generator | None,
-                 b: int, device) -> torch.Tensor:
-        """Sample the next frame (b, 1, s, c) and commit it to the caches."""
-        cfg = dyn.cfg
+    def generate_frame(self, run: Backbone, state: RolloutState, actions: torch.Tensor | None, batch: int, device,
+                       steps: int | None = None, cfg_scale: float = 1.0, eta: float | None = None,
+                       context_level: int | None = None, temperature: float = 1.0,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """-> the next frame's latents (b, 1, s, c): `steps` unmasking steps, the head's noise scaled
+        by `temperature` (`eta` unused: the head samples with its `head_eta`)."""
+        cfg, b = self.cfg, batch
         s, c = cfg.tokens_per_frame, cfg.latent_dim
         steps = self.mar.steps if steps is None else int(steps)
         counts = cosine_mask_counts(s, steps)
         level = cfg.diffusion.context_level if context_level is None else context_level
         levels = torch.full((b, 1), level, dtype=torch.long, device=device)
-        order = torch.rand((b, s), generator=generator, device=device).argsort(-1)  # random order per session
+        order = random_order((b,), s, device, generator)  # (b, s): a random order per session
         noise = torch.randn((b, 1, s, c), generator=generator, device=device)  # fixed for this frame
         x = torch.zeros((b, 1, s, c), device=device)
         known = torch.zeros((b, 1, s), dtype=torch.bool, device=device)
         acts = None if actions is None else actions.reshape(b, 1)
         guided = cfg_scale != 1.0 and acts is not None
-        null = torch.full_like(acts, dyn.null_action) if guided else None
+        null = torch.full_like(acts, self.null_action) if guided else None
         done = 0
         for i, still_masked in enumerate(counts):
-            xk = dyn.diffusion.q_sample(x, levels, noise)
-            z = self.features(dyn, xk, ~known, levels, acts, start=state.position, caches=state.caches)[:, 0]
+            xk = self.diffusion.q_sample(x, levels, noise)
+            z = self.features(run, xk, ~known, levels, acts, start=state.position, caches=state.caches)[:, 0]
             sel = order[:, done:s - still_masked]  # (b, n_i): this step's tokens
             gather = sel.unsqueeze(-1)
             z_sel = torch.gather(z, 1, gather.expand(-1, -1, z.shape[-1]))  # (b, n_i, d)
             kw = {}
             if guided:
-                z_u = self.features(dyn, xk, ~known, levels, null, start=state.position, caches=state.caches)[:, 0]
+                z_u = self.features(run, xk, ~known, levels, null, start=state.position, caches=state.caches)[:, 0]
                 kw = {"cfg_scale": linear_cfg_schedule(i, len(counts), cfg_scale, revealed=(s - still_masked) / s),
                       "z_uncond": torch.gather(z_u, 1, gather.expand(-1, -1, z_u.shape[-1]))}
             tok = self.head.sample(z_sel, temperature=temperature, generator=generator, **kw)  # (b, n_i, c)
             x[:, 0].scatter_(1, gather.expand(-1, -1, c), tok.to(x.dtype))
             known[:, 0].scatter_(1, sel, True)
             done = s - still_masked
-        dyn.observe(state, x, actions if actions is None else acts, context_level=context_level, generator=generator)
+        self.observe(run, state, x, acts, context_level=context_level, generator=generator)
         return x

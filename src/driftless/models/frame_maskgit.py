@@ -22,13 +22,18 @@ tokens are never re-masked. The finished frame is committed to the caches as cle
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from driftless.diffusion.diffloss import linear_cfg_schedule
-from driftless.models.frame_mar import cosine_mask_counts, frame_actions_for_training, random_frame_masks
+from driftless.models.frames import Backbone, BuildShared, FrameModel, no_shared_layers
+from driftless.nn.masking import cosine_mask_counts, gumbel, keep_some_unmasked, random_masks, uniform_ratios
+
+if TYPE_CHECKING:
+    from driftless.models.dynamics import DynamicsConfig, RolloutState
 
 
 @dataclass
@@ -55,16 +60,15 @@ class MaskGITConfig:
             raise ValueError(f"MaskGIT choice_temperature must be >= 0, got {self.choice_temperature}")
 
 
-def gumbel(shape, device, generator: torch.Generator | None = None) -> torch.Tensor:
-    u = torch.rand(shape, generator=generator, device=device).clamp(1e-20, 1.0 - 1e-7)
-    return -torch.log(-torch.log(u))
+class MaskGITFrame(FrameModel):
+    """Code embedding (+ mask token) and the logit head, on the shared backbone. Reads and writes VQ
+    code indices (b, t, s) int64; the decoder gets their code vectors."""
 
+    name = "maskgit"
 
-class MaskGITFrame(nn.Module):
-    """Code embedding (+ mask token) and the logit head; the backbone is the Dynamics'."""
-
-    def __init__(self, cfg):
-        super().__init__()
+    def __init__(self, cfg: DynamicsConfig, build_shared: BuildShared = no_shared_layers):
+        super().__init__(cfg)
+        build_shared()  # (creation order: the shared layers first, then the frame model's)
         self.mg: MaskGITConfig = cfg.maskgit
         d, k = cfg.backbone.dim, cfg.maskgit.codebook_size
         self.code_emb = nn.Embedding(k + 1, d)  # index k: the mask token
@@ -76,6 +80,27 @@ class MaskGITFrame(nn.Module):
     @property
     def mask_index(self) -> int:
         return self.mg.codebook_size
+
+    # ---- what it reads and writes: VQ code indices ---------------------------------------------
+    @classmethod
+    def tokenizer_overrides(cls, cfg: DynamicsConfig) -> dict:
+        return {"bottleneck": "vq", "codebook_size": cfg.maskgit.codebook_size}
+
+    def check_tokenizer(self, tokenizer) -> None:
+        super().check_tokenizer(tokenizer)
+        tcfg = tokenizer.cfg
+        if tcfg.bottleneck != "vq" or tcfg.codebook_size != self.mg.codebook_size:
+            raise ValueError(f"a maskgit dynamics model needs a VQ tokenizer with {self.mg.codebook_size} "
+                             f"codes, got bottleneck={tcfg.bottleneck!r} with {tcfg.codebook_size} codes")
+
+    def inputs_from_video(self, tokenizer, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> code indices (b, t, s) and their code vectors, normalised (b, t, s, c)."""
+        idx = tokenizer.encode_indices(video)
+        return idx, self.to_latents(tokenizer, idx)
+
+    def to_latents(self, tokenizer, out: torch.Tensor) -> torch.Tensor:
+        """Code indices (b, t, s) -> their normalised code vectors (b, t, s, c)."""
+        return tokenizer.normalize(tokenizer.vq.lookup(out).float())
 
     def check_indices(self, idx: torch.Tensor, allow_mask: bool = False) -> torch.Tensor:
         if not isinstance(idx, torch.Tensor) or idx.dtype.is_floating_point or idx.dtype == torch.bool:
@@ -89,34 +114,35 @@ class MaskGITFrame(nn.Module):
         return idx.long()
 
     # ---- network ---------------------------------------------------------------------------
-    def logits(self, dyn, idx: torch.Tensor, actions: torch.Tensor | None, start: int = 0, caches=None,
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.code_emb(inputs)  # (b, t, s) -> (b, t, s, d)
+
+    def logits(self, run: Backbone, idx: torch.Tensor, actions: torch.Tensor | None, start: int = 0, caches=None,
                commit: bool = False) -> torch.Tensor:
         """idx (b, t, s) code indices (mask_index = masked) -> logits (b, t, s, codebook_size).
         Causal across frames."""
         levels = torch.zeros(idx.shape[:2], dtype=torch.long, device=idx.device)
-        h = dyn.run(self.code_emb(idx), levels, actions, start=start, caches=caches, commit=commit)
+        h = run(self.embed(idx), levels, actions, start=start, caches=caches, commit=commit)
         return self.to_logits(h)
 
+    forward = logits
+
     def sample_rates(self, shape: tuple[int, ...], device, generator: torch.Generator | None = None) -> torch.Tensor:
-        lo, hi = self.mg.mask_min, self.mg.mask_max
-        r = lo + (hi - lo) * torch.rand(shape, generator=generator, device=device)
-        if self.mg.clean_frame_prob > 0:
-            clean = torch.rand(shape, generator=generator, device=device) < self.mg.clean_frame_prob
-            r = torch.where(clean, torch.zeros_like(r), r)
-        return r
+        r = uniform_ratios(shape, self.mg.mask_min, self.mg.mask_max, device, generator)
+        return keep_some_unmasked(r, self.mg.clean_frame_prob, generator)
 
     # ---- training ----------------------------------------------------------------------------
-    def training_loss(self, dyn, batch: dict) -> tuple[torch.Tensor, dict]:
+    def training_loss(self, run: Backbone, batch: dict) -> tuple[torch.Tensor, dict]:
         if "indices" not in batch:
             raise ValueError("frame_model='maskgit' trains on VQ code indices: build the latent cache with a VQ "
                              "tokenizer (`driftless train latents --tokenizer <vq checkpoint>`), which stores "
                              "indices.npy")
         idx = self.check_indices(batch["indices"])  # (b, t, s)
         b, t, s = idx.shape
-        acts = frame_actions_for_training(dyn, batch, b, t, idx.device)
-        mask = random_frame_masks(self.sample_rates((b, t), idx.device), s)  # (b, t, s)
+        acts = self.training_actions(batch, b, t, idx.device)
+        mask = random_masks(self.sample_rates((b, t), idx.device), s)  # (b, t, s)
         inp = torch.where(mask, torch.full_like(idx, self.mask_index), idx)
-        logits = self.logits(dyn, inp, acts).float()  # (b, t, s, K)
+        logits = self.logits(run, inp, acts).float()  # (b, t, s, K)
         ce = F.cross_entropy(logits[mask], idx[mask], label_smoothing=self.mg.label_smoothing) if mask.any() \
             else logits.sum() * 0.0
         with torch.no_grad():
@@ -124,24 +150,32 @@ class MaskGITFrame(nn.Module):
         return ce, {"ce": ce.detach(), "masked_accuracy": acc, "mask_ratio": mask.float().mean()}
 
     # ---- sampling ----------------------------------------------------------------------------
+    def context(self, inputs: torch.Tensor, context_level: int | None,
+                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Known frames of code indices (b, n, s) enter the caches clean, at level 0 (no noise)."""
+        idx = self.check_indices(inputs)
+        return idx, torch.zeros(idx.shape[:2], dtype=torch.long, device=idx.device)
+
     @torch.no_grad()
-    def generate(self, dyn, state, actions: torch.Tensor | None, steps: int | None, cfg_scale: float,
-                 temperature: float, generator: torch.Generator | None, b: int, device,
-                 trace: list | None = None) -> torch.Tensor:
-        """Sample the next frame's code indices (b, 1, s) and commit them to the caches. `trace`,
-        if given, receives the number of still-masked tokens per session after each step."""
-        s = dyn.cfg.tokens_per_frame
+    def generate_frame(self, run: Backbone, state: RolloutState, actions: torch.Tensor | None, batch: int, device,
+                       steps: int | None = None, cfg_scale: float = 1.0, eta: float | None = None,
+                       context_level: int | None = None, temperature: float = 1.0,
+                       generator: torch.Generator | None = None, trace: list | None = None) -> torch.Tensor:
+        """-> the next frame's code indices (b, 1, s): `steps` MaskGIT steps, the softmax at
+        `temperature` (`eta` and `context_level` unused: codes are clean). `trace`, if given,
+        receives the number of still-masked tokens per session after each step."""
+        b, s = batch, self.cfg.tokens_per_frame
         steps = self.mg.steps if steps is None else int(steps)
         counts = cosine_mask_counts(s, steps)
         acts = None if actions is None else actions.reshape(b, 1)
         guided = cfg_scale != 1.0 and acts is not None
-        null = torch.full_like(acts, dyn.null_action) if guided else None
+        null = torch.full_like(acts, self.null_action) if guided else None
         idx = torch.full((b, s), self.mask_index, dtype=torch.long, device=device)
         unknown = torch.ones((b, s), dtype=torch.bool, device=device)
         for i, still_masked in enumerate(counts):
-            logits = self.logits(dyn, idx[:, None], acts, start=state.position, caches=state.caches)[:, 0].float()
+            logits = self.logits(run, idx[:, None], acts, start=state.position, caches=state.caches)[:, 0].float()
             if guided:
-                lu = self.logits(dyn, idx[:, None], null, start=state.position, caches=state.caches)[:, 0].float()
+                lu = self.logits(run, idx[:, None], null, start=state.position, caches=state.caches)[:, 0].float()
                 w = linear_cfg_schedule(i, len(counts), cfg_scale, revealed=(s - still_masked) / s)
                 logits = lu + w * (logits - lu)
             if temperature > 0:
@@ -164,18 +198,5 @@ class MaskGITFrame(nn.Module):
             if trace is not None:
                 trace.append(unknown.sum(-1).tolist())
         out = idx[:, None]  # (b, 1, s)
-        self.observe(dyn, state, out, acts)
+        self.observe(run, state, out, acts)
         return out
-
-    @torch.no_grad()
-    def observe(self, dyn, state, indices: torch.Tensor, actions: torch.Tensor | None) -> None:
-        """Append known frames of code indices (b, n, s) to the caches (clean: no noise levels)."""
-        idx = self.check_indices(indices)
-        b, n = idx.shape[:2]
-        if dyn.cfg.num_actions and actions is None:
-            actions = torch.full((b, n), dyn.null_action, dtype=torch.long, device=idx.device)
-        levels = torch.zeros((b, 1), dtype=torch.long, device=idx.device)
-        for i in range(n):  # the backbone only: the logits of known frames are not needed
-            dyn.run(self.code_emb(idx[:, i:i + 1]), levels, None if actions is None else actions[:, i:i + 1],
-                    start=state.position, caches=state.caches, commit=True)
-            state.position += 1

@@ -64,14 +64,8 @@ class World:
         self.device = torch.device(device)
         self.sampling = SamplingOptions(**self.meta.get("sampling", {}))
         self._session: _Session | None = None
-        dcfg = dynamics.cfg if dynamics is not None else None
-        if dcfg is not None and dcfg.latent_dim != tokenizer.cfg.latent_dim:
-            raise ValueError(f"dynamics latent_dim {dcfg.latent_dim} != tokenizer latent_dim {tokenizer.cfg.latent_dim}")
-        if dcfg is not None and dcfg.frame_model == "maskgit":
-            if tokenizer.cfg.bottleneck != "vq" or tokenizer.cfg.codebook_size != dcfg.maskgit.codebook_size:
-                raise ValueError(f"a maskgit dynamics model needs a VQ tokenizer with {dcfg.maskgit.codebook_size} "
-                                 f"codes, got bottleneck={tokenizer.cfg.bottleneck!r} with "
-                                 f"{tokenizer.cfg.codebook_size} codes")
+        if dynamics is not None:
+            dynamics.frame.check_tokenizer(tokenizer)  # latent_dim; maskgit: a VQ tokenizer of its codebook
 
     # ---- properties -----------------------------------------------------------------------------
     @property
@@ -121,25 +115,15 @@ class World:
         acts = self.lam.infer_actions(v).cpu().numpy().astype(np.int64)
         return acts if batched else acts[0]
 
-    # ---- what the dynamics model reads and writes ---------------------------------------------------
-    @property
-    def _codes(self) -> bool:
-        return self.dynamics is not None and self.dynamics.cfg.frame_model == "maskgit"
-
+    # ---- what the dynamics model reads and writes (its frame model decides) -----------------------
     def _dynamics_inputs(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (b, t, h, w, 3) -> (what the dynamics observes, normalised latents for the decoder):
         latents for both, or VQ code indices (b, t, s) and their code vectors for maskgit."""
-        if not self._codes:
-            z = self.tokenizer.encode(video).float()
-            return z, z
-        idx = self.tokenizer.encode_indices(video)
-        return idx, self._latents(idx)
+        return self.dynamics.frame.inputs_from_video(self.tokenizer, video)
 
     def _latents(self, out: torch.Tensor) -> torch.Tensor:
         """The dynamics model's output -> normalised latents (b, t, s, c) for the decoder."""
-        if not self._codes:
-            return out
-        return self.tokenizer.normalize(self.tokenizer.vq.lookup(out).float())
+        return self.dynamics.frame.to_latents(self.tokenizer, out)
 
     # ---- interactive session -------------------------------------------------------------------
     def _need_dynamics(self) -> None:
