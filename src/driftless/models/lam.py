@@ -181,7 +181,10 @@ class LatentActionModel(nn.Module):
         a, _, vq_loss, stats = self.encode(x)
         pred = self.decode(x[:, :-1], a)
         mse = F.mse_loss(pred.float(), x[:, 1:].float())
-        return mse + vq_loss, {"mse": mse.detach(), "psnr": -10 * torch.log10(mse.detach() / 4 + 1e-12),
+        # (in the VQ warm-up vq_loss is a constant 0: adding it made torch.compile return a loss
+        # without a gradient, torch 2.13, when mse.detach() is returned beside it)
+        loss = mse + vq_loss if vq_loss.requires_grad else mse
+        return loss, {"mse": mse.detach(), "psnr": -10 * torch.log10(mse.detach() / 4 + 1e-12),
                                "vq_loss": vq_loss.detach(), **stats}
 
     @torch.no_grad()
