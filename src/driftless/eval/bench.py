@@ -269,14 +269,14 @@ def random_world(preset: str = "debug", device="cpu", seed: int = 0):
     and the LAM's action count."""
     from driftless.config import override
     from driftless.models import registry
+    from driftless.models.compose import dynamics_fields
     from driftless.world.world import World
 
     torch.manual_seed(seed)
     tok_cfg = registry.preset("tokenizer", preset)
     lam_cfg = registry.preset("lam", preset)
     dyn_cfg = override(registry.preset("dynamics", preset),
-                       {"latent_dim": tok_cfg.latent_dim, "grid": list(tok_cfg.grid),
-                        "num_actions": lam_cfg.num_actions})
+                       dynamics_fields(tok_cfg.latent_dim, tok_cfg.grid, lam_cfg.num_actions))
     parts = [registry.build(kind, cfg).to(device).eval()
              for kind, cfg in (("tokenizer", tok_cfg), ("lam", lam_cfg), ("dynamics", dyn_cfg))]
     meta = {"name": f"random:{preset}", "sampling": {"steps": dyn_cfg.diffusion.sampling_steps}}
