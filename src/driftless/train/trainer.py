@@ -1,9 +1,10 @@
 """One training loop for every stage (tokenizer, LAM, dynamics, ...): CPU, one GPU or torchrun.
 
 A model trains here if it has
-    training_loss(batch) -> (loss tensor, {name: scalar tensor})
-and optionally
-    validation(batch) -> ({name: float}, image uint8 (H, W, 3) or None).
+    training_loss(batch) -> (loss tensor, {name: scalar tensor}).
+Validation, optional, is a function validation(model, batch) -> ({name: float}, image uint8
+(H, W, 3) or None) given by the stage (its StageSpec, train/specs.py), or else the model's own
+`validation(batch)` method if it has one.
 
 The loop: AdamW (no decay on 1-D parameters), linear warm-up then cosine decay, gradient
 clipping, EMA weights, bf16 autocast on GPU, optional torch.compile, DDP under torchrun.
@@ -21,7 +22,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -91,6 +92,10 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+def _method_validation(model: nn.Module, batch: dict):
+    return model.validation(batch)
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for p in model.parameters():
@@ -112,6 +117,7 @@ class Trainer:
         model_config: dict,
         meta: dict | None = None,
         frames_per_sample: int = 1,
+        validation: Callable[[nn.Module, dict], tuple[dict, Any]] | None = None,
     ):
         self.cfg = cfg
         self.info = info
@@ -120,6 +126,9 @@ class Trainer:
         self.model_config = json.loads(json.dumps(model_config))  # as it will read back from JSON
         self.meta = dict(meta or {})
         self.frames_per_sample = frames_per_sample
+        if validation is None and hasattr(model, "validation"):
+            validation = _method_validation
+        self.validation = validation
         self.model = model.to(info.device)
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
@@ -226,7 +235,7 @@ class Trainer:
     # ---- validation ------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self, val_batches: list[dict]) -> dict:
-        if not self.info.is_main or not val_batches or not hasattr(self.model, "validation"):
+        if not self.info.is_main or not val_batches or self.validation is None:
             barrier(self.info)
             return {}
         sums: dict[str, float] = {}
@@ -235,7 +244,7 @@ class Trainer:
             batch = _to_device(batch, self.info.device)
             with torch.autocast(self.info.device.type, dtype=self.autocast_dtype,
                                 enabled=self.autocast_dtype is not None):
-                metrics, img = self.ema_model.validation(batch)
+                metrics, img = self.validation(self.ema_model, batch)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             if i == 0:
