@@ -38,7 +38,7 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    stages = ["tokenizer", "lam", "dynamics"] if args.stage == "all" else [args.stage]
+    stages = _benchable_stages() if args.stage == "all" else [args.stage]
     results = []
     for stage in stages:
         cfg = TrainBenchConfig(stage=stage, preset=args.preset, batch_size=args.batch_size, clip_len=args.clip_len,
@@ -81,6 +81,20 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchable_stages() -> list[str]:
+    from driftless.train.specs import all_stages
+
+    return [name for name, spec in all_stages().items() if spec.synthetic_batch is not None]
+
+
+def _default_clips() -> str:
+    """'tokenizer 8, lam 16, dynamics its preset': each stage's default clip length."""
+    from driftless.train.specs import all_stages
+
+    return ", ".join(f"{name} {spec.clip_len or 'its preset'}" for name, spec in all_stages().items()
+                     if spec.synthetic_batch is not None)
+
+
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmark training throughput (MFU) and generation speed (FPS)",
                        description="Timed benchmarks with warm-up and repeats; medians and interquartile ranges.")
@@ -89,11 +103,12 @@ def register(sub) -> None:
                          description="Time training steps of a stage with the trainer's components on synthetic "
                                      "batches of the stage's shape.",
                          epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--stage", default="tokenizer", choices=["tokenizer", "lam", "dynamics", "all"])
+    t.add_argument("--stage", default="tokenizer", choices=[*_benchable_stages(), "all"],
+                   help="the training stage to time, or all of them (default %(default)s)")
     t.add_argument("--preset", default="debug", help="model preset: debug | small | base (default debug)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="override a model config field")
     t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--clip-len", type=int, help="frames per clip (default: tokenizer 8, lam 16, dynamics its preset)")
+    t.add_argument("--clip-len", type=int, help=f"frames per clip (default: {_default_clips()})")
     t.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     t.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])

@@ -41,7 +41,6 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
     "L40S": {"bf16": 362.0, "tf32": 183.0, "fp32": 91.6},
 }
-DEFAULT_CLIP = {"tokenizer": 8, "lam": 16}  # as the training stages; dynamics: its preset's clip_len
 
 
 def peak_key(name: str) -> str | None:
@@ -129,7 +128,7 @@ def count_flops(fn) -> int:
 # ---- training throughput --------------------------------------------------------------------------
 @dataclass
 class TrainBenchConfig:
-    stage: str = "tokenizer"  # tokenizer | lam | dynamics
+    stage: str = "tokenizer"  # a training stage (train.specs.STAGES): tokenizer | lam | dynamics
     preset: str = "debug"
     batch_size: int = 8
     clip_len: int | None = None
@@ -144,31 +143,18 @@ class TrainBenchConfig:
     overrides: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.stage not in ("tokenizer", "lam", "dynamics"):
-            raise ValueError(f"stage must be tokenizer, lam or dynamics, got {self.stage!r}")
+        from driftless.train.specs import get_stage
+
+        get_stage(self.stage)  # a clear error for an unknown stage
         if self.steps < 1 or self.warmup < 0 or self.batch_size < 1:
             raise ValueError(f"need steps >= 1, warmup >= 0, batch_size >= 1, got {self.steps}, {self.warmup}, "
                              f"{self.batch_size}")
 
 
-def synthetic_batch(stage: str, cfg, batch: int, clip_len: int, device, seed: int = 0) -> dict:
-    """A batch of the stage's shape: uint8 frames for tokenizer/LAM, latents + actions for dynamics."""
-    g = torch.Generator().manual_seed(seed)
-    if stage == "dynamics":
-        s, c = cfg.tokens_per_frame, cfg.latent_dim
-        out = {"latents": torch.randn(batch, clip_len, s, c, generator=g)}
-        if cfg.num_actions:
-            out["actions"] = torch.randint(0, cfg.num_actions, (batch, clip_len - 1), generator=g)
-    else:
-        h, w = cfg.resolution
-        out = {"frames": torch.randint(0, 256, (batch, clip_len, h, w, 3), generator=g, dtype=torch.uint8)}
-    return {k: v.to(device) for k, v in out.items()}
-
-
 def _tokens_per_frame(stage: str, cfg) -> int:
-    if stage == "dynamics":
-        return cfg.tokens_per_frame
-    return (cfg.resolution[0] // cfg.patch) * (cfg.resolution[1] // cfg.patch)
+    from driftless.train.specs import get_stage
+
+    return get_stage(stage).tokens_per_frame(cfg)
 
 
 def bench_train(cfg: TrainBenchConfig) -> dict:
@@ -176,23 +162,26 @@ def bench_train(cfg: TrainBenchConfig) -> dict:
     from driftless.models import registry
     from driftless.models.common import num_params
     from driftless.train.distributed import setup
+    from driftless.train.specs import get_stage
     from driftless.train.trainer import LossModule, TrainConfig, Trainer
 
     info = setup(cfg.device)
     device = info.device
+    spec = get_stage(cfg.stage)
+    if spec.synthetic_batch is None:
+        raise ValueError(f"stage {cfg.stage!r} has no synthetic batch to benchmark with")
     torch.manual_seed(cfg.seed)
     mcfg = registry.preset(cfg.stage, cfg.preset)
     if cfg.overrides:
         mcfg = override(mcfg, cfg.overrides)
-    clip_len = cfg.clip_len or (mcfg.clip_len if cfg.stage == "dynamics" else DEFAULT_CLIP[cfg.stage])
-    if cfg.stage == "dynamics" and clip_len != mcfg.clip_len:
-        mcfg = override(mcfg, {"clip_len": clip_len})
+    mcfg, clip_len = spec.with_clip_len(mcfg, cfg.clip_len)
     model = registry.build(cfg.stage, mcfg)
     tcfg = TrainConfig(steps=cfg.warmup + cfg.steps, batch_size=cfg.batch_size, precision=cfg.precision,
                        compile=cfg.compile, warmup=1, save_every=0, val_every=0, seed=cfg.seed)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, tcfg, tmp, info, cfg.stage, to_dict(mcfg), frames_per_sample=clip_len)
-    batch = synthetic_batch(cfg.stage, mcfg, cfg.batch_size, clip_len, device, cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batch = {k: v.to(device) for k, v in spec.synthetic_batch(mcfg, cfg.batch_size, clip_len, gen).items()}
     amp = dict(device_type=device.type, dtype=trainer.autocast_dtype, enabled=trainer.autocast_dtype is not None)
 
     def step() -> None:  # the trainer's own step: forward, backward, clip, update, EMA

@@ -31,34 +31,43 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from driftless import checkpoint
+from driftless.config import option
 from driftless.train.distributed import DistInfo, all_reduce_mean, any_rank, barrier
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 20000
-    batch_size: int = 32  # per process
-    lr: float = 3e-4
-    min_lr: float = 3e-5
-    warmup: int = 500
-    weight_decay: float = 0.05
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    seed: int = 0
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
-    compile: bool = False
-    log_every: int = 50
-    val_every: int = 1000
-    save_every: int = 1000
-    max_minutes: float = 0.0  # stop (and save) after this much wall time; 0 = no limit
-    # train for this many minutes of wall time with the cosine schedule laid over time instead
-    # of steps (for jobs sharing a GPU at unknown speed); not bitwise reproducible. 0 = off
-    time_budget: float = 0.0
-    max_nonfinite: int = 20  # consecutive skipped steps before giving up
-    stop_after: int = 0  # stop (and save) after this many steps in this invocation; 0 = no limit
-    tensorboard: bool = False  # also write scalars to OUT/tensorboard (needs the tensorboard package)
+    """How to train (each field is a flag of `driftless train STAGE`, see cli/train.py)."""
+
+    steps: int = option(20000, help="optimizer steps (default %(default)s)")
+    batch_size: int = option(32, help="clips per step per process")
+    lr: float = option(3e-4, help="peak learning rate, reached after the warm-up")
+    min_lr: float = option(3e-5, help="learning rate at the end of the cosine decay")
+    warmup: int = option(500, help="steps of linear learning-rate warm-up")
+    weight_decay: float = option(0.05, help="AdamW weight decay (not on 1-D parameters)")
+    beta1: float = option(0.9, help="AdamW beta1")
+    beta2: float = option(0.95, help="AdamW beta2")
+    grad_clip: float = option(1.0, help="clip the gradient norm to this")
+    ema_decay: float = option(0.999, help="decay of the EMA weights")
+    seed: int = option(0, help="seed of the initial weights, the data order and the noise")
+    precision: str = option("auto", choices=("auto", "fp32", "bf16"),
+                            help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16")
+    compile: bool = option(False, help="torch.compile the model")
+    log_every: int = option(50, help="steps between training log lines in metrics.jsonl")
+    val_every: int = option(1000, help="steps between validations (0: never)")
+    save_every: int = option(1000, help="steps between checkpoints (0: only at the end)")
+    max_minutes: float = option(0.0, help="stop and save after this many minutes (train in chunks; "
+                                          "continue with --resume)")
+    # the cosine schedule laid over time instead of steps (for jobs sharing a GPU at unknown
+    # speed); not bitwise reproducible
+    time_budget: float = option(0.0, help="train for this many minutes, laying the cosine schedule over time "
+                                          "instead of steps (--steps becomes an upper bound); useful when jobs "
+                                          "share a GPU")
+    max_nonfinite: int = option(20, help="consecutive skipped (non-finite) steps before giving up")
+    stop_after: int = option(0, help="stop and save after this many steps of this invocation (the schedule "
+                                     "still spans --steps; continue with --resume)")
+    tensorboard: bool = option(False, help="also log scalars for TensorBoard under OUT/tensorboard "
+                                           "(pip install tensorboard)")
 
 
 class LossModule(nn.Module):
