@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from driftless.config import option
 from driftless.runtime import default_device
 
 # dense peak TFLOP/s by precision (vendor datasheets)
@@ -129,17 +130,18 @@ def count_flops(fn) -> int:
 @dataclass
 class TrainBenchConfig:
     stage: str = "tokenizer"  # a training stage (train.specs.STAGES): tokenizer | lam | dynamics
-    preset: str = "debug"
-    batch_size: int = 8
-    clip_len: int | None = None
-    steps: int = 10  # timed steps
-    warmup: int = 3
-    device: str | None = None
-    precision: str = "auto"  # as the trainer: auto (bf16 on GPU) | fp32 | bf16
-    compile: bool = False
-    peak_tflops: float | None = None
-    measure_peak: bool = False
-    seed: int = 0
+    preset: str = option("debug", help="model preset: debug | small | base (default debug)")
+    batch_size: int = option(8, help="clips per step")
+    clip_len: int | None = option(None, help="frames per clip (default: the stage's, as in training)")
+    steps: int = option(10, help="timed steps (default %(default)s)")
+    warmup: int = option(3, help="untimed steps first (default %(default)s)")
+    device: str | None = option(None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    precision: str = option("auto", choices=("auto", "fp32", "bf16"),
+                            help="as the trainer: auto (bf16 on GPU) | fp32 | bf16")
+    compile: bool = option(False, help="torch.compile the model, as train --compile")
+    peak_tflops: float | None = option(None, help="the device's peak TFLOP/s for MFU (overrides the table)")
+    measure_peak: bool = option(False, help="on CPU: measure the peak with a fp32 matmul")
+    seed: int = option(0, help="seed of the weights and the synthetic batch")
     overrides: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -236,13 +238,13 @@ def bench_train(cfg: TrainBenchConfig) -> dict:
 class GenerateBenchConfig:
     world: str = "debug"  # a world folder, a shipped name, "debug" or "random:PRESET" (random weights)
     batch_sizes: list = field(default_factory=lambda: [1, 16])
-    frames: int = 32  # timed steps per repeat
-    warmup: int = 8  # untimed steps of a first session
-    repeats: int = 5
-    context: int = 1
-    device: str | None = None
+    frames: int = option(32, help="timed frames per repeat (default %(default)s)")
+    warmup: int = option(8, help="untimed frames of a first session (default %(default)s)")
+    repeats: int = option(5, help="sessions timed per batch size (default %(default)s)")
+    context: int = option(1, help="context frames at reset")
+    device: str | None = option(None, help="cpu | cuda | cuda:N (default: cuda when available)")
     precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA)
-    seed: int = 0
+    seed: int = option(0, help="seed of the context frames, actions and sampling noise")
     sampling: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
