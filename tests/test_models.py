@@ -8,6 +8,7 @@ from driftless.models import registry
 from driftless.models.dynamics import Dynamics
 from driftless.models.lam import LatentActionModel
 from driftless.models.tokenizer import Tokenizer
+from driftless.train.world_stages import lam_validation
 
 
 def _frames(b=2, t=5, seed=0):
@@ -180,7 +181,7 @@ def test_lam_discovers_the_actions_that_move_the_view():
         opt.step()
     lam.eval()
     frames, acts = _shifting_clips(64, 3, 999)
-    metrics, _ = lam.validation({"frames": frames})
+    metrics, _ = lam_validation(lam, {"frames": frames})  # the LAM stage's validation
     idx = lam.infer_actions(frames).numpy()
     table = np.zeros((3, cfg.num_actions))
     np.add.at(table, (acts.ravel(), idx.ravel()), 1)

@@ -1,4 +1,5 @@
-"""Dataclass configs to and from plain JSON-able dicts, strictly (unknown keys are errors)."""
+"""Dataclass configs to and from plain JSON-able dicts, strictly (unknown keys are errors), and
+`option`, a field that documents itself (the CLI turns such fields into flags)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,19 @@ import typing
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
+           choices: tuple | None = None, metavar: str | None = None, **metadata: Any) -> Any:
+    """A dataclass field with its help text (and allowed values) in its metadata, e.g.
+    `steps: int = option(20000, help="optimizer steps")`. `help` may use %(default)s; further
+    keywords are kept in the metadata for whoever reads it."""
+    meta = {"help": help, **metadata}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if metavar is not None:
+        meta["metavar"] = metavar
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
 
 
 def to_dict(cfg: Any) -> dict:

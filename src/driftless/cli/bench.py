@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from driftless.cli.common import write_json
+from driftless.cli.common import add_dataclass_flags, dataclass_from_args, write_json
 from driftless.runtime import default_device
 
 EPILOG_TRAIN = """\
@@ -38,14 +38,11 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    stages = ["tokenizer", "lam", "dynamics"] if args.stage == "all" else [args.stage]
+    stages = _benchable_stages() if args.stage == "all" else [args.stage]
     results = []
     for stage in stages:
-        cfg = TrainBenchConfig(stage=stage, preset=args.preset, batch_size=args.batch_size, clip_len=args.clip_len,
-                               steps=args.steps, warmup=args.warmup, device=args.device, precision=args.precision,
-                               compile=args.compile, peak_tflops=args.peak_tflops, measure_peak=args.measure_peak,
-                               reference=args.reference, profile=args.profile,
-                               seed=args.seed, overrides=parse_overrides(args.set) if stage == args.stage else {})
+        cfg = dataclass_from_args(TrainBenchConfig, args, stage=stage,
+                                  overrides=parse_overrides(args.set) if stage == args.stage else {})
         r = bench_train(cfg)
         results.append(r)
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
@@ -78,9 +75,8 @@ def _generate(args: argparse.Namespace) -> int:
         batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     except ValueError:
         raise ValueError(f"--batch-sizes expects comma-separated integers, got {args.batch_sizes!r}") from None
-    cfg = GenerateBenchConfig(world=args.world, batch_sizes=batch_sizes, frames=args.frames, warmup=args.warmup,
-                              repeats=args.repeats, context=args.context, device=args.device,
-                              precision="bf16" if args.bf16 else "fp32", seed=args.seed, sampling=sampling)
+    cfg = dataclass_from_args(GenerateBenchConfig, args, batch_sizes=batch_sizes, sampling=sampling,
+                              precision="bf16" if args.bf16 else "fp32")
     r = bench_generate(cfg)
     for e in r["results"]:
         print(f"batch {e['batch']:4d}  {e['step_s']['median'] * 1e3:8.2f} ms/step (IQR {e['step_s']['iqr'] * 1e3:.2f})"
@@ -90,7 +86,23 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchable_stages() -> list[str]:
+    from driftless.train.specs import all_stages
+
+    return [name for name, spec in all_stages().items() if spec.synthetic_batch is not None]
+
+
+def _default_clips() -> str:
+    """'tokenizer 8, lam 16, dynamics its preset': each stage's default clip length."""
+    from driftless.train.specs import all_stages
+
+    return ", ".join(f"{name} {spec.clip_len or 'its preset'}" for name, spec in all_stages().items()
+                     if spec.synthetic_batch is not None)
+
+
 def register(sub) -> None:
+    from driftless.eval.bench import GenerateBenchConfig, TrainBenchConfig
+
     p = sub.add_parser("bench", help="benchmark training throughput (MFU) and generation speed (FPS)",
                        description="Timed benchmarks with warm-up and repeats; medians and interquartile ranges.")
     verbs = p.add_subparsers(dest="bench_verb", metavar="WHAT", required=True)
@@ -98,28 +110,15 @@ def register(sub) -> None:
                          description="Time training steps of a stage with the trainer's components on synthetic "
                                      "batches of the stage's shape.",
                          epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--stage", default="tokenizer", choices=["tokenizer", "lam", "dynamics", "all"])
-    t.add_argument("--preset", default="debug", help="model preset: debug | small | base (default debug)")
+    t.add_argument("--stage", default=TrainBenchConfig.stage, choices=[*_benchable_stages(), "all"],
+                   help="the training stage to time, or all of them (default %(default)s)")
+    add_dataclass_flags(t, TrainBenchConfig, only=("preset",))
     t.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="override a model config field")
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--clip-len", type=int, help="frames per clip (default: tokenizer 8, lam 16, dynamics its preset)")
-    t.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
-    t.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model, as `train` does (default: on with CUDA, off on the CPU)")
-    t.add_argument("--reference", action=argparse.BooleanOptionalAction, default=None,
-                   help="also time a plain ST-transformer of the stage's shape in the same run (default: on "
-                        "with CUDA): the ratio to it travels between machines")
-    t.add_argument("--profile", metavar="DIR",
-                   help="profile 5 more steps with torch.profiler: a Chrome trace in DIR and the top kernels")
-    t.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (overrides the table)")
-    t.add_argument("--measure-peak", action=argparse.BooleanOptionalAction, default=None,
-                   help="measure the device's peak with a large matmul in this run (default: on with CUDA; "
-                        "on the CPU a fp32 1024^3 product)")
-    t.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    add_dataclass_flags(t, TrainBenchConfig, only=("batch_size", "clip_len", "steps", "warmup", "precision", "compile",
+                                                   "peak_tflops", "measure_peak", "reference", "profile", "device"),
+                        help={"clip_len": f"frames per clip (default: {_default_clips()})"})
     t.add_argument("--threads", type=int, help="torch CPU threads")
-    t.add_argument("--seed", type=int, default=0)
+    add_dataclass_flags(t, TrainBenchConfig, only=("seed",))
     t.add_argument("--json", help="write the results to this JSON file")
     t.set_defaults(func=_train)
     g = verbs.add_parser("generate", help="generation speed of a world at batch 1 and batched",
@@ -130,15 +129,12 @@ def register(sub) -> None:
                    help="world folder, shipped name, or random:PRESET (random weights of the debug | small | base "
                         "presets; 'debug' = random:debug, the default)")
     g.add_argument("--batch-sizes", default="1,16", help="comma-separated sessions per step (default 1,16)")
-    g.add_argument("--frames", type=int, default=32, help="timed frames per repeat (default 32)")
-    g.add_argument("--warmup", type=int, default=8, help="untimed frames of a first session (default 8)")
-    g.add_argument("--repeats", type=int, default=5, help="sessions timed per batch size (default 5)")
-    g.add_argument("--context", type=int, default=1, help="context frames at reset")
+    add_dataclass_flags(g, GenerateBenchConfig, only=("frames", "warmup", "repeats", "context"))
     g.add_argument("--steps", type=int, help="sampling steps per frame (default: the world's)")
     g.add_argument("--window", type=int, help="context window in frames (default: the model's)")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
-    g.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+    add_dataclass_flags(g, GenerateBenchConfig, only=("device",))
     g.add_argument("--threads", type=int, help="torch CPU threads")
-    g.add_argument("--seed", type=int, default=0)
+    add_dataclass_flags(g, GenerateBenchConfig, only=("seed",))
     g.add_argument("--json", help="write the results to this JSON file")
     g.set_defaults(func=_generate)

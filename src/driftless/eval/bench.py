@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from driftless.config import option
 from driftless.runtime import default_device
 
 # dense peak TFLOP/s by precision (vendor datasheets)
@@ -41,7 +42,6 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
     "L40S": {"bf16": 362.0, "tf32": 183.0, "fp32": 91.6},
 }
-DEFAULT_CLIP = {"tokenizer": 8, "lam": 16}  # as the training stages; dynamics: its preset's clip_len
 
 
 def peak_key(name: str) -> str | None:
@@ -129,48 +129,41 @@ def count_flops(fn) -> int:
 # ---- training throughput --------------------------------------------------------------------------
 @dataclass
 class TrainBenchConfig:
-    stage: str = "tokenizer"  # tokenizer | lam | dynamics
-    preset: str = "debug"
-    batch_size: int = 8
-    clip_len: int | None = None
-    steps: int = 10  # timed steps
-    warmup: int = 3
-    device: str | None = None
-    precision: str = "auto"  # as the trainer: auto (bf16 on GPU) | fp32 | bf16
-    compile: bool | None = None  # as the trainer: None = on with CUDA, off on the CPU
-    peak_tflops: float | None = None
-    measure_peak: bool | None = None  # time a large matmul in this run (None: on with CUDA)
-    reference: bool | None = None  # time the plain reference transformer too (None: on with CUDA)
-    profile: str | None = None  # folder for a torch.profiler trace of a few steps and its kernel table
-    seed: int = 0
+    stage: str = "tokenizer"  # a training stage (train.specs.STAGES): tokenizer | lam | dynamics
+    preset: str = option("debug", help="model preset: debug | small | base (default debug)")
+    batch_size: int = option(8, help="clips per step")
+    clip_len: int | None = option(None, help="frames per clip (default: the stage's, as in training)")
+    steps: int = option(10, help="timed steps (default %(default)s)")
+    warmup: int = option(3, help="untimed steps first (default %(default)s)")
+    device: str | None = option(None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    precision: str = option("auto", choices=("auto", "fp32", "bf16"),
+                            help="as the trainer: auto (bf16 on GPU) | fp32 | bf16")
+    compile: bool | None = option(None, help="torch.compile the model, as `train` does (default: on with CUDA, "
+                                             "off on the CPU)")
+    peak_tflops: float | None = option(None, help="the device's peak TFLOP/s for MFU (overrides the table)")
+    measure_peak: bool | None = option(None, help="measure the device's peak with a large matmul in this run "
+                                                  "(default: on with CUDA; on the CPU a fp32 1024^3 product)")
+    reference: bool | None = option(None, help="also time a plain ST-transformer of the stage's shape in the same "
+                                               "run (default: on with CUDA): the ratio to it travels between "
+                                               "machines")
+    profile: str | None = option(None, metavar="DIR", help="profile 5 more steps with torch.profiler: a Chrome "
+                                                           "trace in DIR and the top kernels")
+    seed: int = option(0, help="seed of the weights and the synthetic batch")
     overrides: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.stage not in ("tokenizer", "lam", "dynamics"):
-            raise ValueError(f"stage must be tokenizer, lam or dynamics, got {self.stage!r}")
+        from driftless.train.specs import get_stage
+
+        get_stage(self.stage)  # a clear error for an unknown stage
         if self.steps < 1 or self.warmup < 0 or self.batch_size < 1:
             raise ValueError(f"need steps >= 1, warmup >= 0, batch_size >= 1, got {self.steps}, {self.warmup}, "
                              f"{self.batch_size}")
 
 
-def synthetic_batch(stage: str, cfg, batch: int, clip_len: int, device, seed: int = 0) -> dict:
-    """A batch of the stage's shape: uint8 frames for tokenizer/LAM, latents + actions for dynamics."""
-    g = torch.Generator().manual_seed(seed)
-    if stage == "dynamics":
-        s, c = cfg.tokens_per_frame, cfg.latent_dim
-        out = {"latents": torch.randn(batch, clip_len, s, c, generator=g)}
-        if cfg.num_actions:
-            out["actions"] = torch.randint(0, cfg.num_actions, (batch, clip_len - 1), generator=g)
-    else:
-        h, w = cfg.resolution
-        out = {"frames": torch.randint(0, 256, (batch, clip_len, h, w, 3), generator=g, dtype=torch.uint8)}
-    return {k: v.to(device) for k, v in out.items()}
-
-
 def _tokens_per_frame(stage: str, cfg) -> int:
-    if stage == "dynamics":
-        return cfg.tokens_per_frame
-    return (cfg.resolution[0] // cfg.patch) * (cfg.resolution[1] // cfg.patch)
+    from driftless.train.specs import get_stage
+
+    return get_stage(stage).tokens_per_frame(cfg)
 
 
 def bench_train(cfg: TrainBenchConfig) -> dict:
@@ -178,23 +171,26 @@ def bench_train(cfg: TrainBenchConfig) -> dict:
     from driftless.models import registry
     from driftless.models.common import num_params
     from driftless.train.distributed import setup
+    from driftless.train.specs import get_stage
     from driftless.train.trainer import LossModule, TrainConfig, Trainer
 
     info = setup(cfg.device)
     device = info.device
+    spec = get_stage(cfg.stage)
+    if spec.synthetic_batch is None:
+        raise ValueError(f"stage {cfg.stage!r} has no synthetic batch to benchmark with")
     torch.manual_seed(cfg.seed)
     mcfg = registry.preset(cfg.stage, cfg.preset)
     if cfg.overrides:
         mcfg = override(mcfg, cfg.overrides)
-    clip_len = cfg.clip_len or (mcfg.clip_len if cfg.stage == "dynamics" else DEFAULT_CLIP[cfg.stage])
-    if cfg.stage == "dynamics" and clip_len != mcfg.clip_len:
-        mcfg = override(mcfg, {"clip_len": clip_len})
+    mcfg, clip_len = spec.with_clip_len(mcfg, cfg.clip_len)
     model = registry.build(cfg.stage, mcfg)
     tcfg = TrainConfig(steps=cfg.warmup + cfg.steps, batch_size=cfg.batch_size, precision=cfg.precision,
                        compile=cfg.compile, warmup=1, save_every=0, val_every=0, seed=cfg.seed)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, tcfg, tmp, info, cfg.stage, to_dict(mcfg), frames_per_sample=clip_len)
-    batch = synthetic_batch(cfg.stage, mcfg, cfg.batch_size, clip_len, device, cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batch = {k: v.to(device) for k, v in spec.synthetic_batch(mcfg, cfg.batch_size, clip_len, gen).items()}
     amp = dict(device_type=device.type, dtype=trainer.autocast_dtype, enabled=trainer.autocast_dtype is not None)
 
     def step() -> None:  # the trainer's own step: forward, backward, clip, update, EMA
@@ -297,13 +293,13 @@ def _profile(step, device, folder: str, name: str, steps: int = 5, top: int = 20
 class GenerateBenchConfig:
     world: str = "debug"  # a world folder, a shipped name, "debug" or "random:PRESET" (random weights)
     batch_sizes: list = field(default_factory=lambda: [1, 16])
-    frames: int = 32  # timed steps per repeat
-    warmup: int = 8  # untimed steps of a first session
-    repeats: int = 5
-    context: int = 1
-    device: str | None = None
+    frames: int = option(32, help="timed frames per repeat (default %(default)s)")
+    warmup: int = option(8, help="untimed frames of a first session (default %(default)s)")
+    repeats: int = option(5, help="sessions timed per batch size (default %(default)s)")
+    context: int = option(1, help="context frames at reset")
+    device: str | None = option(None, help="cpu | cuda | cuda:N (default: cuda when available)")
     precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA)
-    seed: int = 0
+    seed: int = option(0, help="seed of the context frames, actions and sampling noise")
     sampling: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -319,14 +315,14 @@ def random_world(preset: str = "debug", device="cpu", seed: int = 0):
     and the LAM's action count."""
     from driftless.config import override
     from driftless.models import registry
+    from driftless.models.compose import dynamics_fields
     from driftless.world.world import World
 
     torch.manual_seed(seed)
     tok_cfg = registry.preset("tokenizer", preset)
     lam_cfg = registry.preset("lam", preset)
     dyn_cfg = override(registry.preset("dynamics", preset),
-                       {"latent_dim": tok_cfg.latent_dim, "grid": list(tok_cfg.grid),
-                        "num_actions": lam_cfg.num_actions})
+                       dynamics_fields(tok_cfg.latent_dim, tok_cfg.grid, lam_cfg.num_actions))
     parts = [registry.build(kind, cfg).to(device).eval()
              for kind, cfg in (("tokenizer", tok_cfg), ("lam", lam_cfg), ("dynamics", dyn_cfg))]
     meta = {"name": f"random:{preset}", "sampling": {"steps": dyn_cfg.diffusion.sampling_steps}}

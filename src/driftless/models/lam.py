@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
-from driftless.models.common import pixels_to_unit, unit_to_pixels
+from driftless.models.common import pixels_to_unit
 from driftless.nn.embeddings import patchify, sincos_2d, unpatchify
 from driftless.nn.quantize import VectorQuantizer
 from driftless.nn.st_transformer import STConfig, STTransformer
@@ -186,27 +185,3 @@ class LatentActionModel(nn.Module):
         loss = mse + vq_loss if vq_loss.requires_grad else mse
         return loss, {"mse": mse.detach(), "psnr": -10 * torch.log10(mse.detach() / 4 + 1e-12),
                                "vq_loss": vq_loss.detach(), **stats}
-
-    @torch.no_grad()
-    def validation(self, batch: dict) -> tuple[dict, torch.Tensor]:
-        """Next-frame PSNR with inferred actions, with random actions, and for copying the last
-        frame; the gap between the first two is the LAM's controllability."""
-        x = pixels_to_unit(batch["frames"])
-        _, idx, _, stats = self.encode(x)
-        target = x[:, 1:].float()
-
-        def psnr(pred):
-            mse = ((pred.float().clamp(-1, 1) - target) ** 2).mean()
-            return float(-10 * torch.log10(mse / 4 + 1e-12))
-
-        pred = self.decode_indices(x[:, :-1], idx)
-        rand = torch.randint(0, self.cfg.num_actions, idx.shape, device=idx.device)
-        pred_rand = self.decode_indices(x[:, :-1], rand)
-        metrics = {"psnr": psnr(pred), "psnr_random_actions": psnr(pred_rand), "psnr_copy_last": psnr(x[:, :-1]),
-                   "vq_perplexity": float(stats["vq_perplexity"]), "vq_usage": float(stats["vq_usage"])}
-        metrics["delta_psnr"] = metrics["psnr"] - metrics["psnr_random_actions"]
-        # strip: real next frames over predicted ones, first 4 clips, up to 8 steps
-        n, t = min(4, x.shape[0]), min(8, target.shape[1])
-        rows = torch.stack([target[:n, :t], pred[:n, :t].float()], dim=1)  # (n, 2, t, h, w, 3)
-        grid = rearrange(unit_to_pixels(rows), "n r t h w c -> (n r h) (t w) c")
-        return metrics, grid.cpu()

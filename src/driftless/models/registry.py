@@ -15,12 +15,12 @@ from driftless.config import from_dict
 
 @dataclass(frozen=True)
 class ModelKind:
-    module: str  # driftless.models.<module>
+    module: str  # a module of driftless.models ("tokenizer") or a full dotted path ("mypkg.model")
     model: str  # class name
     config: str  # config class name
 
     def load(self):
-        mod = importlib.import_module(f"driftless.models.{self.module}")
+        mod = importlib.import_module(self.module if "." in self.module else f"driftless.models.{self.module}")
         return getattr(mod, self.model), getattr(mod, self.config), getattr(mod, "PRESETS", {})
 
 
@@ -30,6 +30,13 @@ KINDS: dict[str, ModelKind] = {
     "dynamics": ModelKind("dynamics", "Dynamics", "DynamicsConfig"),
     "image": ModelKind("image", "ImageMAR", "ImageConfig"),
 }
+
+
+def register_kind(name: str, kind: ModelKind) -> None:
+    """Let a package outside driftless.models add a model kind (name its module by dotted path)."""
+    if name in KINDS and KINDS[name] != kind:
+        raise ValueError(f"model kind {name!r} is already registered as {KINDS[name]}")
+    KINDS[name] = kind
 
 
 def kind_info(kind: str):

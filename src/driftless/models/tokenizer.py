@@ -150,25 +150,6 @@ class Tokenizer(nn.Module):
         psnr = -10 * torch.log10(mse.detach() / 4 + 1e-12)  # [-1,1] range -> [0,1] range
         return loss, {"mse": mse.detach(), "psnr": psnr, "reg": reg.detach(), **stats}
 
-    @torch.no_grad()
-    def validation(self, batch: dict) -> tuple[dict, torch.Tensor]:
-        """Reconstruction PSNR/SSIM of the posterior mean, plus a real-over-reconstruction strip."""
-        from driftless.eval.metrics import psnr, ssim
-
-        frames = batch["frames"]
-        recon = unit_to_pixels(self._decode_raw(self.encode_raw(frames)))
-        metrics = {"psnr": float(psnr(recon, frames)), "ssim": float(ssim(recon, frames))}
-        if self.cfg.bottleneck == "vq":
-            idx = self.encode_indices(frames)
-            counts = torch.bincount(idx.flatten(), minlength=self.cfg.codebook_size).float()
-            p = counts / counts.sum()
-            metrics["vq_perplexity"] = float(torch.exp(-(p * torch.log(p + 1e-10)).sum()))
-            metrics["vq_usage"] = float((counts > 0).float().mean())
-        n, t = min(4, frames.shape[0]), min(8, frames.shape[1])
-        rows = torch.stack([frames[:n, :t], recon[:n, :t]], dim=1)  # (n, 2, t, h, w, 3)
-        grid = rows.permute(0, 1, 3, 2, 4, 5).reshape(n * 2 * frames.shape[2], t * frames.shape[3], 3)
-        return metrics, grid.cpu()
-
     # ---- public inference API ------------------------------------------------------------
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.latent_mean) / self.latent_std
@@ -186,6 +167,11 @@ class Tokenizer(nn.Module):
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (b, t, h, w, 3) -> normalised latents (b, t, s, c)."""
         return self.normalize(self.encode_raw(frames).float())
+
+    @torch.no_grad()
+    def reconstruct(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (b, t, h, w, 3) -> uint8 reconstruction through the posterior mean (or code)."""
+        return unit_to_pixels(self._decode_raw(self.encode_raw(frames)))
 
     @torch.no_grad()
     def encode_indices(self, frames: torch.Tensor) -> torch.Tensor:

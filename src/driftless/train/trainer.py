@@ -3,8 +3,10 @@
 A model trains here if it has
     training_loss(batch) -> (loss tensor, {name: scalar tensor})
 and optionally
-    validation(batch) -> ({name: float}, image uint8 (H, W, 3) or None)
     before_train_step() -> None   (host-side bookkeeping, called outside compiled code).
+Validation, optional, is a function validation(model, batch) -> ({name: float}, image uint8
+(H, W, 3) or None) given by the stage (its StageSpec, train/specs.py), or else the model's own
+`validation(batch)` method if it has one.
 
 The loop: AdamW (no decay on 1-D parameters), linear warm-up then cosine decay, gradient
 clipping, EMA weights, bf16 autocast on GPU, optional torch.compile, DDP under torchrun.
@@ -22,7 +24,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -31,34 +33,43 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from driftless import checkpoint
+from driftless.config import option
 from driftless.train.distributed import DistInfo, all_reduce_mean, any_rank, barrier
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 20000
-    batch_size: int = 32  # per process
-    lr: float = 3e-4
-    min_lr: float = 3e-5
-    warmup: int = 500
-    weight_decay: float = 0.05
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    seed: int = 0
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
-    compile: bool | None = None  # torch.compile the model; None = on for CUDA, off on the CPU
-    log_every: int = 50
-    val_every: int = 1000
-    save_every: int = 1000
-    max_minutes: float = 0.0  # stop (and save) after this much wall time; 0 = no limit
-    # train for this many minutes of wall time with the cosine schedule laid over time instead
-    # of steps (for jobs sharing a GPU at unknown speed); not bitwise reproducible. 0 = off
-    time_budget: float = 0.0
-    max_nonfinite: int = 20  # consecutive skipped steps before giving up
-    stop_after: int = 0  # stop (and save) after this many steps in this invocation; 0 = no limit
-    tensorboard: bool = False  # also write scalars to OUT/tensorboard (needs the tensorboard package)
+    """How to train (each field is a flag of `driftless train STAGE`, see cli/train.py)."""
+
+    steps: int = option(20000, help="optimizer steps (default %(default)s)")
+    batch_size: int = option(32, help="clips per step per process")
+    lr: float = option(3e-4, help="peak learning rate, reached after the warm-up")
+    min_lr: float = option(3e-5, help="learning rate at the end of the cosine decay")
+    warmup: int = option(500, help="steps of linear learning-rate warm-up")
+    weight_decay: float = option(0.05, help="AdamW weight decay (not on 1-D parameters)")
+    beta1: float = option(0.9, help="AdamW beta1")
+    beta2: float = option(0.95, help="AdamW beta2")
+    grad_clip: float = option(1.0, help="clip the gradient norm to this")
+    ema_decay: float = option(0.999, help="decay of the EMA weights")
+    seed: int = option(0, help="seed of the initial weights, the data order and the noise")
+    precision: str = option("auto", choices=("auto", "fp32", "bf16"),
+                            help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16")
+    compile: bool | None = option(None, help="torch.compile the model (default: on with CUDA, off on the CPU)")
+    log_every: int = option(50, help="steps between training log lines in metrics.jsonl")
+    val_every: int = option(1000, help="steps between validations (0: never)")
+    save_every: int = option(1000, help="steps between checkpoints (0: only at the end)")
+    max_minutes: float = option(0.0, help="stop and save after this many minutes (train in chunks; "
+                                          "continue with --resume)")
+    # the cosine schedule laid over time instead of steps (for jobs sharing a GPU at unknown
+    # speed); not bitwise reproducible
+    time_budget: float = option(0.0, help="train for this many minutes, laying the cosine schedule over time "
+                                          "instead of steps (--steps becomes an upper bound); useful when jobs "
+                                          "share a GPU")
+    max_nonfinite: int = option(20, help="consecutive skipped (non-finite) steps before giving up")
+    stop_after: int = option(0, help="stop and save after this many steps of this invocation (the schedule "
+                                     "still spans --steps; continue with --resume)")
+    tensorboard: bool = option(False, help="also log scalars for TensorBoard under OUT/tensorboard "
+                                           "(pip install tensorboard)")
 
 
 class LossModule(nn.Module):
@@ -100,6 +111,8 @@ def masked_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
         optimizer.step()
     finally:
         optimizer.found_inf = None
+def _method_validation(model: nn.Module, batch: dict):
+    return model.validation(batch)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -123,6 +136,7 @@ class Trainer:
         model_config: dict,
         meta: dict | None = None,
         frames_per_sample: int = 1,
+        validation: Callable[[nn.Module, dict], tuple[dict, Any]] | None = None,
     ):
         self.cfg = cfg
         self.info = info
@@ -131,6 +145,9 @@ class Trainer:
         self.model_config = json.loads(json.dumps(model_config))  # as it will read back from JSON
         self.meta = dict(meta or {})
         self.frames_per_sample = frames_per_sample
+        if validation is None and hasattr(model, "validation"):
+            validation = _method_validation
+        self.validation = validation
         self.model = model.to(info.device)
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         # fused: one kernel for all parameters, and it can skip a non-finite step on the device
@@ -250,7 +267,7 @@ class Trainer:
     # ---- validation ------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self, val_batches: list[dict]) -> dict:
-        if not self.info.is_main or not val_batches or not hasattr(self.model, "validation"):
+        if not self.info.is_main or not val_batches or self.validation is None:
             barrier(self.info)
             return {}
         sums: dict[str, float] = {}
@@ -259,7 +276,7 @@ class Trainer:
             batch = _to_device(batch, self.info.device)
             with torch.autocast(self.info.device.type, dtype=self.autocast_dtype,
                                 enabled=self.autocast_dtype is not None):
-                metrics, img = self.ema_model.validation(batch)
+                metrics, img = self.validation(self.ema_model, batch)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             if i == 0:

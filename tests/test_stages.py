@@ -1,0 +1,145 @@
+"""Stage specs, the model-kind and stage tables, and flags made from config dataclasses."""
+
+import argparse
+import dataclasses
+import textwrap
+
+import pytest
+import torch
+
+from driftless.cli.common import add_dataclass_flags, dataclass_from_args
+from driftless.config import option
+from driftless.models import registry
+from driftless.train.specs import STAGES, StageArgs, StageSpec, all_stages, get_stage, register_stage
+from driftless.train.trainer import TrainConfig
+
+from conftest import make_store
+
+
+@dataclasses.dataclass
+class _Opts:
+    name: str = option(help="required: no default")
+    size: int = option(3, help="a size (default %(default)s)")
+    rate: float | None = option(None, help="optional")
+    mode: str = option("a", choices=("a", "b"), help="one of a, b")
+    fast: bool = option(False, help="a switch")
+    path: str | None = option(None, metavar="DIR", help="somewhere")
+    table: dict = dataclasses.field(default_factory=dict)
+
+
+def test_dataclass_flags_round_trip():
+    p = argparse.ArgumentParser()
+    add_dataclass_flags(p, _Opts, exclude=("table",), help={"rate": "replaced help"})
+    flags = {a.option_strings[0]: a for a in p._actions if a.option_strings and a.dest != "help"}
+    assert sorted(flags) == ["--fast", "--mode", "--name", "--path", "--rate", "--size"]
+    assert flags["--name"].required and flags["--mode"].choices == ["a", "b"] and flags["--path"].metavar == "DIR"
+    assert flags["--rate"].help == "replaced help" and "%(default)s" in flags["--size"].help
+    args = p.parse_args(["--name", "x", "--rate", "0.5", "--fast"])
+    assert dataclass_from_args(_Opts, args, size=7) == _Opts(name="x", size=7, rate=0.5, fast=True)
+    assert dataclass_from_args(_Opts, p.parse_args(["--name", "y"])) == _Opts(name="y")
+    with pytest.raises(SystemExit):
+        p.parse_args(["--name", "x", "--mode", "c"])
+    with pytest.raises(TypeError, match="table"):
+        add_dataclass_flags(argparse.ArgumentParser(), _Opts)
+
+
+def test_train_flags_are_the_train_config():
+    from driftless.cli import build_parser
+
+    args = build_parser().parse_args(["train", "dynamics", "--data", "d", "--out", "o", "--lr", "0.01",
+                                      "--teacher-forcing", "--actions", "true"])
+    assert dataclass_from_args(TrainConfig, args) == TrainConfig(lr=0.01)
+    assert args.teacher_forcing and args.actions == "true" and args.frame_model is None
+
+
+def test_stage_table():
+    assert list(all_stages())[:3] == ["tokenizer", "lam", "dynamics"]
+    with pytest.raises(ValueError, match="unknown stage 'nope'"):
+        get_stage("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_stage(dataclasses.replace(get_stage("lam"), help="another"))
+    tok, dyn = get_stage("tokenizer"), get_stage("dynamics")
+    cfg = registry.preset("dynamics", "debug")
+    assert dyn.with_clip_len(cfg)[1] == cfg.clip_len
+    assert dyn.with_clip_len(cfg, 3)[0].clip_len == 3
+    assert tok.with_clip_len(registry.preset("tokenizer", "debug"))[1] == 8
+    # options that stand for a --set are recorded as overrides
+    a = dyn.resolve(StageArgs(kind="dynamics", data="d", out="o", overrides={"backbone.depth": 2},
+                              options=dyn.options(teacher_forcing=True)))
+    assert a.overrides == {"backbone.depth": 2, "teacher_forcing": True} and a.options.actions == "lam"
+    with pytest.raises(ValueError, match="options"):
+        tok.resolve(StageArgs(kind="tokenizer", data="d", out="o", options=dyn.options()))
+
+
+def test_random_world_dynamics_fits_its_tokenizer_and_lam():
+    from driftless.eval.bench import random_world
+
+    w = random_world("debug")
+    d, t = w.dynamics.cfg, w.tokenizer.cfg
+    assert (d.latent_dim, tuple(d.grid), d.num_actions) == (t.latent_dim, tuple(t.grid), w.lam.cfg.num_actions)
+
+
+def test_tokenizer_validation_reports_vq_usage():
+    from driftless.config import override
+
+    tok = registry.build("tokenizer", override(registry.preset("tokenizer", "debug"),
+                                               {"bottleneck": "vq", "codebook_size": 16})).eval()
+    frames = torch.randint(0, 256, (2, 3, 64, 64, 3), dtype=torch.uint8)
+    metrics, image = get_stage("tokenizer").validation(tok, {"frames": frames})
+    assert set(metrics) == {"psnr", "ssim", "vq_perplexity", "vq_usage"}
+    assert image.shape == (2 * 2 * 64, 3 * 64, 3) and image.dtype == torch.uint8
+
+
+TOY = textwrap.dedent('''
+    from dataclasses import dataclass
+    import torch
+    from torch import nn
+
+    @dataclass
+    class ToyConfig:
+        resolution: tuple = (64, 64)
+        patch: int = 8
+
+    PRESETS = {"debug": ToyConfig()}
+
+    class Toy(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.cfg = cfg
+            self.w = nn.Parameter(torch.zeros(3))
+
+        def training_loss(self, batch):
+            x = batch["frames"].float().mean(dim=(1, 2, 3)) / 255
+            loss = ((x - self.w) ** 2).mean()
+            return loss, {"mse": loss.detach()}
+''')
+
+
+def test_a_package_registers_its_own_model_kind_and_stage(tmp_path, monkeypatch):
+    from driftless.train.stages import run_stage
+    from driftless.train.world_stages import pixel_clips
+
+    (tmp_path / "toypkg").mkdir()
+    (tmp_path / "toypkg" / "__init__.py").write_text("")
+    (tmp_path / "toypkg" / "model.py").write_text(TOY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    store = make_store(tmp_path / "store", episodes=2, length=6)
+    registry.register_kind("toy", registry.ModelKind("toypkg.model", "Toy", "ToyConfig"))
+
+    def validation(model, batch):
+        return {"w_norm": float(model.w.norm())}, None
+
+    try:
+        register_stage(StageSpec(name="toy", help="a toy stage", data_help="episode store", data=pixel_clips,
+                                 clip_len=2, validation=validation))
+        train = TrainConfig(steps=2, batch_size=2, warmup=1, log_every=1, val_every=2, save_every=0)
+        summary = run_stage(StageArgs(kind="toy", data=str(store.root), val_data=str(store.root),
+                                      out=str(tmp_path / "run"), preset="debug", train=train, workers=0,
+                                      device="cpu"))
+        assert summary["step"] == 2
+        model = registry.load_model(tmp_path / "run" / "checkpoint", kind="toy")
+        assert type(model).__module__ == "toypkg.model"
+        assert '"w_norm"' in (tmp_path / "run" / "metrics.jsonl").read_text()
+    finally:
+        STAGES.pop("toy", None)
+        registry.KINDS.pop("toy", None)
