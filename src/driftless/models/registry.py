@@ -15,12 +15,12 @@ from driftless.config import from_dict
 
 @dataclass(frozen=True)
 class ModelKind:
-    module: str  # driftless.models.<module>
+    module: str  # driftless.models.<module>, or a full dotted path (the showcases' models)
     model: str  # class name
     config: str  # config class name
 
     def load(self):
-        mod = importlib.import_module(f"driftless.models.{self.module}")
+        mod = importlib.import_module(self.module if "." in self.module else f"driftless.models.{self.module}")
         return getattr(mod, self.model), getattr(mod, self.config), getattr(mod, "PRESETS", {})
 
 
