@@ -29,6 +29,7 @@ KINDS: dict[str, ModelKind] = {
     "lam": ModelKind("lam", "LatentActionModel", "LAMConfig"),
     "dynamics": ModelKind("dynamics", "Dynamics", "DynamicsConfig"),
     "image": ModelKind("image", "ImageMAR", "ImageConfig"),
+    "forecaster": ModelKind("driftless.forecast.model", "build", "ForecasterCheckpointConfig"),
 }
 
 

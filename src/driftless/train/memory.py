@@ -77,4 +77,7 @@ def train_in_memory(model: nn.Module, cfg: TrainConfig, batches: Batches, device
         raise ValueError(f"training diverged at step {summary['step']} (loss {last.get('loss')}); "
                          "lower the learning rate or check the data")
     trainer.model.eval()
-    return trainer.ema_model, [r for r in trainer.history if r.get("split") == "train"], summary
+    # an ordinary module again, as load_model gives it (some CPU kernels, e.g. the GRU's, take
+    # another path for frozen weights, so sampling would differ from the reloaded model's last bits)
+    ema = trainer.ema_model.requires_grad_(True)
+    return ema, [r for r in trainer.history if r.get("split") == "train"], summary

@@ -1,7 +1,7 @@
 """Forecast evaluation: the Diffusion-Forcing model beside its baselines on one split.
 
 Every forecaster is a function `(contexts (N, C, D), t0 (N,)) -> sample paths (N, S, H, D)`
-scored by `driftless.eval.forecast_metrics.evaluate_samples` on the dataset's test windows.
+scored by `driftless.forecast.metrics.evaluate_samples` on the dataset's test windows.
 
 Baselines:
 
@@ -22,8 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from driftless.data.timeseries import ForecastDataset
-from driftless.eval.forecast_metrics import evaluate_samples
+from driftless.forecast.data import ForecastDataset
+from driftless.forecast.metrics import evaluate_samples
 
 ForecastFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
