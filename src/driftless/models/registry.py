@@ -30,6 +30,7 @@ KINDS: dict[str, ModelKind] = {
     "dynamics": ModelKind("dynamics", "Dynamics", "DynamicsConfig"),
     "image": ModelKind("image", "ImageMAR", "ImageConfig"),
     "forecaster": ModelKind("driftless.forecast.model", "build", "ForecasterCheckpointConfig"),
+    "sequence_df": ModelKind("driftless.plan.sequence_df", "SequenceDF", "SequenceDFConfig"),
 }
 
 
