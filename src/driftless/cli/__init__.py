@@ -11,9 +11,9 @@ import importlib
 import sys
 
 # module name under driftless.cli -> registers these verbs
-VERB_MODULES = ["demo", "data", "train", "world", "evaluate", "bench", "play", "rollout", "image"]
+VERB_MODULES = ["demo", "data", "train", "world", "evaluate", "bench", "play", "rollout"]
 # showcase packages driftless.<name> whose cli module registers their verbs
-SHOWCASES = ["plan", "forecast"]
+SHOWCASES = ["plan", "forecast", "image"]
 
 
 def build_parser() -> argparse.ArgumentParser:

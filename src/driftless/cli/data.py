@@ -66,9 +66,6 @@ def register(sub) -> argparse._SubParsersAction:
     i.add_argument("store", metavar="DIR", help="store folder")
     i.set_defaults(func=_info)
 
-    from driftless.cli.image_data import register_games
-
-    register_games(dsub)
     return dsub  # the showcases add their data verbs here (driftless.cli.build_parser)
 
 

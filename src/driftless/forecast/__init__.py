@@ -5,8 +5,8 @@
     data.py      GluonTS files, statsmodels' macrodata, a synthetic process with a known law
     train.py     training glue: random windows through the shared `Trainer`; saving
     metrics.py   CRPS, CRPS-sum, ND, NRMSE, coverage (GluonTS's definitions)
-    evaluate.py  the model beside seasonal-naive, VAR, teacher-forcing and oracle baselines
-    plots.py     fan charts
+    evaluate.py  the model beside seasonal-naive, VAR, teacher-forcing and oracle baselines;
+                 fan charts
     cli.py       `driftless forecast train|predict|eval` (registered by `driftless.cli`)
 
 Built on the shared core only (`driftless.nn`, `driftless.diffusion`, `driftless.train`,

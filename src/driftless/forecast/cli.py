@@ -84,7 +84,7 @@ def cmd_predict(args) -> int:
 
     from driftless.checkpoint import atomic_write_bytes
     from driftless.forecast.data import load_dataset
-    from driftless.forecast.plots import fan_chart
+    from driftless.forecast.evaluate import fan_chart
 
     model, header = _load(args.ckpt, args.device)
     ds = load_dataset(args.data or header["meta"].get("dataset", ""))
@@ -113,8 +113,7 @@ def cmd_eval(args) -> int:
     _threads(args)
     from driftless.checkpoint import atomic_write_json
     from driftless.forecast.data import load_dataset
-    from driftless.forecast.evaluate import baseline_forecasters, evaluate, format_table, model_forecaster
-    from driftless.forecast.plots import fan_chart
+    from driftless.forecast.evaluate import baseline_forecasters, evaluate, fan_chart, format_table, model_forecaster
 
     ds = load_dataset(args.data)
     print(ds.summary())

@@ -50,7 +50,8 @@ class FitConfig:
                            val_every=0, save_every=0, time_budget=self.max_seconds / 60)
 
 
-def fit(model: sdf.SequenceDF, sample: Sampler, cfg: FitConfig, progress: bool = True) -> tuple[sdf.SequenceDF, list[float]]:
+def fit(model: sdf.SequenceDF, sample: Sampler, cfg: FitConfig,
+        progress: bool = True) -> tuple[sdf.SequenceDF, list[float]]:
     """Train on batches from `sample(batch, generator) -> (x0, cond)` in data units (a CPU
     generator seeded per batch; samplers draw their indices with it). Returns (the EMA copy of
     the model, the loss of every step)."""
