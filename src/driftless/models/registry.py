@@ -15,7 +15,7 @@ from driftless.config import from_dict
 
 @dataclass(frozen=True)
 class ModelKind:
-    module: str  # driftless.models.<module>, or a full dotted path (the showcases' models)
+    module: str  # a module of driftless.models ("tokenizer") or a full dotted path ("mypkg.model")
     model: str  # class name
     config: str  # config class name
 

@@ -293,8 +293,8 @@ class Trainer:
         consecutive_bad = 0
         first_step = self.step
         stopped = "steps"
-        pbar = tqdm(total=cfg.steps, initial=self.step, disable=not (info.is_main and self.progress), desc=f"train {self.kind}",
-                    dynamic_ncols=True)
+        pbar = tqdm(total=cfg.steps, initial=self.step, disable=not (info.is_main and self.progress),
+                    desc=f"train {self.kind}", dynamic_ncols=True)
         self.model.train()
         while self.step < cfg.steps:
             torch.manual_seed(step_seed(cfg.seed, info.rank, self.step))
