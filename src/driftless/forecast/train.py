@@ -42,11 +42,11 @@ class ForecastTrainConfig:
     log_every: int = 100
 
     def trainer_config(self) -> TrainConfig:
-        """The shared Trainer's settings: the cosine decays to zero, fp32, nothing saved."""
+        """The shared Trainer's settings: the cosine decays to zero, fp32, not compiled, nothing saved."""
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, min_lr=0.0, warmup=self.warmup,
                            weight_decay=self.weight_decay, beta2=0.999, grad_clip=self.grad_clip or math.inf,
-                           ema_decay=self.ema, seed=self.seed, precision="fp32", log_every=self.log_every,
-                           val_every=0, save_every=0)
+                           ema_decay=self.ema, seed=self.seed, precision="fp32", compile=False,
+                           log_every=self.log_every, val_every=0, save_every=0)
 
 
 class WindowSampler:

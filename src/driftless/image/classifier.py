@@ -79,7 +79,7 @@ def train_classifier(images, labels, classes: list[str], epochs: int = 6, batch_
     steps = epochs * data.per_epoch
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, min_lr=0.0, warmup=max(1, round(0.15 * steps)),
                       weight_decay=1e-4, beta2=0.999, grad_clip=math.inf, ema_decay=0.0, seed=seed,
-                      precision="fp32", log_every=max(1, data.per_epoch), val_every=0, save_every=0)
+                      precision="fp32", compile=False, log_every=max(1, data.per_epoch), val_every=0, save_every=0)
 
     def shifted(start: int):  # the same random circular translation for a whole batch: cheap augmentation
         for i, batch in enumerate(data.stream(start), start // batch_size):

@@ -73,9 +73,8 @@ def train_in_memory(model: nn.Module, cfg: TrainConfig, batches: Batches, device
     trainer = Trainer(model, cfg, None, DistInfo(device=torch.device(device)), kind, {}, progress=progress)
     summary = trainer.fit(batches)
     if summary["stopped"] == "nonfinite":
-        last = next((r for r in reversed(trainer.history) if r.get("event") == "nonfinite"), {})
-        raise ValueError(f"training diverged at step {summary['step']} (loss {last.get('loss')}); "
-                         "lower the learning rate or check the data")
+        raise ValueError(f"training diverged at step {summary['step']} ({summary['nonfinite_total']} non-finite "
+                         "steps); lower the learning rate or check the data")
     trainer.model.eval()
     # an ordinary module again, as load_model gives it (some CPU kernels, e.g. the GRU's, take
     # another path for frozen weights, so sampling would differ from the reloaded model's last bits)
