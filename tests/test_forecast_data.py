@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from driftless.data import timeseries as ts
+from driftless.forecast import data as ts
 
 
 def _write_lines(path, rows, gz=False):

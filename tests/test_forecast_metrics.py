@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from driftless.eval import forecast_metrics as fm
+from driftless.forecast import metrics as fm
 
 
 def _crps_by_integration(mu, sigma, y):

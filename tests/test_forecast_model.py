@@ -6,11 +6,13 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from driftless.data.timeseries import SyntheticVAR, synthetic
-from driftless.eval.forecast_metrics import crps_sum
-from driftless.forecast import VARBaseline, evaluate, oracle_forecaster, seasonal_naive
-from driftless.models.forecaster import Forecaster, preset
-from driftless.train.forecast import ForecastTrainConfig, load_forecaster, save_forecaster, train_forecaster
+from driftless import checkpoint
+from driftless.forecast.data import SyntheticVAR, synthetic
+from driftless.forecast.evaluate import VARBaseline, evaluate, oracle_forecaster, seasonal_naive
+from driftless.forecast.metrics import crps_sum
+from driftless.forecast.model import Forecaster, preset
+from driftless.forecast.train import ForecastTrainConfig, save_forecaster, train_forecaster
+from driftless.models.registry import load_model
 
 
 def _random_model(backbone, **kw):
@@ -90,7 +92,7 @@ def test_checkpoint_roundtrip_and_bad_input(tmp_path):
     trained, hist = train_forecaster(model, ds, ForecastTrainConfig(steps=5, batch_size=8, warmup=2), progress=False)
     assert trained.cfg.global_mean is not None and len(hist["loss"]) == 1
     save_forecaster(tmp_path / "ck", trained, meta={"dataset": "x"})
-    loaded, header = load_forecaster(tmp_path / "ck")
+    loaded, header = load_model(tmp_path / "ck", kind="forecaster"), checkpoint.read_header(tmp_path / "ck")
     assert header["kind"] == "forecaster" and loaded.cfg.seasons == (4,)
     ctx, _, t0 = ds.windows(6)
     np.testing.assert_array_equal(trained.sample(ctx, t0, 3, seed=1), loaded.sample(ctx, t0, 3, seed=1))

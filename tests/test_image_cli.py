@@ -14,8 +14,8 @@ from driftless.cli import main
 def test_image_cli_end_to_end(tmp_path, capsys):
     from driftless import checkpoint
     from driftless.config import override, to_dict
-    from driftless.data.images import write_image_folder
-    from driftless.eval.image_metrics import save_random_inception
+    from driftless.image.data import write_image_folder
+    from driftless.image.inception import save_random_inception
     from driftless.models.tokenizer import PRESETS, Tokenizer
 
     torch.manual_seed(0)
@@ -64,14 +64,14 @@ def test_image_cli_end_to_end(tmp_path, capsys):
 
 
 def test_latent_batches_resume_where_they_left_off():
-    from driftless.data.images import LatentBatches
+    from driftless.train.memory import TensorBatches
 
     lat, lab = torch.arange(10.0)[:, None, None], torch.arange(10)
-    b = LatentBatches(lat, lab, batch_size=3, seed=1)  # 3 batches per epoch, one image dropped
+    b = TensorBatches({"latents": lat, "labels": lab}, batch_size=3, seed=1)  # 3 batches per epoch, one image dropped
     it = b.stream(0)
     first = [next(it)["labels"].tolist() for _ in range(7)]
     assert all(len(x) == 3 for x in first) and len({v for x in first[:3] for v in x}) == 9
     it = b.stream(4 * 3)  # after 4 batches
     assert [next(it)["labels"].tolist() for _ in range(3)] == first[4:7]
     with pytest.raises(ValueError, match="fewer than one batch"):
-        next(LatentBatches(lat, lab, batch_size=11).stream(0))
+        next(TensorBatches({"latents": lat, "labels": lab}, batch_size=11).stream(0))

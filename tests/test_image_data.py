@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from driftless.data.images import (GAMES, build_procgen_games, list_image_folder, read_image_folder,
-                                   write_image_folder)
+from driftless.image.data import (GAMES, build_procgen_games, list_image_folder, read_image_folder,
+                                  write_image_folder)
 
 
 def _png(path, color, size=(80, 60)):

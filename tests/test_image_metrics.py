@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from driftless.eval.image_metrics import (InceptionV3, classifier_metrics, convert_state_dict, fid_and_is,
-                                          inception_score, load_classifier, load_inception, precision_recall,
-                                          save_classifier, save_random_inception, train_classifier)
+from driftless.image.classifier import classifier_metrics, precision_recall, save_classifier, train_classifier
+from driftless.image.inception import (InceptionV3, convert_state_dict, fid_and_is, inception_score, load_inception,
+                                       save_random_inception)
+from driftless.models.registry import load_model
 
 
 def test_precision_recall_cases():
@@ -100,7 +101,7 @@ def test_classifier_learns_two_classes_and_scores_generated(tmp_path):
     imgs[labels == 1, :, :, 2] += 150  # class "blue"
     clf = train_classifier(imgs, labels, ["red", "blue"], epochs=4, batch_size=16, width=8, progress=False)
     save_classifier(tmp_path / "clf", clf)
-    clf = load_classifier(tmp_path / "clf")
+    clf = load_model(tmp_path / "clf", kind="image_classifier")
     good = classifier_metrics(clf, imgs, imgs[::-1].copy(), labels[::-1], k=3)
     assert good["accuracy"] == 1.0 and good["per_class_accuracy"] == {"red": 1.0, "blue": 1.0}
     wrong = classifier_metrics(clf, imgs, imgs, 1 - labels, k=3)  # every image asked for the other class

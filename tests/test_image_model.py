@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from driftless.config import from_dict, override, to_dict
-from driftless.models.image import ImageConfig, ImageMAR, PRESETS, truncated_normal_ratio
+from driftless.image.model import ImageConfig, ImageMAR, PRESETS, truncated_normal_ratio
 
 
 def _model(order="random", **kw):

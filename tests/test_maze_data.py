@@ -1,14 +1,12 @@
 """Maze2D data: D4RL layouts, the PointMaze wrapper, the waypoint controller, determinism."""
 
-import argparse
-
 import numpy as np
 import pytest
 
 pytest.importorskip("gymnasium_robotics")
 
-from driftless.cli.maze_data import register_maze  # noqa: E402
-from driftless.data.maze import (MAZES, MazeEnv, MazeTokens, WaypointController, generate_dataset,  # noqa: E402
+from driftless.cli import build_parser  # noqa: E402
+from driftless.plan.maze import (MAZES, MazeEnv, MazeTokens, WaypointController, generate_dataset,  # noqa: E402
                                  get_maze, load_dataset, save_dataset, shortest_path)
 
 
@@ -91,11 +89,10 @@ def test_tokens_windows():
 
 
 def test_cli_data_maze(tmp_path):
-    p = argparse.ArgumentParser()
-    register_maze(p.add_subparsers())
-    args = p.parse_args(["maze", "--maze", "umaze", "--steps", "300", "--out", str(tmp_path), "--quiet"])
+    p = build_parser()
+    args = p.parse_args(["data", "maze", "--maze", "umaze", "--steps", "300", "--out", str(tmp_path), "--quiet"])
     assert args.func(args) == 0
     assert load_dataset(tmp_path / "umaze.npz")["actions"].shape == (300, 2)
     with pytest.raises(ValueError):
-        args = p.parse_args(["maze", "--maze", "umaze", "--steps", "0", "--out", str(tmp_path)])
+        args = p.parse_args(["data", "maze", "--maze", "umaze", "--steps", "0", "--out", str(tmp_path)])
         args.func(args)

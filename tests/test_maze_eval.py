@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("gymnasium_robotics")
 
 from driftless.cli import build_parser  # noqa: E402
-from driftless.eval.maze_eval import D4RL_REF, evaluate, mean_se, normalized_score  # noqa: E402
+from driftless.plan.evaluate import D4RL_REF, evaluate, mean_se, normalized_score  # noqa: E402
 
 
 def test_normalized_score_uses_d4rl_references():
@@ -44,16 +44,10 @@ def test_controller_beats_random():
 
 
 def test_cli_train_and_plan(tmp_path):
-    """`driftless data maze` (as the lead wires it) -> `plan train` -> `plan maze`, tiny sizes."""
-    import argparse
-
-    from driftless.cli.maze_data import register_maze
-
-    p = argparse.ArgumentParser()
-    register_maze(p.add_subparsers())
-    a = p.parse_args(["maze", "--maze", "open", "--steps", "400", "--out", str(tmp_path), "--quiet"])
-    assert a.func(a) == 0
+    """`driftless data maze` -> `plan train` -> `plan maze`, tiny sizes."""
     parser = build_parser()
+    a = parser.parse_args(["data", "maze", "--maze", "open", "--steps", "400", "--out", str(tmp_path), "--quiet"])
+    assert a.func(a) == 0
     ck = tmp_path / "ck"
     args = parser.parse_args(["plan", "train", "--data", str(tmp_path / "open.npz"), "--out", str(ck), "--preset",
                               "debug", "--steps", "3", "--batch", "4", "--frame-stack", "5", "--tokens", "3",

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from driftless.models import sequence_df as sdf
-from driftless.models.planner import Planner, PlannerConfig, TokenLayout, pd_action, run_full_sequence, run_mpc
+from driftless.plan import sequence_df as sdf
+from driftless.plan.planner import Planner, PlannerConfig, TokenLayout, pd_action, run_full_sequence, run_mpc
+from driftless.plan.train import FitConfig, fit
 
 STEP = 0.15  # room units moved per unit of action
 LAYOUT = TokenLayout((("action", 2), ("obs", 2)), 1)
@@ -50,8 +51,7 @@ def room_model():
         i = torch.randint(0, len(x), (b,), generator=g)
         return x[i], c[i]
 
-    ema, trace = sdf.fit(model, sample, sdf.FitConfig(steps=300, batch=64, lr=3e-3, warmup=20, ema=0.95),
-                         progress=False)
+    ema, trace = fit(model, sample, FitConfig(steps=300, batch=64, lr=3e-3, warmup=20, ema=0.95), progress=False)
     assert np.mean(trace[-50:]) < 0.5 * np.mean(trace[:20])
     return ema
 

@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from driftless.data.cross import CORNERS, CrossTokens, PointEnv, classify, make_cross
-from driftless.eval import cross_eval
+from driftless.plan import cross as cross_eval
+from driftless.plan.cross import CORNERS, CrossTokens, PointEnv, classify, make_cross
 
 
 def test_cross_dataset():

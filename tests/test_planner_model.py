@@ -5,7 +5,9 @@ import copy
 import pytest
 import torch
 
-from driftless.models import sequence_df as sdf
+from driftless.models.registry import load_model
+from driftless.plan import sequence_df as sdf
+from driftless.plan.train import FitConfig, fit
 
 
 def _model(**kw):
@@ -67,13 +69,13 @@ def test_normalisation_and_checkpoint_roundtrip(tmp_path):
         m.set_stats(torch.zeros(5), torch.ones(5))
     m.cfg.meta = {"maze": "umaze", "frame_stack": 2}
     sdf.save(m, tmp_path / "ck", meta={"steps": 1})
-    back = sdf.load(tmp_path / "ck")
+    back = load_model(tmp_path / "ck", kind="sequence_df")
     assert back.cfg.meta["frame_stack"] == 2 and back.cfg.causal
     k = torch.randint(0, 1000, (2, 4))
     c = torch.randn(2, 3)
     torch.testing.assert_close(back(x, k, c), m(x, k, c))
     sdf.save(m, tmp_path / "half", half=True)
-    half = sdf.load(tmp_path / "half")
+    half = load_model(tmp_path / "half", kind="sequence_df")
     torch.testing.assert_close(half.token_mean, m.token_mean)  # statistics stay exact
     torch.testing.assert_close(half(x, k, c), m(x, k, c), atol=0.05, rtol=0.05)
 
@@ -81,7 +83,6 @@ def test_normalisation_and_checkpoint_roundtrip(tmp_path):
 def test_fit_time_limit_and_trace():
     m = _model()
     x, c = torch.randn(8, 4, 6), torch.randn(8, 3)
-    ema, trace = sdf.fit(m, lambda b, g: (x, c), sdf.FitConfig(steps=10_000, batch=8, max_seconds=0.5),
-                         progress=False)
+    ema, trace = fit(m, lambda b, g: (x, c), FitConfig(steps=10_000, batch=8, max_seconds=0.5), progress=False)
     assert 0 < len(trace) < 10_000 and all(t == t for t in trace)
     assert ema is not m

@@ -119,3 +119,22 @@ def test_tensorboard_scalars_are_written(tmp_path):
     Trainer(Flaky(bad_steps=set()), cfg, tmp_path, DistInfo(), "toy", {"a": 1}).fit(_batches)
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_in_memory_training_writes_nothing_and_keeps_its_log(tmp_path, monkeypatch):
+    from driftless.train.memory import random_batches, train_in_memory
+
+    monkeypatch.chdir(tmp_path)
+    model = Flaky(bad_steps=set())
+    cfg = TrainConfig(steps=6, warmup=1, log_every=2, val_every=0, save_every=2, lr=0.1, ema_decay=0.0)
+    batches = random_batches(lambda b, g: {"x": torch.rand(3, generator=g)}, batch_size=1, seed=0)
+    ema, log, summary = train_in_memory(model, cfg, batches, progress=False)
+    assert summary["step"] == 6 and [r["step"] for r in log] == [2, 4, 6]
+    assert list(tmp_path.iterdir()) == []  # no run folder, checkpoint or metrics file
+    assert torch.equal(ema.w, model.w)  # ema_decay 0: the EMA copy is the model
+    first = [next(batches(0))["x"], next(batches(4))["x"]]
+    it = batches(0)
+    assert [torch.equal(a, b) for a, b in zip(first, [next(it)["x"] for _ in range(5)][::4])] == [True, True]
+    with pytest.raises(ValueError, match="diverged"):
+        cfg.max_nonfinite = 3
+        train_in_memory(Flaky(bad_steps=set(range(100))), cfg, batches, progress=False)

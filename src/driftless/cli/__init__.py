@@ -1,5 +1,8 @@
 """The `driftless` command. Each verb group lives in its own module with a `register(sub)`
-function that adds its sub-commands; this file only assembles them and dispatches."""
+function that adds its sub-commands; this file only assembles them and dispatches.
+
+The showcases register themselves: `driftless.<showcase>.cli.register(sub)` adds their verb and,
+where they make data sets, `register_data(data_sub)` adds verbs under `driftless data`."""
 
 from __future__ import annotations
 
@@ -8,7 +11,9 @@ import importlib
 import sys
 
 # module name under driftless.cli -> registers these verbs
-VERB_MODULES = ["demo", "data", "train", "world", "evaluate", "bench", "play", "rollout", "plan", "forecast", "image"]
+VERB_MODULES = ["demo", "data", "train", "world", "evaluate", "bench", "play", "rollout"]
+# showcase packages driftless.<name> whose cli module registers their verbs
+SHOWCASES = ["plan", "forecast", "image"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"driftless {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    groups = {}
     for name in VERB_MODULES:
         try:
             module = importlib.import_module(f"driftless.cli.{name}")
@@ -28,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name == f"driftless.cli.{name}":
                 continue  # verb not built yet
             raise
+        groups[name] = module.register(sub)
+    for name in SHOWCASES:
+        module = importlib.import_module(f"driftless.{name}.cli")
         module.register(sub)
+        if hasattr(module, "register_data") and groups.get("data") is not None:
+            module.register_data(groups["data"])  # its `driftless data ...` verbs
     return parser
 
 

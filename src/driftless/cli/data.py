@@ -24,7 +24,7 @@ center-cropped to a square and resized. Files already ingested are skipped, so a
 interrupted run can simply be started again; unreadable files are reported and skipped."""
 
 
-def register(sub) -> None:
+def register(sub) -> argparse._SubParsersAction:
     p = sub.add_parser("data", help="make and inspect episode stores (CoinRun, video folders)",
                        description="Make and inspect episode stores: sharded, memory-mapped folders of "
                                    "frames, actions, rewards and episode boundaries.")
@@ -66,11 +66,7 @@ def register(sub) -> None:
     i.add_argument("store", metavar="DIR", help="store folder")
     i.set_defaults(func=_info)
 
-    from driftless.cli.image_data import register_games
-    from driftless.cli.maze_data import register_maze
-
-    register_maze(dsub)
-    register_games(dsub)
+    return dsub  # the showcases add their data verbs here (driftless.cli.build_parser)
 
 
 def _coinrun(args) -> int:

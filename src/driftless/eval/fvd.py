@@ -173,7 +173,7 @@ class I3DFeatures:
         return torch.cat(out).double().numpy()
 
 
-# ---- loading user-given feature networks (shared with eval.image_metrics) -------------------------
+# ---- loading user-given feature networks (shared with driftless.image.inception) ----------------
 def forward_arg_names(module) -> list[str]:
     """The argument names of `module.forward`, for a TorchScript or an eager module."""
     try:

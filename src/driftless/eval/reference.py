@@ -11,8 +11,8 @@ between machines:
 * `ReferenceST`: the simplest ST-transformer of the same width, depth, heads, tokens per frame
   and clip length - pre-LayerNorm, spatial attention, causal temporal attention, one GELU MLP,
   scaled_dot_product_attention, no conditioning, no rotary embedding, no normalisation of
-  queries and keys - trained with the same optimizer (fused AdamW), precision and compilation
-  on random tokens with an MSE loss. What our model loses against it is overhead we add; what
+  queries and keys - trained by the same Trainer step (fused AdamW, clipping, EMA, precision,
+  compilation) on random tokens with an MSE loss. What our model loses against it is overhead we add; what
   it loses against the matmul peak is the shape's (small widths, short attention sequences).
 """
 
@@ -117,44 +117,54 @@ def reference_shape(model: nn.Module, tokens: int, frames: int, batch: int) -> R
                           tokens=tokens, frames=frames, batch=batch, mlp_ratio=widest.cfg.mlp_ratio)
 
 
+class ReferenceModel(nn.Module):
+    """The reference transformer as a trainable model: MSE of its output to a target."""
+
+    def __init__(self, shape: ReferenceShape):
+        super().__init__()
+        self.net = ReferenceST(shape)
+
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        loss = F.mse_loss(self.net(batch["x"]).float(), batch["target"])
+        return loss, {}
+
+
 def bench_reference(shape: ReferenceShape, device, precision: str = "auto", compile: bool | None = None,
                     steps: int = 10, warmup: int = 3, seed: int = 0) -> dict:
-    """Train steps of the reference transformer: step time (median), TFLOP/s, FLOPs per step."""
+    """Train steps of the reference transformer through the same Trainer step (fused AdamW,
+    clipping, EMA, autocast, compilation) as the stage it is compared with: step time (median),
+    TFLOP/s, FLOPs per step."""
     from driftless.eval.bench import count_flops, stats
+    from driftless.train.distributed import DistInfo
+    from driftless.train.trainer import LossModule, TrainConfig, Trainer
 
     device = torch.device(device)
     torch.manual_seed(seed)
-    model = ReferenceST(shape).to(device)
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    model = ReferenceModel(shape)
+    cfg = TrainConfig(steps=warmup + steps, batch_size=shape.batch, precision=precision, compile=compile, warmup=1,
+                      save_every=0, val_every=0, seed=seed)
+    trainer = Trainer(model, cfg, None, DistInfo(device=device), "reference", {}, progress=False)
     x = torch.randn(shape.batch, shape.frames, shape.tokens, shape.dim, device=device)
-    target = torch.randn_like(x)
+    batch = {"x": x, "target": torch.randn_like(x)}
+    amp = dict(device_type=device.type, dtype=trainer.autocast_dtype, enabled=trainer.autocast_dtype is not None)
 
-    def loss_fn(m):
+    def fwd_bwd() -> None:
         with torch.autocast(**amp):
-            return F.mse_loss(m(x).float(), target)
+            loss, _ = LossModule(trainer.model)(batch)
+        loss.backward()
+        trainer.optimizer.zero_grad(set_to_none=True)
 
-    flops = count_flops(lambda: loss_fn(model).backward())
-    opt.zero_grad(set_to_none=True)
-    use_compile = compile if compile is not None else device.type == "cuda"
-    run = torch.compile(model) if use_compile else model
-
-    def step():
-        loss_fn(run).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    flops = count_flops(fwd_bwd)
     for _ in range(warmup):
-        step()
+        trainer.train_step(batch)
     times = []
     for _ in range(steps):
         _sync(device)
         t = time.perf_counter()
-        step()
+        trainer.train_step(batch)
         _sync(device)
         times.append(time.perf_counter() - t)
     st = stats(times)
     return {"shape": asdict(shape), "parameters": sum(p.numel() for p in model.parameters()), "step_s": st,
             "flops_per_step": flops, "tflops": flops / st["median"] / 1e12,
-            "frames_per_s": shape.batch * shape.frames / st["median"], "compiled": use_compile}
+            "frames_per_s": shape.batch * shape.frames / st["median"], "compiled": trainer.compiled}

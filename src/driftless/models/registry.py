@@ -28,7 +28,10 @@ KINDS: dict[str, ModelKind] = {
     "tokenizer": ModelKind("tokenizer", "Tokenizer", "TokenizerConfig"),
     "lam": ModelKind("lam", "LatentActionModel", "LAMConfig"),
     "dynamics": ModelKind("dynamics", "Dynamics", "DynamicsConfig"),
-    "image": ModelKind("image", "ImageMAR", "ImageConfig"),
+    "image": ModelKind("driftless.image.model", "ImageMAR", "ImageConfig"),
+    "image_classifier": ModelKind("driftless.image.classifier", "FrameClassifier", "ClassifierConfig"),
+    "forecaster": ModelKind("driftless.forecast.model", "build", "ForecasterCheckpointConfig"),
+    "sequence_df": ModelKind("driftless.plan.sequence_df", "SequenceDF", "SequenceDFConfig"),
 }
 
 

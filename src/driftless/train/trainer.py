@@ -124,23 +124,31 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 class Trainer:
-    """Train `model` and keep its checkpoint in `out_dir/checkpoint`."""
+    """Train `model` and keep its checkpoint in `out_dir/checkpoint`.
+
+    `out_dir=None` trains in memory (small models on in-memory data): no checkpoint, metrics
+    file or validation images are written. Every logged record is also kept in `history`.
+    `progress=False` hides the progress bar.
+    """
 
     def __init__(
         self,
         model: nn.Module,
         cfg: TrainConfig,
-        out_dir: str | Path,
+        out_dir: str | Path | None,
         info: DistInfo,
         kind: str,
         model_config: dict,
         meta: dict | None = None,
         frames_per_sample: int = 1,
         validation: Callable[[nn.Module, dict], tuple[dict, Any]] | None = None,
+        progress: bool = True,
     ):
         self.cfg = cfg
         self.info = info
-        self.out = Path(out_dir)
+        self.out = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        self.history: list[dict] = []  # every record written by _log, in memory
         self.kind = kind
         self.model_config = json.loads(json.dumps(model_config))  # as it will read back from JSON
         self.meta = dict(meta or {})
@@ -175,10 +183,10 @@ class Trainer:
         if self.compiled:
             wrapped = torch.compile(wrapped)
         self.forward = wrapped
-        self.ckpt_dir = self.out / "checkpoint"
-        self.metrics_path = self.out / "metrics.jsonl"
+        self.ckpt_dir = self.out / "checkpoint" if self.out is not None else None
+        self.metrics_path = self.out / "metrics.jsonl" if self.out is not None else None
         self.tb = None
-        if cfg.tensorboard and info.is_main:
+        if cfg.tensorboard and info.is_main and self.out is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
@@ -193,7 +201,7 @@ class Trainer:
 
     def save(self, sync: bool = True) -> None:
         """Rank 0 writes the checkpoint; with `sync`, every rank then waits at a barrier."""
-        if self.info.is_main:
+        if self.info.is_main and self.ckpt_dir is not None:
             train_state = {
                 "optimizer": self.optimizer.state_dict(),
                 "step": self.step,
@@ -209,6 +217,8 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load model, EMA, optimizer and step from out_dir/checkpoint if present."""
+        if self.ckpt_dir is None:
+            return False
         try:
             checkpoint.resolve(self.ckpt_dir)
         except checkpoint.CheckpointError:
@@ -232,14 +242,15 @@ class Trainer:
 
     def _truncate_log(self, step: int) -> None:
         """Drop log lines written after the checkpoint we resume from (a crash may leave some)."""
-        if not self.info.is_main or not self.metrics_path.exists():
+        if not self.info.is_main or self.metrics_path is None or not self.metrics_path.exists():
             return
         keep = [line for line in self.metrics_path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
         checkpoint.atomic_write_bytes(self.metrics_path, ("\n".join(keep) + "\n").encode() if keep else b"")
 
     def _log(self, record: dict) -> None:
-        if self.info.is_main:
+        self.history.append(record)
+        if self.info.is_main and self.metrics_path is not None:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if self.tb is not None:
@@ -283,7 +294,7 @@ class Trainer:
                 image = img
         result = {k: v / len(val_batches) for k, v in sums.items()}
         self._log({"step": self.step, "split": "val", **result})
-        if image is not None:
+        if image is not None and self.out is not None:
             from PIL import Image
 
             (self.out / "val").mkdir(parents=True, exist_ok=True)
@@ -326,7 +337,8 @@ class Trainer:
         """Train until cfg.steps (or cfg.max_minutes). `batches(start)` must yield this rank's
         batches beginning after `start` samples already consumed."""
         cfg, info = self.cfg, self.info
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
         it = batches(self.samples_seen)
         t_start = time.time()
         # time already spent in earlier chunks of a time-budgeted run
@@ -334,8 +346,8 @@ class Trainer:
         t_last, step_last = t_start, self.step
         first_step = self.step
         stopped = "steps"
-        pbar = tqdm(total=cfg.steps, initial=self.step, disable=not info.is_main, desc=f"train {self.kind}",
-                    dynamic_ncols=True)
+        pbar = tqdm(total=cfg.steps, initial=self.step, disable=not (info.is_main and self.progress),
+                    desc=f"train {self.kind}", dynamic_ncols=True)
         self.model.train()
         self._step_counter.fill_(self.step)
         while self.step < cfg.steps:

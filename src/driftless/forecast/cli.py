@@ -37,9 +37,9 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 def cmd_train(args) -> int:
     _threads(args)
     from driftless.config import override
-    from driftless.data.timeseries import load_dataset
-    from driftless.models.forecaster import Forecaster, preset
-    from driftless.train.forecast import ForecastTrainConfig, save_forecaster, train_forecaster
+    from driftless.forecast.data import load_dataset
+    from driftless.forecast.model import Forecaster, preset
+    from driftless.forecast.train import ForecastTrainConfig, save_forecaster, train_forecaster
 
     ds = load_dataset(args.data)
     print(ds.summary())
@@ -65,6 +65,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _load(path: str, device: str):
+    """(forecaster in eval mode, checkpoint header)."""
+    from driftless import checkpoint
+    from driftless.models.registry import load_model
+
+    return load_model(path, device, kind="forecaster"), checkpoint.read_header(path, "forecaster")
+
+
 def _sample_kw(args, schedule: str | None) -> dict:
     return {"schedule": schedule, "steps": args.steps, "context_level": args.context_level, "eta": args.eta,
             "seed": args.seed}
@@ -75,11 +83,10 @@ def cmd_predict(args) -> int:
     import numpy as np
 
     from driftless.checkpoint import atomic_write_bytes
-    from driftless.data.timeseries import load_dataset
-    from driftless.eval.forecast_plots import fan_chart
-    from driftless.train.forecast import load_forecaster
+    from driftless.forecast.data import load_dataset
+    from driftless.forecast.evaluate import fan_chart
 
-    model, header = load_forecaster(args.ckpt, device=args.device)
+    model, header = _load(args.ckpt, args.device)
     ds = load_dataset(args.data or header["meta"].get("dataset", ""))
     if ds.dim != model.cfg.target_dim or ds.prediction_length != model.cfg.prediction_length:
         raise ValueError(f"{args.ckpt} was trained for D={model.cfg.target_dim}, H={model.cfg.prediction_length}; "
@@ -105,10 +112,8 @@ def cmd_predict(args) -> int:
 def cmd_eval(args) -> int:
     _threads(args)
     from driftless.checkpoint import atomic_write_json
-    from driftless.data.timeseries import load_dataset
-    from driftless.eval.forecast_plots import fan_chart
-    from driftless.forecast import baseline_forecasters, evaluate, format_table, model_forecaster
-    from driftless.train.forecast import load_forecaster
+    from driftless.forecast.data import load_dataset
+    from driftless.forecast.evaluate import baseline_forecasters, evaluate, fan_chart, format_table, model_forecaster
 
     ds = load_dataset(args.data)
     print(ds.summary())
@@ -117,7 +122,7 @@ def cmd_eval(args) -> int:
     context_length = 1
     schedules = (args.schedule or "").split(",") if args.schedule else [None]
     for ckpt in args.ckpt or []:
-        model, header = load_forecaster(ckpt, device=args.device)
+        model, header = _load(ckpt, args.device)
         if ds.dim != model.cfg.target_dim or ds.prediction_length != model.cfg.prediction_length:
             raise ValueError(f"{ckpt} expects D={model.cfg.target_dim}, H={model.cfg.prediction_length}; "
                              f"{ds.name} has D={ds.dim}, H={ds.prediction_length}")
@@ -136,7 +141,7 @@ def cmd_eval(args) -> int:
         keys += ("law_cov50", "law_cov90")
     print(format_table(results, keys))
     if args.plot_dir:
-        from driftless.forecast import history_length
+        from driftless.forecast.evaluate import history_length
 
         contexts, targets, _ = ds.windows(history_length(ds, context_length))
         w = args.window % len(contexts)

@@ -14,23 +14,21 @@ Training noise (`noise`):
 
 Data are normalised inside the model with per-dimension statistics stored as buffers, so a
 checkpoint is self-contained: `normalize` / `unnormalize` map between data units and the
-model's space and are differentiable (guidance takes gradients through them).
+model's space and are differentiable (guidance takes gradients through them). `save` writes a
+checkpoint of kind "sequence_df", which `driftless.models.registry.load_model` loads; training
+is `driftless.plan.train.fit`.
 """
 
 from __future__ import annotations
 
-import copy
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from driftless import checkpoint
-from driftless.config import from_dict, to_dict
+from driftless.config import to_dict
 from driftless.diffusion.gaussian import DiffusionConfig, GaussianDiffusion
 from driftless.nn.attention import Attention
 from driftless.nn.embeddings import ScalarEmbedding
@@ -192,9 +190,8 @@ class SequenceDF(nn.Module):
         split = torch.randint(0, t, (b, 1), generator=generator, device=gdev).to(device)  # teacher forcing
         return torch.where(torch.arange(t, device=device)[None] < split, torch.zeros_like(shared), shared)
 
-    def loss(self, x0: torch.Tensor, cond: torch.Tensor | None, generator=None, net=None) -> torch.Tensor:
-        """x0 (b, T, D), cond (b, cond_dim) in data units -> scalar diffusion loss (`net`: a
-        compiled wrapper of this model to run the forward with, if any)."""
+    def loss(self, x0: torch.Tensor, cond: torch.Tensor | None, generator=None) -> torch.Tensor:
+        """x0 (b, T, D), cond (b, cond_dim) in data units -> scalar diffusion loss."""
         x0 = self.normalize(x0)
         cond = self.normalize_cond(cond) if cond is not None and self.cfg.cond_dim else None
         b, t = x0.shape[:2]
@@ -202,81 +199,11 @@ class SequenceDF(nn.Module):
         gdev = generator.device if generator is not None else x0.device
         noise = torch.randn(x0.shape, generator=generator, device=gdev).to(x0.device)
         xk = self.diffusion.q_sample(x0, k, noise)
-        return self.diffusion.loss((self if net is None else net)(xk, k, cond), x0, noise, k).mean()
+        return self.diffusion.loss(self(xk, k, cond), x0, noise, k).mean()
 
-
-@dataclass
-class FitConfig:
-    steps: int = 2000
-    batch: int = 256
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    warmup: int = 100
-    ema: float = 0.995
-    grad_clip: float = 1.0
-    seed: int = 0
-    max_seconds: float = 0.0  # > 0: stop after this long; the learning-rate decay follows the clock
-    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    compile: bool = False  # torch.compile the network for training (falls back if it fails)
-
-
-def fit(model: SequenceDF, sample, cfg: FitConfig, progress: bool = True, log=None) -> tuple[SequenceDF, list[float]]:
-    """Train on batches from `sample(batch, generator) -> (x0, cond)` in data units (the
-    generator lives on the model's device; samplers draw their indices with it).
-
-    AdamW with linear warm-up then cosine decay; returns (EMA copy of the model, loss trace).
-    """
-    if cfg.steps < 1 or cfg.batch < 1:
-        raise ValueError(f"fit needs steps >= 1 and batch >= 1, got {cfg.steps}, {cfg.batch}")
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # all training randomness, on the model's device
-    torch.manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-
-    start = time.perf_counter()
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        if cfg.max_seconds > 0:
-            p = max(p, (time.perf_counter() - start) / cfg.max_seconds)
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
-
-    trace: list[float] = []
-    model.train()
-    net = torch.compile(model) if cfg.compile else model  # shares the parameters
-    bar = tqdm(range(cfg.steps), desc="train sequence_df", disable=not progress, mininterval=2.0)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        x0, cond = sample(cfg.batch, gen)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and x0.is_cuda):
-            try:
-                loss = model.loss(x0, cond, generator=gen, net=net)
-            except Exception as e:  # a compiled forward fails at its first call, if at all
-                if net is model:
-                    raise
-                print(f"torch.compile failed ({type(e).__name__}: {e}); training eagerly")
-                net = model
-                loss = model.loss(x0, cond, generator=gen, net=net)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - cfg.ema)
-        trace.append(float(loss.detach()))
-        if cfg.max_seconds > 0 and time.perf_counter() - start > cfg.max_seconds:
-            break
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(trace[-50:]) / len(trace[-50:]):.4f}")
-            if log is not None:
-                log(step, trace[-1])
-    model.eval()
-    return ema, trace
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """For the Trainer: batch {"x0" (b, T, D), "cond" (b, cond_dim) or None} in data units."""
+        return self.loss(batch["x0"], batch.get("cond")), {}
 
 
 def save(model: SequenceDF, directory: str | Path, meta: dict | None = None, half: bool = False) -> Path:
@@ -285,14 +212,3 @@ def save(model: SequenceDF, directory: str | Path, meta: dict | None = None, hal
     if half:
         state = {k: v if k.endswith(("_mean", "_std")) else v.half() for k, v in state.items()}
     return checkpoint.save(directory, SequenceDF.kind, to_dict(model.cfg), state, meta=meta)
-
-
-def load(directory: str | Path, device="cpu") -> SequenceDF:
-    header = checkpoint.read_header(directory, SequenceDF.kind)
-    model = SequenceDF(from_dict(SequenceDFConfig, header["config"]))
-    state = checkpoint.read_weights(directory, ema=True)
-    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    if missing or unexpected:
-        raise checkpoint.CheckpointError(f"{directory}: weights do not match the config "
-                                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    return model.to(device).eval()

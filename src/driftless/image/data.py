@@ -17,6 +17,10 @@ frame every `stride` steps (random phase per env, so frames are not all episode 
 come from the split's seed range (train [0, 10000), val [10000, 10500), test [10500, 11000), as
 for CoinRun), so a val folder shares no level with the train folder. Games are written one
 folder at a time; a game folder that already holds `per_game` images is skipped (resumable).
+
+`encode_images` / `cached_latents`: the normalised latents of an ImageFolder through the video
+tokenizer (one frame at a time), cached beside a run; training batches of them come from
+`driftless.train.memory.TensorBatches`.
 """
 
 from __future__ import annotations
@@ -51,6 +55,16 @@ class ImageSet:
 
 
 # ------------------------------------------------------------------------------------ reading
+def as_uint8_images(images, name: str = "images"):
+    """A uint8 (N, H, W, 3) torch tensor of `images` (numpy or torch), or a ValueError naming `name`."""
+    import torch
+
+    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
+        raise ValueError(f"{name} must be uint8 (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
+    return x
+
+
 def list_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
     """(image paths, labels, class names) of an ImageFolder-layout directory; no pixels read."""
     root = Path(root)
@@ -265,26 +279,3 @@ def cached_latents(data: str, tok, tok_path: str, cache: Path, classes=None, max
     save_file({"latents": lat.contiguous(), "labels": labels.contiguous()}, str(cache))
     atomic_write_json(meta_path, key)
     return lat, labels, ds.classes
-
-
-class LatentBatches:
-    """Shuffled batches {"latents", "labels"} of in-memory latents; `stream(start)` resumes after
-    `start` samples (a pure function of the seed and the position)."""
-
-    def __init__(self, latents, labels, batch_size: int, seed: int = 0):
-        self.latents, self.labels, self.bs, self.seed = latents, labels, batch_size, seed
-
-    def stream(self, start: int):
-        import torch
-
-        n = len(self.latents)
-        per_epoch = n // self.bs  # the tail of each epoch is dropped
-        if per_epoch < 1:
-            raise ValueError(f"{n} training images are fewer than one batch of {self.bs}; lower --batch-size")
-        epoch, first = divmod(start // self.bs, per_epoch)
-        while True:
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-            for k in range(first, per_epoch):
-                idx = perm[k * self.bs:(k + 1) * self.bs]
-                yield {"latents": self.latents[idx], "labels": self.labels[idx]}
-            epoch, first = epoch + 1, 0

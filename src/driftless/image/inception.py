@@ -1,6 +1,5 @@
-"""Metrics for generated images: FID / Inception Score from user-given Inception weights, and,
-always available, a small classifier trained on real frames (per-class accuracy of generated
-images, precision / recall and a Fréchet distance in its feature space).
+"""FID and Inception Score of generated images, from user-given Inception weights (the
+classifier-based metrics that need no download are in `driftless.image.classifier`).
 
 Inception weights (`load_inception(path)`; nothing is downloaded):
 
@@ -19,17 +18,13 @@ Input either way: uint8 (N, H, W, 3) images, bilinearly resized to 299 x 299 (``
 FID: Fréchet distance of Gaussians fitted to the features (Heusel et al., 2017); IS:
 exp E_x KL(p(y|x) || p(y)) averaged over `splits` (Salimans et al., 2016). Tiny images (64 x 64
 upsampled) and a few hundred samples make both far from the published protocol (50 000
-samples at 256 x 256): compare numbers only within one table.
-
-Precision / recall: Kynkäänniemi et al. (2019): each real feature is the centre of a ball
-reaching its k-th nearest real neighbour; precision is the fraction of generated samples inside
-some real ball, recall the fraction of real samples inside some generated ball.
+samples at 256 x 256): compare numbers only within one table. The Fréchet distance and the
+network-loading helpers are FVD's (`driftless.eval.fvd`).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +34,7 @@ from torch import nn
 
 from driftless.eval.fvd import (feature_stats, forward_arg_names, frechet_distance, load_matching_state,
                                 load_torchscript)
+from driftless.image.data import as_uint8_images
 
 INCEPTION_SIZE = 299
 
@@ -198,7 +194,7 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, images, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-        imgs = _as_uint8_images(images, "Inception input")
+        imgs = as_uint8_images(images, "Inception input")
         feats, probs = [], []
         for i in range(0, len(imgs), batch_size):
             x = imgs[i:i + batch_size].to(self.device).permute(0, 3, 1, 2).float()  # (n, 3, h, w) in [0, 255]
@@ -232,7 +228,7 @@ def load_inception(path: str | Path, device="cpu", size: int = INCEPTION_SIZE) -
         load_matching_state(model, state, path, "InceptionV3")
         return InceptionFeatures(model, "state_dict", device, size, source=str(path))
     model = load_torchscript(path, device, f"{path} is neither .safetensors nor a TorchScript module ({{error}}); "
-                                           f"convert a state dict with driftless.eval.image_metrics.convert_state_dict")
+                                           f"convert a state dict with driftless.image.inception.convert_state_dict")
     style = "stylegan" if "return_features" in forward_arg_names(model) else "plain"
     return InceptionFeatures(model, style, device, size, source=str(path))
 
@@ -292,147 +288,3 @@ def fid_and_is(real, fake, extractor: InceptionFeatures, batch_size: int = 32) -
     is_mean, is_std = inception_score(pf)
     return {"fid": max(0.0, frechet_distance(*feature_stats(fr), *feature_stats(ff))), "is": is_mean,
             "is_std": is_std, "inception_size": extractor.size}
-
-
-# ---- the classifier trained on real frames --------------------------------------------------------
-def _as_uint8_images(images, name: str = "images") -> torch.Tensor:
-    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
-    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
-        raise ValueError(f"{name} must be uint8 (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
-    return x
-
-
-@dataclass
-class ClassifierConfig:
-    num_classes: int = 16
-    width: int = 32
-    class_names: list[str] | None = None
-
-
-class FrameClassifier(nn.Module):
-    """uint8 (N, H, W, 3) -> logits; `features` is the pooled 4*width-d penultimate layer."""
-
-    def __init__(self, cfg: ClassifierConfig):
-        super().__init__()
-        self.cfg = cfg
-        w = cfg.width
-        chans = [(3, w, 2), (w, 2 * w, 2), (2 * w, 4 * w, 2), (4 * w, 4 * w, 1)]
-        self.convs = nn.ModuleList([nn.Conv2d(a, b, 3, stride=s, padding=1) for a, b, s in chans])
-        self.fc = nn.Linear(4 * w, cfg.num_classes)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (n, 3, h, w)
-        for conv in self.convs:
-            x = F.relu(conv(x))
-        return x.mean(dim=(2, 3))  # (n, 4w)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(images))
-
-
-def train_classifier(images, labels, classes: list[str], epochs: int = 6, batch_size: int = 64, lr: float = 2e-3,
-                     width: int = 32, seed: int = 0, shift: int = 4, progress: bool = True) -> FrameClassifier:
-    """Train a FrameClassifier on real uint8 frames (random shifts of up to `shift` pixels)."""
-    from tqdm.auto import tqdm
-
-    x, y = _as_uint8_images(images), torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    if len(x) != len(y) or len(x) < 2:
-        raise ValueError(f"need as many labels as images (>= 2), got {len(x)} images and {len(y)} labels")
-    torch.manual_seed(seed)
-    model = FrameClassifier(ClassifierConfig(num_classes=len(classes), width=width, class_names=list(classes)))
-    steps = epochs * -(-len(x) // batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    g = torch.Generator().manual_seed(seed)
-    bar = tqdm(total=steps, desc="train classifier", disable=not progress, leave=False)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), batch_size):
-            idx = perm[i:i + batch_size]
-            xb = x[idx]
-            if shift:  # the same random translation for the batch (circular), cheap augmentation
-                dy, dx = torch.randint(-shift, shift + 1, (2,), generator=g).tolist()
-                xb = torch.roll(xb, (dy, dx), dims=(1, 2))
-            loss = F.cross_entropy(model(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    return model.eval()
-
-
-def save_classifier(path: str | Path, model: FrameClassifier, meta: dict | None = None) -> Path:
-    from driftless import checkpoint
-    from driftless.config import to_dict
-
-    return checkpoint.save(path, "image_classifier", to_dict(model.cfg), model.state_dict(), meta=meta)
-
-
-def load_classifier(path: str | Path, device="cpu") -> FrameClassifier:
-    from driftless import checkpoint
-    from driftless.config import from_dict
-
-    header = checkpoint.read_header(path, "image_classifier")
-    model = FrameClassifier(from_dict(ClassifierConfig, header["config"]))
-    model.load_state_dict(checkpoint.read_weights(path))
-    return model.to(device).eval()
-
-
-@torch.no_grad()
-def classify(model: FrameClassifier, images, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted labels (N,), features (N, F)) of uint8 images."""
-    x = _as_uint8_images(images)
-    dev = next(model.parameters()).device
-    preds, feats = [], []
-    for i in range(0, len(x), batch_size):
-        f = model.features(x[i:i + batch_size].to(dev))
-        preds.append(model.fc(f).argmax(1).cpu())
-        feats.append(f.cpu())
-    return torch.cat(preds).numpy(), torch.cat(feats).double().numpy()
-
-
-def _kth_radius(a: torch.Tensor, k: int) -> torch.Tensor:
-    """Distance of each row of a to its k-th nearest other row."""
-    out = []
-    for i in range(0, len(a), 1024):
-        d = torch.cdist(a[i:i + 1024], a)  # (m, n); the point itself is at distance 0
-        out.append(d.kthvalue(k + 1, dim=1).values)
-    return torch.cat(out)
-
-
-def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
-    out = []
-    for i in range(0, len(points), 1024):
-        d = torch.cdist(points[i:i + 1024], centres)  # (m, n)
-        out.append((d <= radii[None]).any(1))
-    return torch.cat(out)
-
-
-def precision_recall(real_features, fake_features, k: int = 3) -> dict:
-    """Improved precision and recall (Kynkäänniemi et al., 2019) of k-NN feature manifolds."""
-    r = torch.as_tensor(np.asarray(real_features), dtype=torch.float64)
-    f = torch.as_tensor(np.asarray(fake_features), dtype=torch.float64)
-    if r.dim() != 2 or f.dim() != 2 or r.shape[1] != f.shape[1] or min(len(r), len(f)) <= k:
-        raise ValueError(f"precision/recall need (N > k={k}, F) real and generated features of one width, "
-                         f"got {tuple(r.shape)} and {tuple(f.shape)}")
-    precision = _covered(f, r, _kth_radius(r, k)).double().mean()
-    recall = _covered(r, f, _kth_radius(f, k)).double().mean()
-    return {"precision": float(precision), "recall": float(recall), "k": k}
-
-
-def classifier_metrics(classifier: FrameClassifier, real, fake, fake_labels, k: int = 3) -> dict:
-    """Accuracy of the real-frame classifier on generated images (overall and per class),
-    precision / recall and the Fréchet distance (FD_clf) in its feature space."""
-    fake_labels = np.asarray(fake_labels)
-    pred, ff = classify(classifier, fake)
-    _, fr = classify(classifier, real)
-    names = classifier.cfg.class_names or [str(i) for i in range(classifier.cfg.num_classes)]
-    per_class = {names[c]: float((pred[fake_labels == c] == c).mean()) for c in np.unique(fake_labels) if c >= 0}
-    out = {"accuracy": float((pred == fake_labels).mean()), "per_class_accuracy": per_class,
-           "fd_classifier": max(0.0, frechet_distance(*feature_stats(fr), *feature_stats(ff)))}
-    out.update(precision_recall(fr, ff, k=k))
-    return out

@@ -114,6 +114,20 @@ PRESETS: dict[str, ForecasterConfig] = {
 }
 
 
+@dataclass
+class ForecasterCheckpointConfig:
+    """The "config" of a forecaster checkpoint (kind "forecaster"): the model's config and, as a
+    record, the `ForecastTrainConfig` it was trained with."""
+
+    model: ForecasterConfig = field(default_factory=ForecasterConfig)
+    train: dict | None = None
+
+
+def build(cfg: "ForecasterConfig | ForecasterCheckpointConfig") -> "Forecaster":
+    """A Forecaster from its config or a checkpoint's config (the registry's entry point)."""
+    return Forecaster(cfg.model if isinstance(cfg, ForecasterCheckpointConfig) else cfg)
+
+
 def preset(name: str, **overrides) -> ForecasterConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown forecaster preset {name!r}; expected one of {sorted(PRESETS)}")
@@ -319,6 +333,10 @@ class Forecaster(nn.Module):
         out = self(xk, levels, feats, t0)
         per_token = self.diffusion.loss(out, z, noise, levels)  # (b, T)
         return (per_token * mask).sum() / mask.sum()
+
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """For the Trainer: batch {"window" (b, C + H, D) raw values, "t0" (b,) index of its first step}."""
+        return self.loss(batch["window"], batch.get("t0")), {}
 
     # ------------------------------------------------------------ sampling
 

@@ -1,14 +1,15 @@
-"""driftless plan train|maze|cross: Diffusion-Forcing planning (Maze2D, compositional crosses)."""
+"""`driftless plan train|maze|cross`: Diffusion-Forcing planning (Maze2D, compositional crosses);
+`driftless data maze`: D4RL-style Maze2D offline datasets on Gymnasium-Robotics' PointMaze."""
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import math
 from pathlib import Path
 
 from driftless.runtime import default_device
+
+MAZE_NAMES = ["open", "umaze", "medium", "large"]
 
 EXAMPLES = """examples:
   driftless data maze --maze medium --steps 1000000 --out data/maze
@@ -21,46 +22,10 @@ EXAMPLES = """examples:
 """
 
 
-def train_maze_model(data_path: str, out: str, baseline: str | None, preset: str, steps: int, batch: int,
-                     lr: float, frame_stack: int, tokens: int | None, device: str, seed: int = 0,
-                     progress: bool = True, max_minutes: float = 0.0, compile: bool = False,
-                     half: bool = False) -> dict:
-    """Train a Diffusion-Forcing (or Diffuser-like) sequence model on a maze dataset; save it."""
-    from driftless.data.maze import STEP_FEATURES, MazeTokens, get_maze, load_dataset
-    from driftless.eval.maze_eval import DIFFUSER_HORIZON
-    from driftless.models import sequence_df as sdf
-
-    data = load_dataset(data_path)
-    spec = get_maze(data["maze"])
-    if tokens is None:  # DF plans the whole episode; Diffuser its published horizon
-        steps_ = DIFFUSER_HORIZON[spec.name] if baseline == "diffuser" else spec.episode_len
-        tokens = math.ceil(steps_ / frame_stack)
-    if preset not in sdf.PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(sdf.PRESETS)}")
-    cfg = copy.deepcopy(sdf.PRESETS[preset])
-    cfg.token_dim = frame_stack * STEP_FEATURES
-    cfg.cond_dim = 4
-    cfg.max_tokens = tokens
-    if baseline == "diffuser":
-        cfg.causal, cfg.noise = False, "full_sequence"
-    elif baseline is not None:
-        raise ValueError(f"--baseline must be 'diffuser' if given, got {baseline!r}")
-    cfg.meta = {"maze": spec.name, "frame_stack": frame_stack, "tokens": tokens, "data": str(data_path),
-                "dataset_steps": int(len(data["actions"])), "baseline": baseline or "diffusion_forcing"}
-    windows = MazeTokens(data, tokens, frame_stack, device=device)
-    model = sdf.SequenceDF(cfg).to(device)
-    model.set_stats(**windows.stats())
-    ema, trace = sdf.fit(model, windows.sample, sdf.FitConfig(steps=steps, batch=batch, lr=lr, seed=seed,
-                                                                   max_seconds=60 * max_minutes, compile=compile),
-                         progress=progress)
-    tail = trace[-100:]
-    meta = {"steps": len(trace), "batch": batch, "final_loss": sum(tail) / len(tail)}
-    sdf.save(ema, out, meta=meta, half=half)
-    return {"out": str(out), "tokens": tokens, "params": sum(p.numel() for p in model.parameters()), **meta}
-
-
 def _train(args: argparse.Namespace) -> int:
     import torch
+
+    from driftless.plan.train import train_maze_model
 
     torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -75,12 +40,13 @@ def _maze(args: argparse.Namespace) -> int:
     import torch
 
     from driftless.checkpoint import atomic_write_json
-    from driftless.eval.maze_eval import evaluate, plot_rollouts
-    from driftless.models.planner import PlannerConfig
-    from driftless.models.sequence_df import load
+    from driftless.models.registry import load_model
+    from driftless.plan.evaluate import evaluate, plot_rollouts
+    from driftless.plan.planner import PlannerConfig
 
     torch.set_num_threads(args.threads)
-    model = load(args.checkpoint, default_device(args.device)) if args.checkpoint else None
+    device = default_device(args.device)
+    model = load_model(args.checkpoint, device, kind="sequence_df") if args.checkpoint else None
     if model is not None and model.cfg.meta.get("maze") not in (None, args.maze):
         raise ValueError(f"{args.checkpoint} was trained on maze {model.cfg.meta['maze']!r}, not {args.maze!r}")
     fs = model.cfg.meta.get("frame_stack", 1) if model is not None else 1
@@ -96,7 +62,7 @@ def _maze(args: argparse.Namespace) -> int:
         s = res.summary()
         s.update({"frame_stack": fs, "horizon_tokens": horizon, "mctg": args.mctg if method == "df" else 1,
                   "guidance": args.guidance, "alpha_power": args.guidance_alpha_power, "schedule": args.schedule,
-                  "sampling_steps": args.sampling_steps, "device": default_device(args.device)})
+                  "sampling_steps": args.sampling_steps, "device": device})
         summaries.append(s)
         print(json.dumps(s))
         if args.plot:
@@ -115,7 +81,7 @@ def _maze(args: argparse.Namespace) -> int:
 def _cross(args: argparse.Namespace) -> int:
     import torch
 
-    from driftless.eval.cross_eval import run_cross
+    from driftless.plan.cross import run_cross
 
     torch.set_num_threads(args.threads)
     out = run_cross(args.out, steps=args.steps, episodes=args.episodes, seed=args.seed, device=default_device(args.device),
@@ -199,3 +165,39 @@ def register(sub: argparse._SubParsersAction) -> None:
         return a.plan_func(a)
 
     p.set_defaults(func=dispatch)
+
+
+# ---- driftless data maze -----------------------------------------------------------------------
+def _maze_data(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from driftless.plan.maze import generate_dataset, save_dataset
+
+    names = MAZE_NAMES[1:] if args.maze == "all" else [args.maze]
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    for name in names:
+        data = generate_dataset(name, args.steps, seed=args.seed, noise=args.noise, progress=not args.quiet)
+        path = save_dataset(Path(args.out) / f"{name}.npz", data, name, args.seed, args.noise)
+        print(json.dumps({"maze": name, "path": str(path), "steps": args.steps, "seed": args.seed,
+                          "goal_switches": int(data["terminals"].sum()),
+                          "reward_rate": round(float(np.mean(data["rewards"])), 4)}))
+    return 0
+
+
+def register_data(data_sub: argparse._SubParsersAction) -> None:
+    """`driftless data maze` (called by driftless.cli with the `data` verb's sub-commands)."""
+    p = data_sub.add_parser(
+        "maze", help="generate a D4RL-style Maze2D dataset (waypoint controller on PointMaze)",
+        description="One continuous stream of point-mass transitions per maze: D4RL's waypoint controller "
+                    "steers to randomly chosen goal cells (a new goal when solved or after the episode "
+                    "length), with Gaussian action noise. Writes OUT/<maze>.npz (observations, actions, "
+                    "rewards, goals, next_observations, terminals). Deterministic by --seed.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--maze", default="all", choices=MAZE_NAMES + ["all"], help="which maze (all: umaze, medium, large)")
+    p.add_argument("--steps", type=int, default=1_000_000, help="transitions per maze (D4RL: 1M / 2M / 4M)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=float, default=0.5, help="std of the Gaussian noise added to actions")
+    p.add_argument("--out", default="data/maze", help="folder for <maze>.npz")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_maze_data)

@@ -1,5 +1,6 @@
 """`driftless image train|sample|classifier|eval|plot`: MAR class-conditional image generation on
-continuous tokens (one-frame videos through the tokenizer). See driftless.models.image."""
+continuous tokens (one-frame videos through the tokenizer), see driftless.image.model;
+`driftless data procgen-games`: the built-in image set (16 Procgen games, 64x64)."""
 
 from __future__ import annotations
 
@@ -52,9 +53,10 @@ def _train(args) -> int:
 
     from driftless.cli.common import parse_overrides
     from driftless.config import override, to_dict
-    from driftless.data.images import LatentBatches, cached_latents
+    from driftless.image.data import cached_latents
     from driftless.models import registry
     from driftless.train.distributed import setup
+    from driftless.train.memory import TensorBatches
     from driftless.train.trainer import TrainConfig, Trainer
 
     info = setup(args.device)
@@ -89,7 +91,7 @@ def _train(args) -> int:
     trainer = Trainer(model, train, out, info, "image", to_dict(cfg), meta=meta)
     if args.resume:
         print(f"resumed from step {trainer.step}" if trainer.resume() else "no checkpoint to resume; starting fresh")
-    batches = LatentBatches(lat, labels, args.batch_size, seed=args.seed)
+    batches = TensorBatches({"latents": lat, "labels": labels}, args.batch_size, seed=args.seed)
     t0, c0 = time.time(), time.process_time()
     summary = trainer.fit(batches.stream, val)
     summary.update(checkpoint=str(out / "checkpoint"), cpu_seconds=round(time.process_time() - c0, 1),
@@ -130,68 +132,9 @@ def _class_labels(model, spec: str | None, per_class: int) -> list[int]:
     return [c for c in ids for _ in range(per_class)]
 
 
-def generate_images(model, labels: list[int], ar_steps, diffusion_steps, temperature, cfg, cfg_schedule, seed,
-                    batch_size: int = 64, device="cpu") -> tuple:
-    """(uint8 images (N, h, w, 3), timing {"generate_s", "generate_cpu_s", "decode_s"}): wall and
-    process-CPU seconds spent generating latents (CPU seconds are robust to a shared machine)."""
-    import torch
-
-    from tqdm.auto import tqdm
-
-    g = torch.Generator(device=device).manual_seed(seed)
-    timing, imgs = {"generate_s": 0.0, "generate_cpu_s": 0.0, "decode_s": 0.0}, []
-    for i in tqdm(range(0, len(labels), batch_size), desc="generate", unit="batch", leave=False):
-        t, c = time.time(), time.process_time()
-        z = model.generate(labels[i:i + batch_size], ar_steps=ar_steps, diffusion_steps=diffusion_steps,
-                           temperature=temperature, cfg_scale=cfg, cfg_schedule=cfg_schedule, generator=g,
-                           device=device)
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize(device)
-        timing["generate_s"] += time.time() - t
-        timing["generate_cpu_s"] += time.process_time() - c
-        t = time.time()
-        imgs.append(model.decode(z).cpu())
-        timing["decode_s"] += time.time() - t
-    return torch.cat(imgs).numpy(), timing
-
-
-def _speed(n: int, timing: dict, device: str) -> dict:
-    import torch
-
-    out = {"images_per_s": round(n / max(timing["generate_s"], 1e-9), 3), "seconds_decode": round(timing["decode_s"], 2)}
-    if torch.device(device).type == "cpu":
-        out.update(images_per_cpu_s=round(n / max(timing["generate_cpu_s"], 1e-9), 3), threads=torch.get_num_threads())
-    return out
-
-
-def save_grid(path: str | Path, images, labels: list[int], names: list[str], per_row: int | None = None,
-              scale: int = 1, colors: int | None = None) -> Path:
-    """A PNG with one row per class (its name on the left) and that class's samples across;
-    `colors` quantises it to a palette of that many colours (smaller files for docs)."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    rows = list(dict.fromkeys(labels))
-    cols = per_row or max(labels.count(c) for c in rows)
-    h, w = images.shape[1:3]
-    label_w = 72
-    canvas = Image.new("RGB", (label_w + cols * w, len(rows) * h), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for r, c in enumerate(rows):
-        idx = [i for i, y in enumerate(labels) if y == c][:cols]
-        for j, i in enumerate(idx):
-            canvas.paste(Image.fromarray(np.asarray(images[i])), (label_w + j * w, r * h))
-        draw.text((4, r * h + h // 2 - 6), names[c] if c >= 0 else "uncond", fill=(0, 0, 0))
-    if scale != 1:
-        canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
-    if colors:
-        canvas = canvas.quantize(colors=int(colors), method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, optimize=True)
-    return Path(path)
-
-
 def _sample(args) -> int:
+    from driftless.image.evaluate import generate_images, save_grid, speed_stats
+
     device = default_device(args.device)
     model = _load_image_model(args, device)
     labels = _class_labels(model, args.classes, args.per_class)
@@ -201,7 +144,7 @@ def _sample(args) -> int:
     if args.out.endswith(".png"):
         save_grid(args.out, imgs, labels, names, colors=args.palette)
     else:
-        from driftless.data.images import write_image_folder
+        from driftless.image.data import write_image_folder
 
         names_u = names + ["uncond"]
         write_image_folder(args.out, imgs, [c if c >= 0 else len(names) for c in labels], names_u, prefix="sample")
@@ -209,14 +152,14 @@ def _sample(args) -> int:
     print(json.dumps({"out": args.out, "variant": model.cfg.order, "ar_steps": steps,
                       "diffusion_steps": args.diffusion_steps or model.cfg.diffloss.sampling_steps,
                       "temperature": args.temperature, "cfg": args.cfg, "images": len(imgs),
-                      "seconds_generate": round(timing["generate_s"], 2), **_speed(len(imgs), timing, device),
+                      "seconds_generate": round(timing["generate_s"], 2), **speed_stats(len(imgs), timing, device),
                       "device": device}))
     return 0
 
 
 def _classifier(args) -> int:
-    from driftless.data.images import read_image_folder
-    from driftless.eval.image_metrics import classify, save_classifier, train_classifier
+    from driftless.image.classifier import classify, save_classifier, train_classifier
+    from driftless.image.data import read_image_folder
 
     ds = read_image_folder(args.data, size=args.size)
     model = train_classifier(ds.images, ds.labels, ds.classes, epochs=args.epochs, batch_size=args.batch_size,
@@ -236,12 +179,15 @@ def _eval(args) -> int:
 
     import numpy as np
 
-    from driftless.data.images import read_image_folder
-    from driftless.eval.image_metrics import classifier_metrics, fid_and_is, load_classifier, load_inception
+    from driftless.image.classifier import classifier_metrics
+    from driftless.image.data import read_image_folder
+    from driftless.image.evaluate import generate_images, speed_stats
+    from driftless.image.inception import fid_and_is, load_inception
+    from driftless.models.registry import load_model
 
     device = default_device(args.device)
     model = _load_image_model(args, device)
-    clf = load_classifier(args.classifier, device)
+    clf = load_model(args.classifier, device, kind="image_classifier")
     names = model.cfg.class_names
     val = read_image_folder(args.real, size=model._tokenizer.cfg.resolution[0], classes=names)
     ref_idx, held_idx = [], []  # the reference set, and (with --reference) disjoint held-out frames
@@ -256,7 +202,7 @@ def _eval(args) -> int:
     labels = _class_labels(model, args.classes, args.per_class)
     rows = []
     if args.reference:  # the ceiling: held-out real frames, and the same through the tokenizer and back
-        from driftless.data.images import encode_images
+        from driftless.image.data import encode_images
 
         held = val.images[held_idx]
         recon = model.decode(encode_images(model._tokenizer, held, device=device).to(device)).cpu().numpy()
@@ -278,7 +224,7 @@ def _eval(args) -> int:
         ar_used = model.cfg.tokens if model.cfg.order == "raster" else (ar or model.cfg.ar_steps)
         row = {"variant": model.cfg.order, "ar_steps": ar_used, "diffusion_steps": ds or model.cfg.diffloss.sampling_steps,
                "temperature": temp, "cfg": cfg, "cfg_schedule": args.cfg_schedule, "images": len(imgs),
-               **_speed(len(imgs), timing, device), **m}
+               **speed_stats(len(imgs), timing, device), **m}
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "per_class_accuracy"}), flush=True)
     if args.json:
@@ -289,70 +235,9 @@ def _eval(args) -> int:
     return 0
 
 
-def plot_sweep(rows: list[dict], path: str | Path, ar_fixed: int = 16, diffusion_fixed: int = 50,
-               speed: list[dict] | None = None) -> Path:
-    """Quality vs AR steps (at `diffusion_fixed`), vs diffusion steps (at `ar_fixed`), and a
-    speed/quality scatter, from `image eval` JSON rows (no-CFG, temperature-1 rows for the sweeps).
-    Speed is images per CPU-second where measured (else per wall second); `speed` rows (from
-    `image sample`) replace it for matching settings."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    def key(r):
-        return r["variant"], r["ar_steps"], r["diffusion_steps"], float(r["temperature"]), float(r["cfg"])
-
-    fast = {key(r): r.get("images_per_cpu_s", r["images_per_s"]) for r in speed or []}
-    rows = [{**r, "speed": fast.get(key(r), r.get("images_per_cpu_s", r.get("images_per_s")))}
-            if r["variant"] in ("random", "raster") else r for r in rows]
-
-    plain = [r for r in rows if r["variant"] == "random" and r["cfg"] == 1.0 and r["temperature"] == 1.0]
-    ref = {r["variant"]: r for r in rows if r["variant"] in ("real_heldout", "tokenizer_reconstruction")}
-    fig = Figure(figsize=(13.5, 3.6))
-    axes = fig.subplots(1, 3)
-    for ax, key, fixed, name in ((axes[0], "ar_steps", ("diffusion_steps", diffusion_fixed), "AR steps"),
-                                 (axes[1], "diffusion_steps", ("ar_steps", ar_fixed), "diffusion steps")):
-        sel = sorted((r for r in plain if r[fixed[0]] == fixed[1]), key=lambda r: r[key])
-        xs = [r[key] for r in sel]
-        for metric, color in (("accuracy", "C0"), ("precision", "C1"), ("recall", "C2")):
-            ax.plot(xs, [r[metric] for r in sel], "o-", color=color, label=metric)
-            if "tokenizer_reconstruction" in ref:
-                ax.axhline(ref["tokenizer_reconstruction"][metric], color=color, ls=":", lw=1)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(xs, [str(x) for x in xs])
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel(f"{name} ({fixed[0].replace('_', ' ')} = {fixed[1]})")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("score (dotted: tokenizer reconstructions)")
-    axes[0].legend(loc="lower right", fontsize=8)
-    ax = axes[2]
-    for r in rows:
-        if r["variant"] not in ("random", "raster"):
-            continue
-        color = "C0" if r["variant"] == "random" else "C3"
-        hollow = dict(facecolors="none", edgecolors=color) if r["cfg"] == 1.0 else dict(color=color)
-        ax.scatter(r["speed"], r["accuracy"], marker="o" if r["variant"] == "random" else "s", s=30, **hollow)
-        tag = f"{r['ar_steps']}/{r['diffusion_steps']}" + (f" cfg{r['cfg']:g}" if r["cfg"] != 1.0 else "") + \
-            (f" T{r['temperature']:g}" if r["temperature"] != 1.0 else "")
-        ax.annotate(tag, (r["speed"], r["accuracy"]), fontsize=6.5, xytext=(3, 2), textcoords="offset points")
-    if "tokenizer_reconstruction" in ref:
-        ax.axhline(ref["tokenizer_reconstruction"]["accuracy"], color="gray", ls=":", lw=1)
-    ax.set_xscale("log")
-    from matplotlib.ticker import FormatStrFormatter
-
-    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
-    ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.set_xlabel("images per CPU-second, 1 thread (label: AR steps / diffusion steps)")
-    ax.set_ylabel("class accuracy of generated images")
-    ax.set_title("speed vs quality (o random, s raster; filled: CFG)", fontsize=9)
-    ax.grid(alpha=0.3)
-    FigureCanvasAgg(fig)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    return Path(path)
-
-
 def _plot(args) -> int:
+    from driftless.image.evaluate import plot_sweep
+
     rows = [json.loads(line) for f in args.json for line in open(f) if line.strip()]
     speed = [json.loads(line) for f in args.speed or [] for line in open(f) if line.strip()]
     print(plot_sweep(rows, args.out, args.ar_fixed, args.diffusion_fixed, speed))
@@ -472,3 +357,46 @@ def register(sub) -> None:
     pl.add_argument("--ar-fixed", type=int, default=16, help="AR steps of the diffusion-steps sweep (default 16)")
     pl.add_argument("--diffusion-fixed", type=int, default=50, help="diffusion steps of the AR sweep (default 50)")
     pl.set_defaults(func=_plot)
+
+
+# ---- driftless data procgen-games --------------------------------------------------------------
+_GAMES_EPILOG = """\
+examples:
+  driftless data procgen-games --out data/procgen-games/train --per-game 400
+  driftless data procgen-games --out data/procgen-games/val --per-game 100 --split val
+
+Writes an ImageFolder (one folder per game, PNG files named <split>-NNNNN.png) that
+`driftless image train --data` reads. Levels of the train / val / test splits are disjoint
+(seeds [0, 10000), [10000, 10500), [10500, 11000)). Re-running skips finished games."""
+
+
+def _procgen_games(args: argparse.Namespace) -> int:
+    from driftless.image.data import GAMES, build_procgen_games
+
+    games = GAMES if args.games in (None, "all") else tuple(g.strip() for g in args.games.split(",") if g.strip())
+    summary = build_procgen_games(args.out, per_game=args.per_game, split=args.split, stride=args.stride,
+                                  envs=args.envs, seed=args.seed, mode=args.mode, games=games,
+                                  progress=not args.quiet)
+    print(json.dumps(summary))
+    return 0
+
+
+def register_data(data_sub: argparse._SubParsersAction) -> None:
+    """`driftless data procgen-games` (called by driftless.cli with the `data` verb's sub-commands)."""
+    p = data_sub.add_parser(
+        "procgen-games", help="make the 16-Procgen-games image set (64x64 frames, one class per game)",
+        description="Run a uniform random agent in each of the 16 Procgen games and keep one 64x64 frame every "
+                    "--stride steps of each of --envs environments (random phase per environment), until "
+                    "--per-game frames per game are collected. Written as an ImageFolder of PNGs.",
+        epilog=_GAMES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="folder to write (one sub-folder per game)")
+    p.add_argument("--per-game", type=int, default=400, help="frames per game (default: 400)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="train",
+                   help="level-seed range to draw levels from (default: train)")
+    p.add_argument("--stride", type=int, default=24, help="keep one frame every STRIDE steps per env (default: 24)")
+    p.add_argument("--envs", type=int, default=64, help="vectorised environments per game (default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of levels and actions (default: 0)")
+    p.add_argument("--mode", choices=["hard", "easy"], default="hard", help="Procgen distribution mode (default: hard)")
+    p.add_argument("--games", default="all", help="comma-separated subset of the 16 games (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_procgen_games)

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from driftless.data.maze import MazeBatch, WaypointController, get_maze
-from driftless.models.planner import (Planner, PlannerConfig, TokenLayout, run_full_sequence, run_mpc)
+from driftless.plan.maze import MazeBatch, WaypointController, get_maze
+from driftless.plan.planner import Planner, PlannerConfig, TokenLayout, run_full_sequence, run_mpc
 
 # D4RL's reference returns (random, expert) for the sparse-reward maze2d v1 tasks (v0 for open)
 D4RL_REF = {

@@ -2,7 +2,7 @@
 
 Nothing here knows about mazes. A task supplies
 * a sequence model with `diffusion`, `denoiser(cond)`, `normalize` / `unnormalize` (tokens)
-  and `normalize_cond` (e.g. `driftless.models.sequence_df.SequenceDF`, or later a video world
+  and `normalize_cond` (e.g. `driftless.plan.sequence_df.SequenceDF`, or later a video world
   model with a reward head),
 * a `TokenLayout` naming the fields of one environment step inside a token (e.g. action,
   reward, next observation) and how many steps are stacked into one token,

@@ -1,0 +1,96 @@
+"""Training glue for the planning sequence models (Diffusion Forcing and the Diffuser-like baseline).
+
+Both train through the shared `driftless.train.trainer.Trainer`, in memory (no run folder):
+AdamW, linear warm-up then cosine decay to a tenth of the peak learning rate (`lr_at`),
+gradient clipping, bf16 autocast on CUDA, and the Trainer's EMA weights, which are what gets
+returned and saved. `fit` takes a sampler `sample(batch, generator) -> (x0, cond)` in data units
+(random windows of a maze dataset, of the cross trajectories, ...).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from driftless.plan import sequence_df as sdf
+from driftless.plan.evaluate import DIFFUSER_HORIZON
+from driftless.plan.maze import STEP_FEATURES, MazeTokens, get_maze, load_dataset
+from driftless.train.memory import random_batches, train_in_memory
+from driftless.train.trainer import TrainConfig
+
+Sampler = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass
+class FitConfig:
+    steps: int = 2000
+    batch: int = 256
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    ema: float = 0.995
+    grad_clip: float = 1.0
+    seed: int = 0
+    max_seconds: float = 0.0  # > 0: stop after this long; the learning-rate decay follows the clock
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the network for training
+
+    def trainer_config(self) -> TrainConfig:
+        """The shared Trainer's settings: every step logged (the loss trace), nothing saved."""
+        if self.steps < 1 or self.batch < 1:
+            raise ValueError(f"fit needs steps >= 1 and batch >= 1, got {self.steps}, {self.batch}")
+        return TrainConfig(steps=self.steps, batch_size=self.batch, lr=self.lr, min_lr=0.1 * self.lr,
+                           warmup=self.warmup, weight_decay=self.weight_decay, beta2=0.999,
+                           grad_clip=self.grad_clip or math.inf, ema_decay=self.ema, seed=self.seed,
+                           precision="auto" if self.bf16 else "fp32", compile=self.compile, log_every=1,
+                           val_every=0, save_every=0, time_budget=self.max_seconds / 60)
+
+
+def fit(model: sdf.SequenceDF, sample: Sampler, cfg: FitConfig,
+        progress: bool = True) -> tuple[sdf.SequenceDF, list[float]]:
+    """Train on batches from `sample(batch, generator) -> (x0, cond)` in data units (a CPU
+    generator seeded per batch; samplers draw their indices with it). Returns (the EMA copy of
+    the model, the loss of every step)."""
+    tcfg = cfg.trainer_config()
+    device = next(model.parameters()).device
+    batches = random_batches(lambda b, g: dict(zip(("x0", "cond"), sample(b, g))), cfg.batch, cfg.seed)
+    ema, log, _ = train_in_memory(model, tcfg, batches, device, sdf.SequenceDF.kind, progress)
+    return ema, [r["loss"] for r in log]
+
+
+def train_maze_model(data_path: str, out: str, baseline: str | None, preset: str, steps: int, batch: int,
+                     lr: float, frame_stack: int, tokens: int | None, device: str, seed: int = 0,
+                     progress: bool = True, max_minutes: float = 0.0, compile: bool = False,
+                     half: bool = False) -> dict:
+    """Train a Diffusion-Forcing (or Diffuser-like) sequence model on a maze dataset; save it."""
+    data = load_dataset(data_path)
+    spec = get_maze(data["maze"])
+    if tokens is None:  # DF plans the whole episode; Diffuser its published horizon
+        steps_ = DIFFUSER_HORIZON[spec.name] if baseline == "diffuser" else spec.episode_len
+        tokens = math.ceil(steps_ / frame_stack)
+    if preset not in sdf.PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(sdf.PRESETS)}")
+    cfg = copy.deepcopy(sdf.PRESETS[preset])
+    cfg.token_dim = frame_stack * STEP_FEATURES
+    cfg.cond_dim = 4
+    cfg.max_tokens = tokens
+    if baseline == "diffuser":
+        cfg.causal, cfg.noise = False, "full_sequence"
+    elif baseline is not None:
+        raise ValueError(f"--baseline must be 'diffuser' if given, got {baseline!r}")
+    cfg.meta = {"maze": spec.name, "frame_stack": frame_stack, "tokens": tokens, "data": str(data_path),
+                "dataset_steps": int(len(data["actions"])), "baseline": baseline or "diffusion_forcing"}
+    windows = MazeTokens(data, tokens, frame_stack, device=device)
+    model = sdf.SequenceDF(cfg).to(device)
+    model.set_stats(**windows.stats())
+    ema, trace = fit(model, windows.sample, FitConfig(steps=steps, batch=batch, lr=lr, seed=seed,
+                                                      max_seconds=60 * max_minutes, compile=compile),
+                     progress=progress)
+    tail = trace[-100:]
+    meta = {"steps": len(trace), "batch": batch, "final_loss": sum(tail) / len(tail) if tail else None}
+    sdf.save(ema, out, meta=meta, half=half)
+    return {"out": str(out), "tokens": tokens, "params": sum(p.numel() for p in model.parameters()), **meta}
