@@ -72,6 +72,9 @@ class FrameModel(nn.Module, ABC):
     name: ClassVar[str]
     teacher_forcing: ClassVar[bool] = False  # whether the config's `teacher_forcing` variant applies
     moved_from_dynamics: ClassVar[tuple[str, ...]] = ()  # old top-level weight prefixes, now under `frame.`
+    # its generate_frame has fixed shapes and no host synchronisation: a play session's frame can
+    # be recorded as a CUDA graph (world/graphs.py)
+    capturable: ClassVar[bool] = False
 
     def __init__(self, cfg: DynamicsConfig):
         super().__init__()
