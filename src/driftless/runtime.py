@@ -55,8 +55,11 @@ def set_threads(device: str, threads: str | int | None) -> int:
 
 # ---- run information -------------------------------------------------------------------------
 def git_commit() -> dict:
-    """Commit of the source tree driftless runs from, if it is a git checkout (a copy without
-    .git can name its commit in the environment variable DRIFTLESS_GIT_COMMIT)."""
+    """Commit of the source tree driftless runs from: the environment variable
+    DRIFTLESS_GIT_COMMIT when set (a copy of a tree on another machine, whose .git may be
+    stale or absent), else the git checkout's HEAD."""
+    if os.environ.get("DRIFTLESS_GIT_COMMIT"):
+        return {"commit": os.environ["DRIFTLESS_GIT_COMMIT"], "source": "environment"}
     here = Path(__file__).resolve().parent
     git = ["git", "-c", "safe.directory=*"]  # a checkout owned by another user (containers) still answers
     try:
@@ -67,7 +70,7 @@ def git_commit() -> dict:
             return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"commit": os.environ.get("DRIFTLESS_GIT_COMMIT"), "source": "environment"}
+    return {"commit": None, "source": "unknown"}
 
 
 def device_name(device) -> str:
