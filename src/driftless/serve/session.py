@@ -325,7 +325,7 @@ class SessionManager:
                 raise SessionsFull(f"the server is full: {len(self._sessions)} of {self.config.max_sessions} "
                                    f"sessions are in use. Close another tab or try again later.")
             b = self.base
-            world = World(b.tokenizer, b.lam, b.dynamics, b.meta, b.device)
+            world = World(b.tokenizer, b.lam, b.dynamics, b.meta, b.device, cuda_graphs=b.cuda_graphs)
             sid = secrets.token_urlsafe(16)
             seed = int(self._seeds.spawn(1)[0].generate_state(1)[0])
             session = PlaySession(sid, world, self.config, seed)

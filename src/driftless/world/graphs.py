@@ -68,7 +68,8 @@ class FrameGraph:
         graph = torch.cuda.CUDAGraph()
         try:
             graph.register_generator_state(self.generator)
-            with torch.cuda.graph(graph):
+            # thread_local: other sessions' threads (play --workers) keep launching while this records
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self.out = self.make_frame()
         except Exception as e:  # noqa: BLE001 - any failure to record means: stay eager
             self.error = f"{type(e).__name__}: {e}"
