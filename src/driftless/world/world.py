@@ -186,7 +186,7 @@ class World:
             else:
                 trans = None
             per_frame = self.dynamics.frame_actions(trans, b, t0, self.device)
-        dyn_state = self.dynamics.new_state(static=static)
+        dyn_state = self.dynamics.new_state(static=True) if static else self.dynamics.new_state()
         self.dynamics.observe(dyn_state, dyn_in, per_frame, context_level=opts.context_level, generator=g)
         dec_caches = self.tokenizer.decoder.new_cache(static=static)
         if static:  # static caches take one frame at a time, at a device position
