@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from driftless.cli.common import add_dataclass_flags, dataclass_from_args
+from driftless.config import add_dataclass_flags, dataclass_from_args
 from driftless.config import option
 from driftless.models import registry
 from driftless.train.specs import STAGES, StageArgs, StageSpec, all_stages, get_stage, register_stage

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from driftless.cli.common import add_dataclass_flags, dataclass_from_args, write_json
+from driftless.checkpoint import write_json
+from driftless.config import add_dataclass_flags, dataclass_from_args
 from driftless.runtime import default_device
 
 EPILOG_TRAIN = """\
@@ -32,7 +33,7 @@ examples:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from driftless.cli.common import parse_overrides
+    from driftless.config import parse_overrides
     from driftless.eval.bench import TrainBenchConfig, bench_train
     from driftless.runtime import run_info
 

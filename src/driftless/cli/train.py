@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from driftless.cli.common import add_dataclass_flags, dataclass_from_args, parse_overrides
+from driftless.config import add_dataclass_flags, dataclass_from_args, parse_overrides
 from driftless.runtime import default_device
 from driftless.train.specs import StageArgs, StageSpec, all_stages, get_stage
 from driftless.train.trainer import TrainConfig

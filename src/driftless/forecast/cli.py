@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from driftless.cli.common import parse_overrides
+from driftless.config import parse_overrides
 
 DATA_HELP = ("dataset: 'macrodata' (statsmodels, offline), 'synthetic' (known law), options as "
              "'synthetic:dim=2,prediction_length=4', or a GluonTS dataset folder (metadata.json, train/, test/; "

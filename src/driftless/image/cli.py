@@ -51,7 +51,7 @@ def _load_tokenizer(path: str, device: str):
 def _train(args) -> int:
     import torch
 
-    from driftless.cli.common import parse_overrides
+    from driftless.config import parse_overrides
     from driftless.config import override, to_dict
     from driftless.image.data import cached_latents
     from driftless.models import registry
