@@ -43,6 +43,7 @@ from torch import nn
 
 from driftless.diffusion.diffloss import DiffLoss, DiffLossConfig, diffloss_config, linear_cfg_schedule
 from driftless.nn.attention import Attention, KVCache
+from driftless.nn.masking import truncated_normal
 from driftless.nn.st_transformer import Mlp
 
 ORDERS = ("random", "raster")
@@ -124,13 +125,6 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, causal: bool, cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), causal=causal, cache=cache, commit=cache is not None)
         return x + self.mlp(self.norm2(x))
-
-
-def truncated_normal_ratio(n: int, low: float, std: float, device, generator=None) -> torch.Tensor:
-    """(n,) draws of a normal(1, std) truncated to [low, 1] by inverse-CDF sampling."""
-    a = torch.special.ndtr(torch.tensor((low - 1.0) / std, dtype=torch.float64))
-    u = a + (0.5 - a) * torch.rand(n, generator=generator, device=device, dtype=torch.float64)  # Phi(0) = 0.5
-    return (1.0 + std * torch.special.ndtri(u)).clamp(low, 1.0).float()
 
 
 class ImageMAR(nn.Module):
@@ -249,7 +243,7 @@ class ImageMAR(nn.Module):
         if self.cfg.order == "raster":
             z = self.backbone(x, None, cls)
             return self.head.loss(x, z, generator=generator), {"mask_ratio": torch.tensor(1.0)}
-        ratio = truncated_normal_ratio(b, self.cfg.mask_ratio_min, self.cfg.mask_ratio_std, dev, generator)
+        ratio = truncated_normal((b,), 1.0, self.cfg.mask_ratio_std, self.cfg.mask_ratio_min, 1.0, dev, generator)
         n_mask = torch.ceil(ratio * s).long().clamp(1, s)  # (b,)
         order = torch.argsort(torch.rand(b, s, device=dev, generator=generator), dim=1)  # (b, s) a permutation
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(s, device=dev).expand(b, s))
