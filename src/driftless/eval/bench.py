@@ -129,7 +129,7 @@ def count_flops(fn) -> int:
 # ---- training throughput --------------------------------------------------------------------------
 @dataclass
 class TrainBenchConfig:
-    stage: str = "tokenizer"  # a training stage (train.specs.STAGES): tokenizer | lam | dynamics
+    stage: str = "tokenizer"  # a training stage with a synthetic batch (train.specs.STAGES), e.g. dynamics
     preset: str = option("debug", help="model preset: debug | small | base (default debug)")
     batch_size: int = option(8, help="clips per step")
     clip_len: int | None = option(None, help="frames per clip (default: the stage's, as in training)")

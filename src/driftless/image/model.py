@@ -215,7 +215,8 @@ class ImageMAR(nn.Module):
         return seq[:, nb:] if self.cfg.order == "random" else seq[:, nb - 1:]  # (b, s, d)
 
     # ---- training --------------------------------------------------------------------------
-    def _batch_latents(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def batch_latents(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A training batch -> (normalised latents (b, s, C), labels (b,) or None)."""
         if "latents" in batch:
             x = batch["latents"]
             want = (self.cfg.tokens, self.cfg.latent_dim)
@@ -252,16 +253,8 @@ class ImageMAR(nn.Module):
         return self.head.loss(x, z, masked, generator=generator), {"mask_ratio": masked.float().mean().detach()}
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        x, labels = self._batch_latents(batch)
+        x, labels = self.batch_latents(batch)
         return self.masked_loss(x, labels)
-
-    @torch.no_grad()
-    def validation(self, batch: dict) -> tuple[dict, None]:
-        """Held-out diffusion loss with fixed masks, levels and noise (comparable across steps)."""
-        x, labels = self._batch_latents(batch)
-        g = torch.Generator(device=x.device).manual_seed(1234)
-        loss, _ = self.masked_loss(x, labels, generator=g)
-        return {"loss": float(loss)}, None
 
     # ---- sampling --------------------------------------------------------------------------
     def _z_pair(self, x, known, cls, null, guided):
