@@ -7,6 +7,8 @@ import torch
 from driftless.data.clips import ClipDataset, InfiniteSampler, make_loader
 from driftless.data.store import EpisodeStore
 
+from conftest import make_store
+
 RES = (4, 4)
 
 
@@ -119,3 +121,18 @@ def test_make_loader_resume_exact(tmp_path):
     r0, r1 = batches(0, 4, 0, 2), batches(0, 4, 1, 2)
     stream = [ds.locate(i) for i in itertools.islice(iter(InfiniteSampler(len(ds), seed=11)), 32)]
     assert [x for b in r0 for x in b] == stream[0::2] and [x for b in r1 for x in b] == stream[1::2]
+
+
+def test_resident_clips_give_the_loaders_stream(tmp_path):
+    """The store copied into (here CPU) device memory serves exactly the loader's batches, from
+    any start, so a run can switch between the two and resume."""
+    from driftless.data.clips import ClipDataset, ResidentClips, make_loader
+
+    store = make_store(tmp_path / "s", episodes=4, length=9)
+    ds = ClipDataset(store.root, clip_len=4)
+    for start in (0, 6):
+        loader = iter(make_loader(ds, 3, seed=5, rank=1, world_size=2, start=start))
+        resident = ResidentClips(ds, 3, "cpu", seed=5, rank=1, world_size=2).stream(start)
+        for _ in range(5):
+            a, b = next(loader), next(resident)
+            assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["actions"], b["actions"])

@@ -149,3 +149,17 @@ def test_masking_helpers():
     assert abs(float(r.mean()) - masking.truncated_normal_mean(1.0, 0.25, 0.7, 1.0)) < 2e-3
     noise = masking.gumbel((100_000,), generator=g)
     assert abs(float(noise.mean()) - 0.5772) < 0.02  # the Euler-Mascheroni constant
+
+
+def test_short_causal_attention_matches_sdpa():
+    from driftless.nn.attention import short_causal_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(5, 3, 12, 16, generator=g) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    out = short_causal_attention(q, k, v)
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
+    # causal: changing the last position leaves the earlier outputs as they were
+    k2 = k.clone()
+    k2[:, :, -1] += 1
+    assert torch.equal(short_causal_attention(q, k2, v)[:, :, :-1], out[:, :, :-1])

@@ -54,6 +54,10 @@ def _train(args: argparse.Namespace) -> int:
             ref_mfu = f"{r['reference_mfu']:.1%}" if r["reference_mfu"] is not None else "n/a"
             print(f"{'':9s} reference transformer {r['reference']['tflops']:8.3f} TFLOP/s  MFU {ref_mfu}"
                   f"  -> this model runs at {r['vs_reference']:.2f}x its TFLOP/s")
+        if r["data"]:
+            d = r["data"]
+            print(f"{'':9s} data: {d['batch_s']['median'] * 1e3:8.1f} ms/batch ({d['frames_per_s']:.0f} frames/s) from "
+                  f"{d['source']}: " + ("the data is the bottleneck" if r["data_bound"] else "faster than a step"))
         if r["profile"]:
             print(f"{'':9s} profile: {r['profile']['trace']}; top kernels per step:")
             for k in r["profile"]["top"][:8]:
@@ -81,7 +85,9 @@ def _generate(args: argparse.Namespace) -> int:
     r = bench_generate(cfg)
     for e in r["results"]:
         print(f"batch {e['batch']:4d}  {e['step_s']['median'] * 1e3:8.2f} ms/step (IQR {e['step_s']['iqr'] * 1e3:.2f})"
-              f"  {e['fps_per_session']:8.2f} FPS per session  {e['fps_total']:9.2f} frames/s total")
+              f"  {e['fps_per_session']:8.2f} FPS per session  {e['fps_total']:9.2f} frames/s total"
+              + ("  (CUDA graph)" if e.get("cuda_graph") else "")
+              + (f"  (CUDA graph failed: {e['cuda_graph_error']})" if e.get("cuda_graph_error") else ""))
     device = default_device(args.device)
     write_json({"bench": "generate", "info": run_info(device), **r}, args.json)
     return 0
@@ -118,7 +124,8 @@ def register(sub) -> None:
     add_dataclass_flags(t, TrainBenchConfig, only=("preset",))
     t.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="override a model config field")
     add_dataclass_flags(t, TrainBenchConfig, only=("batch_size", "clip_len", "steps", "warmup", "precision", "compile",
-                                                   "peak_tflops", "measure_peak", "reference", "profile", "device"),
+                                                   "peak_tflops", "measure_peak", "reference", "profile", "data", "workers",
+                                                   "data_on_device", "device"),
                         help={"clip_len": f"frames per clip (default: {_default_clips()})"})
     t.add_argument("--threads", type=int, help="torch CPU threads")
     add_dataclass_flags(t, TrainBenchConfig, only=("seed",))
@@ -136,7 +143,7 @@ def register(sub) -> None:
     g.add_argument("--steps", type=int, help="sampling steps per frame (default: the world's)")
     g.add_argument("--window", type=int, help="context window in frames (default: the model's)")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
-    add_dataclass_flags(g, GenerateBenchConfig, only=("device",))
+    add_dataclass_flags(g, GenerateBenchConfig, only=("device", "cuda_graphs"))
     g.add_argument("--threads", type=int, help="torch CPU threads")
     add_dataclass_flags(g, GenerateBenchConfig, only=("seed",))
     g.add_argument("--json", help="write the results to this JSON file")

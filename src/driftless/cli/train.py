@@ -32,7 +32,7 @@ def _add_stage_flags(p: argparse.ArgumentParser, spec: StageSpec) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="override a model config field, dotted for nested (e.g. --set backbone.depth=8)")
     add_dataclass_flags(p, TrainConfig, exclude=TRAIN_FLAGS_LEFT_OUT)
-    add_dataclass_flags(p, StageArgs, only=("clip_len", "device", "workers", "resume", "init_from"),
+    add_dataclass_flags(p, StageArgs, only=("clip_len", "device", "workers", "data_on_device", "resume", "init_from"),
                         help={"clip_len": f"frames per training clip ({default_clip})"})
     if spec.options is not None:
         add_dataclass_flags(p, spec.options)

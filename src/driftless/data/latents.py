@@ -161,9 +161,15 @@ class LatentClips:
         self.latents = _readonly_tensor(cache.latents).to(where)
         self.indices = _readonly_tensor(cache.indices).to(where) if cache.indices is not None else None
         acts = {"lam": cache.lam_actions, "true": cache.actions}.get(action_source)
-        self.actions = torch.from_numpy(np.asarray(acts, dtype=np.int64)).to(where) if acts is not None else None
-        if self.actions is not None and action_source == "lam" and cache.meta.get("lam") is None:
+        if acts is not None and action_source == "lam" and cache.meta.get("lam") is None:
             raise ValueError(f"{cache.root} has no LAM actions; rebuild it with --lam or use --actions true|none")
+        if acts is not None:  # checked once here, not per batch (a read of the device each step)
+            acts = np.asarray(acts, dtype=np.int64)
+            unknown = np.concatenate([[0], np.cumsum(acts < 0)])  # unknown actions before each frame
+            starts = self.starts.numpy()
+            if np.any(unknown[starts + clip_len - 1] - unknown[starts] > 0):
+                raise ValueError("the cache has unknown actions (-1) inside clips; use --actions none")
+        self.actions = torch.from_numpy(acts).to(where) if acts is not None else None
 
     def batch(self, step: int) -> dict:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7_919 + step)
@@ -173,10 +179,7 @@ class LatentClips:
         if self.indices is not None:
             out["indices"] = self.indices[idx].to(self.device, non_blocking=True).long()
         if self.actions is not None:
-            a = self.actions[idx[:, :-1]].to(self.device)
-            if bool((a < 0).any()):
-                raise ValueError("the cache has unknown actions (-1) inside clips; use --actions none")
-            out["actions"] = a
+            out["actions"] = self.actions[idx[:, :-1]].to(self.device)
         return out
 
     def stream(self, start_samples: int = 0):

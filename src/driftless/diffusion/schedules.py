@@ -49,10 +49,20 @@ class NoiseSchedule:
         ab[0] = 1.0
         self.alphas = ab.sqrt().float()  # (K+1,)
         self.sigmas = (1 - ab).sqrt().float()  # (K+1,)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """alphas, sigmas on `device`, copied there once (no host-to-device copy per call)."""
+        if device.type == "cpu":
+            return self.alphas, self.sigmas
+        cached = self._on_device.get(device)
+        if cached is None:
+            cached = self._on_device[device] = (self.alphas.to(device), self.sigmas.to(device))
+        return cached
 
     def alpha_sigma(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """k: integer or float levels (any shape) -> alpha, sigma of the same shape."""
-        a, s = self.alphas.to(k.device), self.sigmas.to(k.device)
+        a, s = self._tables(k.device)
         if not k.dtype.is_floating_point:
             return a[k], s[k]
         k = k.clamp(0, self.levels)

@@ -148,6 +148,11 @@ class TrainBenchConfig:
                                                "machines")
     profile: str | None = option(None, metavar="DIR", help="profile 5 more steps with torch.profiler: a Chrome "
                                                            "trace in DIR and the top kernels")
+    data: str | None = option(None, help="also time batches of the stage's real data stream from this store (or "
+                                         "latent cache), as `train` reads it: is the data the bottleneck?")
+    workers: int = option(4, help="DataLoader worker processes for --data")
+    data_on_device: str = option("auto", choices=("auto", "yes", "no"),
+                                 help="for --data: the store in GPU memory, as `train --data-on-device`")
     seed: int = option(0, help="seed of the weights and the synthetic batch")
     overrides: dict = field(default_factory=dict)
 
@@ -231,6 +236,7 @@ def bench_train(cfg: TrainBenchConfig) -> dict:
         peak = measure_matmul_peak(device, torch.bfloat16 if precision == "bf16" else torch.float32)
     else:
         peak = datasheet
+    data = _time_data(spec, cfg, mcfg, clip_len, info) if cfg.data else None
     reference = None
     if cfg.reference if cfg.reference is not None else device.type == "cuda":
         from driftless.eval.reference import bench_reference, reference_shape
@@ -258,9 +264,36 @@ def bench_train(cfg: TrainBenchConfig) -> dict:
         "reference": reference,
         "reference_mfu": reference["tflops"] / peak["tflops"] if reference and peak["tflops"] else None,
         "vs_reference": achieved / reference["tflops"] if reference else None,
-        "compiled": trainer.compiled, "profile": profile,
+        "compiled": trainer.compiled, "profile": profile, "data": data,
+        "data_bound": data["batch_s"]["median"] > st["median"] if data else None,
         "memory": memory, "config": asdict(cfg), "model_config": to_dict(mcfg),
     }
+
+
+def _time_data(spec, cfg: TrainBenchConfig, mcfg, clip_len: int, info, batches: int = 20) -> dict:
+    """Seconds per batch of the stage's real data stream, read as training reads it (DataLoader
+    workers, or the store resident in device memory), each batch on the device."""
+    from driftless.train.specs import StageArgs
+    from driftless.train.trainer import TrainConfig, _to_device
+
+    if spec.data is None:
+        raise ValueError(f"stage {cfg.stage!r} has no data stream to time (it trains in memory: `{spec.verb}`)")
+    args = StageArgs(kind=cfg.stage, data=cfg.data, out="", train=TrainConfig(batch_size=cfg.batch_size, seed=cfg.seed),
+                     clip_len=clip_len, workers=cfg.workers, device=str(info.device), data_on_device=cfg.data_on_device)
+    t = time.perf_counter()
+    stream, _ = spec.data(args, mcfg, clip_len, info)
+    it = stream(0)
+    _to_device(next(it), info.device)
+    sync(info.device)
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(batches):
+        t = time.perf_counter()
+        _to_device(next(it), info.device)
+        sync(info.device)
+        times.append(time.perf_counter() - t)
+    return {"batch_s": stats(times), "setup_and_first_batch_s": first, "source": cfg.data,
+            "frames_per_s": cfg.batch_size * clip_len / stats(times)["median"]}
 
 
 def _profile(step, device, folder: str, name: str, steps: int = 5, top: int = 20) -> dict:
@@ -280,6 +313,8 @@ def _profile(step, device, folder: str, name: str, steps: int = 5, top: int = 20
     prof.export_chrome_trace(trace)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    if device.type == "cuda":  # the kernels themselves (operators carry their kernels' time too)
+        events = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     total = sum(getattr(e, key) for e in events) or 1.0
     rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
     table = [{"name": e.key[:120], "calls_per_step": e.count / steps, "ms_per_step": getattr(e, key) / steps / 1e3,
@@ -299,6 +334,8 @@ class GenerateBenchConfig:
     context: int = option(1, help="context frames at reset")
     device: str | None = option(None, help="cpu | cuda | cuda:N (default: cuda when available)")
     precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA)
+    cuda_graphs: bool | None = option(None, help="replay each frame as a CUDA graph, as `play` does (default: on "
+                                                 "with CUDA)")
     seed: int = option(0, help="seed of the context frames, actions and sampling noise")
     sampling: dict = field(default_factory=dict)
 
@@ -348,6 +385,7 @@ def bench_generate(cfg: GenerateBenchConfig, world=None) -> dict:
     device = world.device
     if world.dynamics is None:
         raise ValueError(f"{cfg.world} has no dynamics model to generate with")
+    world.cuda_graphs = cfg.cuda_graphs
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16" and device.type == "cuda"
            else contextlib.nullcontext())
     window = world.sampling.updated(**cfg.sampling).window or world.dynamics.cfg.context_window
@@ -389,9 +427,12 @@ def bench_generate(cfg: GenerateBenchConfig, world=None) -> dict:
                     total += dt
             repeat_fps.append(b * cfg.frames / total)
         st = stats(step_times)
+        graph = getattr(world._session, "graph", None)
         entry = {"batch": b, "step_s": st, "reset_s": stats(reset_times),
                  "fps_per_session": 1.0 / st["median"], "fps_total": b / st["median"],
-                 "fps_total_repeats": stats(repeat_fps)}
+                 "fps_total_repeats": stats(repeat_fps),
+                 "cuda_graph": bool(graph is not None and graph.captured),
+                 "cuda_graph_error": graph.error if graph is not None else None}
         entry["memory"] = ({"peak_allocated_gb": torch.cuda.max_memory_allocated(device) / 2**30}
                            if device.type == "cuda" else {"peak_rss_gb": peak_rss_gb(),
                                                           "note": "process high-water mark"})

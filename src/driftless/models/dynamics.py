@@ -102,7 +102,7 @@ class RolloutState:
     """What a running rollout remembers: KV caches per layer and the next frame index."""
 
     caches: list[KVCache]
-    position: int = 0
+    position: int | torch.Tensor = 0  # a device counter with static caches
 
 
 class Dynamics(nn.Module):
@@ -181,7 +181,13 @@ class Dynamics(nn.Module):
         return self.frame.training_loss(self.run, batch)
 
     # ---- frame-by-frame sampling with KV caches ---------------------------------------------
-    def new_state(self) -> RolloutState:
+    def new_state(self, static: bool = False) -> RolloutState:
+        """A fresh rollout; `static`: KV caches and position on the device, for CUDA graphs
+        (frames then go in one at a time)."""
+        if static:
+            device = self.pos.device
+            return RolloutState(caches=self.backbone.new_cache(static=True),
+                                position=torch.zeros((), dtype=torch.long, device=device))
         return RolloutState(caches=self.backbone.new_cache())
 
     @torch.no_grad()

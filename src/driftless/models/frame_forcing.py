@@ -32,6 +32,7 @@ class ForcingFrame(FrameModel):
     name = "forcing"
     teacher_forcing = True
     moved_from_dynamics = ("latent_in.", "latent_out.")  # top-level in Dynamics before the frame models
+    capturable = True
 
     def __init__(self, cfg: DynamicsConfig, build_shared: BuildShared = no_shared_layers):
         super().__init__(cfg)
@@ -74,6 +75,15 @@ class ForcingFrame(FrameModel):
         return loss, {"diffusion_loss": loss.detach()}
 
     # ---- sampling ------------------------------------------------------------------------------
+    def _ladder(self, steps: int, device) -> torch.Tensor:
+        """The DDIM levels (steps + 1,) on `device`, made once per (steps, device): a frame then
+        needs no host-to-device copy (and can be captured as a CUDA graph)."""
+        key = (steps, str(device))
+        cache = self.__dict__.setdefault("_ladders", {})
+        if key not in cache:
+            cache[key] = ladder(self.cfg.diffusion.levels, steps).to(device)
+        return cache[key]
+
     def _denoise_fn(self, run: Backbone, actions: torch.Tensor | None, state: RolloutState, cfg_scale: float):
         def denoise(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
             out = self(run, x, levels, actions, start=state.position, caches=state.caches)
@@ -96,7 +106,7 @@ class ForcingFrame(FrameModel):
         steps = cfg.diffusion.sampling_steps if steps is None else steps
         shape = (b, 1, cfg.tokens_per_frame, cfg.latent_dim)
         x = torch.randn(shape, device=device, generator=generator) * temperature
-        lad = ladder(cfg.diffusion.levels, steps).to(device)
+        lad = self._ladder(steps, device)
         denoise = self._denoise_fn(run, actions, state, cfg_scale)
         for i in range(steps):
             k_now = lad[i].expand(b, 1)

@@ -77,6 +77,9 @@ class FrameModel(nn.Module, ABC):
     # cache (the VQ tokenizer's codebook); None: reads continuous latents, any cache will do
     codebook_key: ClassVar[str | None] = None
     moved_from_dynamics: ClassVar[tuple[str, ...]] = ()  # old top-level weight prefixes, now under `frame.`
+    # its generate_frame has fixed shapes and no host synchronisation: a play session's frame can
+    # be recorded as a CUDA graph (world/graphs.py)
+    capturable: ClassVar[bool] = False
 
     def __init__(self, cfg: DynamicsConfig):
         super().__init__()

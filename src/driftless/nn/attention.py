@@ -13,6 +13,8 @@ fused CPU kernel otherwise.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -109,6 +111,82 @@ class KVCache:
             self.commit_current(window)
 
 
+class StaticKVCache:
+    """A KV ring buffer whose bookkeeping lives on the device, for CUDA-graph capture.
+
+    Same window semantics as `KVCache` (capacity = window + 1: the committed positions plus the
+    one being generated), but the slot being written (`slot`, a 0-d long tensor) and which slots
+    hold a position (`valid`, (capacity,) bool) are tensors updated in place, and attention always
+    reads all `capacity` slots with a mask. The operations of one new position are therefore the
+    same at every frame - same shapes, no host-side indices - and a whole frame can be recorded
+    once as a CUDA graph and replayed. Positions go in one at a time.
+    """
+
+    static = True
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.slot: torch.Tensor | None = None
+        self.valid: torch.Tensor | None = None
+        self.committed = 0  # host-side count (capped at the window): only "empty or not" is read
+
+    @property
+    def length(self) -> int:
+        return self.committed
+
+    def _ensure(self, k: torch.Tensor, window: int | None) -> None:
+        if window is None:
+            raise ValueError("a static KV cache needs a window (its fixed capacity is window + 1)")
+        if self.k is not None:
+            if self.k.shape[2] != window + 1 or self.k.shape[0] != k.shape[0]:
+                raise ValueError(f"this static KV cache holds {self.k.shape[2] - 1} positions of batch "
+                                 f"{self.k.shape[0]}; got window {window}, batch {k.shape[0]}")
+            return
+        shape = (k.shape[0], k.shape[1], window + 1, k.shape[3])
+        self.k, self.v = k.new_zeros(shape), k.new_zeros(shape)
+        self.slot = torch.zeros((), dtype=torch.long, device=k.device)
+        self.valid = torch.zeros(window + 1, dtype=torch.bool, device=k.device)
+        self._index = torch.arange(window + 1, device=k.device)
+
+    def with_current(self, k: torch.Tensor, v: torch.Tensor, window: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one position's k, v (N, heads, 1, hd) into the current slot; return all slots."""
+        self._ensure(k, window)
+        self.k.index_copy_(2, self.slot.view(1), k)
+        self.v.index_copy_(2, self.slot.view(1), v)
+        return self.k, self.v
+
+    def attn_mask(self) -> torch.Tensor:
+        """(1, 1, 1, capacity) bool: the committed slots and the current one."""
+        return (self.valid | (self._index == self.slot)).view(1, 1, 1, -1)
+
+    def commit_current(self, window: int | None) -> None:
+        self.valid.index_fill_(0, self.slot.view(1), True)
+        self.slot.add_(1).remainder_(self.valid.shape[0])
+        self.committed = min(self.committed + 1, window if window is not None else self.committed + 1)
+
+
+def short_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention written out for short sequences: q, k, v (N, heads, L, hd) -> (N, heads, L, hd).
+
+    The fused attention kernels work on tiles of 64-128 queries; with L = 8-16 frames (the
+    temporal pass of the ST-transformer) most of every tile is padding and the pass costs ~10x
+    its memory traffic. Written as products and a softmax, torch.compile turns it into a few
+    kernels that read q, k, v once. (Scores in fp32.)"""
+    L = q.shape[-2]
+    scale = q.shape[-1] ** -0.5
+    scores = torch.einsum("nhid,nhjd->nhij", q.float(), k.float()) * scale  # (N, h, L, L)
+    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+    p = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+    return torch.einsum("nhij,nhjd->nhid", p.to(v.dtype), v)
+
+
+# causal attention over at most this many positions uses `short_causal_attention` when the
+# module runs compiled on a GPU (0: always scaled_dot_product_attention; the environment
+# variable DRIFTLESS_SHORT_ATTENTION sets it, for A/B benchmarks); see `Attention`
+SHORT_ATTENTION_MAX = int(os.environ.get("DRIFTLESS_SHORT_ATTENTION", "32"))
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, qk_norm: bool = True, rotary: bool = False):
         super().__init__()
@@ -153,12 +231,19 @@ class Attention(nn.Module):
         L = x.shape[1]
         if commit and cache is None:
             raise ValueError("commit=True needs a cache to write to")
-        if cache is not None and L == 1 and (cache.length or commit):
-            # one new position: attend to the cached ones and itself, no mask, no copies
+        static = getattr(cache, "static", False)
+        if cache is not None and L == 1 and (cache.length or commit or static):
+            # one new position: attend to the cached ones and itself, no copies (a static cache
+            # reads all its slots with a mask)
             k_all, v_all = cache.with_current(k, v, window)
-            out = F.scaled_dot_product_attention(q, k_all, v_all)
+            out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=cache.attn_mask() if static else None)
             if commit:
                 cache.commit_current(window)
+        elif static:
+            raise ValueError(f"a static KV cache takes one position at a time, got {L}")
+        elif (causal and cache is None and x.is_cuda and 1 < L <= SHORT_ATTENTION_MAX
+              and torch.compiler.is_compiling()):
+            out = short_causal_attention(q, k, v)  # the compiled temporal pass (see the function)
         else:
             if cache is not None and cache.length:
                 past_k, past_v = cache.past()

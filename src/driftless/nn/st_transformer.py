@@ -18,7 +18,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from driftless.nn.attention import Attention, KVCache
+from driftless.nn.attention import Attention, KVCache, StaticKVCache
 
 
 @dataclass
@@ -145,8 +145,9 @@ class STTransformer(nn.Module):
                 nn.init.zeros_(head[-1].weight)
                 nn.init.zeros_(head[-1].bias)
 
-    def new_cache(self) -> list[KVCache]:
-        return [KVCache() for _ in self.blocks]
+    def new_cache(self, static: bool = False) -> list[KVCache] | list[StaticKVCache]:
+        """One KV cache per block; `static`: device-side bookkeeping for CUDA-graph capture."""
+        return [StaticKVCache() if static else KVCache() for _ in self.blocks]
 
     def forward(
         self,
@@ -159,13 +160,17 @@ class STTransformer(nn.Module):
     ) -> torch.Tensor:
         """x: (b, t, s, d) -> (b, t, s, d).
 
-        `start` is the absolute index of x's first frame (for the temporal rotary embedding).
+        `start` is the absolute index of x's first frame (for the temporal rotary embedding), an
+        int or a 0-d device tensor.
         With `caches` (one per block) the frames in x attend to the cached earlier frames;
         `commit` appends their keys/values, keeping at most `window` frames per cache.
         """
         if x.dim() != 4:
             raise ValueError(f"ST-transformer expects tokens (b, t, s, d), got shape {tuple(x.shape)}")
-        positions = torch.arange(start, start + x.shape[1], device=x.device)
+        if isinstance(start, torch.Tensor):  # a device counter (CUDA-graph sessions)
+            positions = start + torch.arange(x.shape[1], device=x.device)
+        else:
+            positions = torch.arange(start, start + x.shape[1], device=x.device)
         block_cond = self.shared_ada(cond) if self.shared_ada is not None else cond
         for i, blk in enumerate(self.blocks):
             cache = caches[i] if caches is not None else None

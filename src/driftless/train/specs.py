@@ -57,6 +57,9 @@ class StageArgs:
     val_data: str | None = option(None, help="held-out store (or latent cache) for periodic validation")
     val_batches: int = 4
     workers: int = option(4, help="DataLoader worker processes")
+    data_on_device: str = option("auto", choices=("auto", "yes", "no"),
+                                 help="keep the whole training store in GPU memory and cut clips there (auto: "
+                                      "on a GPU, when the store takes under a third of its free memory)")
     device: str | None = option(None, help="cpu | cuda | cuda:N (default: cuda when available)")
     resume: bool = option(False, help="continue from OUT/checkpoint if it exists")
     options: Any = None  # the stage's own options: an instance of its spec's `options` (None: defaults)

@@ -30,7 +30,23 @@ from driftless.train.trainer import TrainConfig, Trainer
 
 
 # ---- data ------------------------------------------------------------------------------------------
-def _store_stream(data: str, clip_len: int, cfg: TrainConfig, info: DistInfo, workers: int, split_seed: int = 0):
+def on_device(store, device: torch.device, choice: str = "auto") -> bool:
+    """Whether to copy a pixel store into device memory (`ResidentClips`): "yes", "no", or "auto"
+    = on a GPU when the store takes under a third of its free memory."""
+    from driftless.data.clips import ResidentClips
+
+    if choice not in ("auto", "yes", "no"):
+        raise ValueError(f"data_on_device must be auto, yes or no, got {choice!r}")
+    if choice != "auto":
+        return choice == "yes"
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return ResidentClips.nbytes(store) < free / 3
+
+
+def _store_stream(data: str, clip_len: int, cfg: TrainConfig, info: DistInfo, workers: int, split_seed: int = 0,
+                  data_on_device: str = "no"):
     if data.startswith("coinrun-stream"):
         from driftless.data.coinrun import StreamingClips
 
@@ -42,11 +58,15 @@ def _store_stream(data: str, clip_len: int, cfg: TrainConfig, info: DistInfo, wo
             return iter(loader)
 
         return stream
-    from driftless.data.clips import ClipDataset, make_loader
+    from driftless.data.clips import ClipDataset, ResidentClips, make_loader
 
     ds = ClipDataset(data, clip_len=clip_len)
     if len(ds) == 0:
         raise ValueError(f"{data} has no episode of at least {clip_len} frames")
+    if on_device(ds.store, info.device, data_on_device):
+        resident = ResidentClips(ds, cfg.batch_size, info.device, seed=cfg.seed + split_seed, rank=info.rank,
+                                 world_size=info.world_size, progress=info.is_main)
+        return resident.stream
 
     def stream(start: int):
         return iter(make_loader(ds, cfg.batch_size, seed=cfg.seed + split_seed, rank=info.rank,
@@ -59,7 +79,7 @@ def _store_stream(data: str, clip_len: int, cfg: TrainConfig, info: DistInfo, wo
 def pixel_clips(a: StageArgs, cfg, clip_len: int, info: DistInfo):
     """uint8 clips {"frames": (b, t, h, w, 3)} from an episode store or live CoinRun; the main
     rank keeps `a.val_batches` fixed batches of the validation store."""
-    stream = _store_stream(a.data, clip_len, a.train, info, a.workers)
+    stream = _store_stream(a.data, clip_len, a.train, info, a.workers, data_on_device=a.data_on_device)
     val_src = _store_stream(a.val_data, clip_len, a.train, info, 0, split_seed=999) if a.val_data else None
     val = list(itertools.islice(val_src(0), a.val_batches)) if (val_src and info.is_main) else []
     return stream, val

@@ -50,13 +50,19 @@ class _Session:
     generator: torch.Generator
     dyn_state: object
     dec_caches: list
-    dec_pos: int
+    dec_pos: int | torch.Tensor  # a device counter in CUDA-graph sessions
     last_frame: torch.Tensor  # (b, h, w, 3) uint8
     history: list = field(default_factory=list)
+    static: bool = False  # static KV caches: steps may be replayed as a CUDA graph
+    graph: object = None  # the FrameGraph of the current sampling options
 
 
 class World:
-    def __init__(self, tokenizer, lam, dynamics, meta: dict | None = None, device="cpu"):
+    def __init__(self, tokenizer, lam, dynamics, meta: dict | None = None, device="cpu",
+                 cuda_graphs: bool | None = None):
+        """`cuda_graphs`: on a GPU, replay each `step` as a CUDA graph (world/graphs.py) where the
+        frame model allows; None (default) = on with CUDA."""
+        self.cuda_graphs = cuda_graphs
         self.tokenizer = tokenizer
         self.lam = lam
         self.dynamics = dynamics
@@ -147,6 +153,10 @@ class World:
             raise ValueError(f"actions must lie in [0, {self.num_actions}), got {a.tolist()}")
         return a.to(self.device)
 
+    def _graphs_on(self) -> bool:
+        return (self.device.type == "cuda" and self.cuda_graphs is not False and self.dynamics is not None
+                and self.dynamics.frame.capturable)
+
     @torch.no_grad()
     def reset(self, context, seed: int = 0, actions=None, **sampling) -> np.ndarray:
         """Start a session from context frames uint8 (..., T0, H, W, 3); returns the last one.
@@ -154,6 +164,9 @@ class World:
         The context's own transitions are labelled with LAM-inferred actions unless `actions`
         (..., T0-1) are given. Sampling options given here become the session's defaults.
         """
+        return self._reset(context, seed, actions, static=self._graphs_on(), **sampling)
+
+    def _reset(self, context, seed: int, actions, static: bool, **sampling) -> np.ndarray:
         self._need_dynamics()
         video, batched = self._video(context, "context")
         b, t0 = video.shape[:2]
@@ -173,12 +186,19 @@ class World:
             else:
                 trans = None
             per_frame = self.dynamics.frame_actions(trans, b, t0, self.device)
-        dyn_state = self.dynamics.new_state()
+        dyn_state = self.dynamics.new_state(static=static)
         self.dynamics.observe(dyn_state, dyn_in, per_frame, context_level=opts.context_level, generator=g)
-        dec_caches = self.tokenizer.decoder.new_cache()
-        self.tokenizer.decode_step(z, dec_caches, 0, window=self._decoder_window(window))
+        dec_caches = self.tokenizer.decoder.new_cache(static=static)
+        if static:  # static caches take one frame at a time, at a device position
+            dec_pos = torch.zeros((), dtype=torch.long, device=self.device)
+            for i in range(t0):
+                self.tokenizer.decode_step(z[:, i:i + 1], dec_caches, dec_pos, window=self._decoder_window(window))
+                dec_pos += 1
+        else:
+            self.tokenizer.decode_step(z, dec_caches, 0, window=self._decoder_window(window))
+            dec_pos = t0
         self._session = _Session(batch=b, batched=batched, generator=g, dyn_state=dyn_state, dec_caches=dec_caches,
-                                 dec_pos=t0, last_frame=video[:, -1])
+                                 dec_pos=dec_pos, last_frame=video[:, -1], static=static)
         self._session_opts = opts
         last = video[:, -1].cpu().numpy()
         return last if batched else last[0]
@@ -213,16 +233,36 @@ class World:
         s = self._session
         opts = self._session_opts.updated(**sampling)
         a = self._actions(action, s.batch)
+        if s.static and self.device.type == "cuda":
+            frame = self._graph(s, opts, a)(a)
+        else:
+            frame = self._frame(s, opts, a)
+        s.last_frame = frame
+        out = frame.cpu().numpy()
+        return out if s.batched else out[0]
+
+    def _frame(self, s: _Session, opts: SamplingOptions, a: torch.Tensor | None) -> torch.Tensor:
+        """One frame of the session for actions `a` (b,): sample, extend the caches, decode ->
+        uint8 (b, h, w, 3) on the device."""
         z = self._latents(self.dynamics.generate_frame(
             s.dyn_state, a, steps=opts.steps, cfg_scale=opts.cfg_scale, eta=opts.eta,
             context_level=opts.context_level, temperature=opts.temperature, generator=s.generator,
             batch=s.batch, device=self.device))
         window = opts.window or self.dynamics.cfg.context_window
         frame = self.tokenizer.decode_step(z, s.dec_caches, s.dec_pos, window=self._decoder_window(window))[:, 0]
-        s.dec_pos += 1
-        s.last_frame = frame
-        out = frame.cpu().numpy()
-        return out if s.batched else out[0]
+        s.dec_pos += 1  # (in place for a device counter)
+        return frame
+
+    def _graph(self, s: _Session, opts: SamplingOptions, a: torch.Tensor | None):
+        """The session's FrameGraph for these sampling options (a new one when they change)."""
+        from driftless.world.graphs import FrameGraph
+
+        key = (opts, a is None)
+        if s.graph is None or s.graph.key != key:
+            action = torch.zeros(s.batch, dtype=torch.long, device=self.device) if a is not None else None
+            s.graph = FrameGraph(lambda: self._frame(s, opts, action), action, s.generator, self.device)
+            s.graph.key = key
+        return s.graph
 
     @torch.no_grad()
     def rollout(self, context, actions, seed: int = 0, progress: bool = False, context_actions=None,
@@ -248,7 +288,9 @@ class World:
             n = acts.shape[1]
         else:
             n = int(actions) if np.isscalar(actions) else len(actions)
-        self.reset(video, seed=seed, actions=context_actions, **sampling)
+        # scheduling-matrix chunks attend several frames at once: not with static caches
+        self._reset(video, seed, context_actions, static=self._graphs_on() and schedule == "autoregressive",
+                    **sampling)
         frames = [video.cpu()]
         steps = range(n)
         if progress:
@@ -305,8 +347,10 @@ def _load_component(path: Path, meta: dict, kind: str, device):
     return load_model(path / name, device, kind=kind)
 
 
-def load(name_or_path: str | Path = "coinrun", device="cpu", threads: int | None = None) -> World:
-    """Load a world folder (or the shipped world by name, or a lone tokenizer checkpoint)."""
+def load(name_or_path: str | Path = "coinrun", device="cpu", threads: int | None = None,
+         cuda_graphs: bool | None = None) -> World:
+    """Load a world folder (or the shipped world by name, or a lone tokenizer checkpoint).
+    `cuda_graphs`: see `World` (default: on with CUDA)."""
     path = Path(name_or_path)
     if not path.exists():
         shipped = ASSETS / str(name_or_path)
@@ -329,4 +373,4 @@ def load(name_or_path: str | Path = "coinrun", device="cpu", threads: int | None
         raise FileNotFoundError(f"{path} has no tokenizer checkpoint")
     lam = _load_component(path, meta, "lam", device)
     dyn = _load_component(path, meta, "dynamics", device)
-    return World(tok, lam, dyn, meta, device)
+    return World(tok, lam, dyn, meta, device, cuda_graphs=cuda_graphs)
