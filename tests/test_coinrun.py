@@ -63,6 +63,27 @@ def test_tiny_generation_shapes_splits_and_rerun(tmp_path):
         generate(tmp_path / "x", 1, split="nope", **TINY)
 
 
+def test_another_procgen_game(tmp_path, capsys):
+    """--game: the same store from another Procgen game, named as such; CoinRun stays the default."""
+    from driftless.cli import main
+
+    assert main(["data", "coinrun", "--out", str(tmp_path / "fish"), "--episodes", "2", "--split", "val",
+                 "--workers", "1", "--envs-per-worker", "2", "--max-frames-per-episode", "8",
+                 "--episodes-per-shard", "1", "--game", "bigfish"]) == 0
+    fish = EpisodeStore(tmp_path / "fish")
+    assert fish.meta["source"] == "procgen:bigfish" and fish.num_episodes == 2
+    assert all(n.startswith("bigfish-val-hard-s0-") for n in fish.shard_names)
+    assert fish.info(0)["source"] == "procgen:bigfish" and fish.episode(0)["frames"].shape == (8, 64, 64, 3)
+    generate(tmp_path / "coin", 2, split="val", seed=0, **{**TINY, "max_frames_per_episode": 8})
+    coin = EpisodeStore(tmp_path / "coin")
+    assert coin.meta["source"] == "procgen:coinrun" and coin.shard_names[0].startswith("coinrun-val-hard-s0-")
+    assert not np.array_equal(np.array(coin.frames(0)), np.array(fish.frames(0)))
+    with pytest.raises(ValueError, match="source"):  # one game per store
+        generate(tmp_path / "fish", 2, split="val", seed=0, **{**TINY, "max_frames_per_episode": 8})
+    with pytest.raises(ValueError, match="unknown Procgen game"):
+        generate(tmp_path / "x", 1, game="pong", **TINY)
+
+
 def test_whole_episodes_rewards_and_train_levels(tmp_path):
     """Full episodes (no cap): the terminal reward of CoinRun is kept in info, consistent
     with procgen's level_complete flag; lengths respect the 1000-frame limit."""

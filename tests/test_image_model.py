@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from driftless.config import from_dict, override, to_dict
-from driftless.image.model import ImageConfig, ImageMAR, PRESETS, truncated_normal_ratio
+from driftless.image.model import ImageConfig, ImageMAR, PRESETS
+from driftless.nn.masking import truncated_normal
 
 
 def _model(order="random", **kw):
@@ -24,7 +25,7 @@ def test_config_checks_and_head_follows_the_model():
 
 
 def test_truncated_normal_mask_ratio():
-    r = truncated_normal_ratio(20000, 0.7, 0.25, "cpu", torch.Generator().manual_seed(0))
+    r = truncated_normal((20000,), 1.0, 0.25, 0.7, 1.0, "cpu", torch.Generator().manual_seed(0))
     assert r.min() >= 0.7 and r.max() <= 1.0
     # mean of N(1, 0.25) truncated to [0.7, 1]: 1 - 0.25 (phi(0) - phi(-1.2)) / (Phi(0) - Phi(-1.2)) = 0.8666
     assert abs(r.mean().item() - 0.8666) < 0.01

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from driftless.cli.common import add_dataclass_flags, dataclass_from_args
+from driftless.config import add_dataclass_flags, dataclass_from_args
 from driftless.config import option
 from driftless.models import registry
 from driftless.train.specs import STAGES, StageArgs, StageSpec, all_stages, get_stage, register_stage
@@ -143,3 +143,95 @@ def test_a_package_registers_its_own_model_kind_and_stage(tmp_path, monkeypatch)
     finally:
         STAGES.pop("toy", None)
         registry.KINDS.pop("toy", None)
+
+
+# ---- the showcases' stages ------------------------------------------------------------------------
+def test_the_stage_table_knows_the_showcases_without_importing_them_first():
+    import subprocess
+    import sys
+
+    code = ("import sys; from driftless.train import specs; "
+            "before = sorted(m for m in sys.modules if m.split('.')[:2] in (['driftless', 'image'], ['driftless', 'plan'], "
+            "['driftless', 'forecast'])); "
+            "names = list(specs.all_stages()); print(before, names, sorted(specs.STAGE_MODULES) == "
+            "sorted(set(specs.STAGE_MODULES)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ("[] ['tokenizer', 'lam', 'dynamics', 'image', 'sequence_df', 'forecaster'] True"), out
+    stages = all_stages()
+    assert {n: s.verb for n, s in stages.items() if s.verb} == {
+        "image": "driftless image train", "sequence_df": "driftless plan train", "forecaster": "driftless forecast train"}
+    assert all(n in registry.KINDS for n in stages)  # a stage trains the model kind of its name
+
+
+def test_driftless_train_offers_only_its_own_stages():
+    from driftless.cli import build_parser
+    from driftless.train.stages import run_stage
+
+    parser = build_parser()
+    for name in ("image", "sequence_df", "forecaster"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["train", name, "--data", "d", "--out", "o"])
+    with pytest.raises(ValueError, match="driftless plan train"):
+        run_stage(StageArgs(kind="sequence_df", data="d", out="o"))
+
+
+def test_showcase_clip_lengths_and_synthetic_batches():
+    from driftless.eval.bench import TrainBenchConfig, bench_train
+
+    image, seq, fc = get_stage("image"), get_stage("sequence_df"), get_stage("forecaster")
+    icfg = registry.preset("image", "debug")
+    assert image.with_clip_len(icfg)[1] == 1 and image.tokens_per_frame(icfg) == icfg.tokens
+    scfg = registry.preset("sequence_df", "debug")
+    assert seq.with_clip_len(scfg)[1] == scfg.max_tokens and seq.with_clip_len(scfg, 7)[0].max_tokens == 7
+    fcfg = registry.preset("forecaster", "debug")
+    assert fc.with_clip_len(fcfg)[1] == fcfg.context_length + fcfg.prediction_length and fc.synthetic_batch is None
+    with pytest.raises(ValueError, match="one-frame"):
+        image.synthetic_batch(icfg, 2, 3, torch.Generator())
+    for stage in ("image", "sequence_df"):
+        r = bench_train(TrainBenchConfig(stage=stage, preset="debug", batch_size=2, steps=1, warmup=0, device="cpu",
+                                         clip_len=4 if stage == "sequence_df" else None))
+        assert r["flops_per_step"] > 0 and r["clip_len"] == (4 if stage == "sequence_df" else 1)
+
+
+def test_showcase_configs_derive_from_their_data(tmp_path):
+    import numpy as np
+
+    from driftless import checkpoint
+    from driftless.config import to_dict
+    from driftless.forecast.data import load_dataset
+    from driftless.forecast.stage import ForecastOptions, forecaster_config
+    from driftless.image.data import write_image_folder
+    from driftless.image.stage import ImageOptions
+    from driftless.plan.maze import STEP_FEATURES
+    from driftless.plan.stage import SequenceOptions, maze_config
+
+    # image: the tokenizer's latent width and grid, the folder's classes; --order and --set win
+    tcfg = registry.preset("tokenizer", "debug")
+    checkpoint.save(tmp_path / "tok", "tokenizer", to_dict(tcfg), {})
+    imgs = np.zeros((4, 64, 64, 3), np.uint8)
+    write_image_folder(tmp_path / "imgs", imgs, np.array([0, 1, 1, 0]), ["b", "a"])
+    image = get_stage("image")
+    a = image.resolve(StageArgs(kind="image", data=str(tmp_path / "imgs"), out="o", overrides={"depth": 2},
+                                options=ImageOptions(tokenizer=str(tmp_path / "tok"), order="raster")))
+    assert a.overrides == {"depth": 2, "order": "raster"}
+    cfg = image.configure(registry.preset("image", "small"), a)
+    assert (tuple(cfg.grid), cfg.latent_dim, cfg.class_names) == (tuple(tcfg.grid), tcfg.latent_dim, ["a", "b"])
+    assert (cfg.depth, cfg.order, cfg.diffloss.token_dim) == (2, "raster", tcfg.latent_dim)
+    assert image.meta(a)["train_images"] == 4
+    with pytest.raises(ValueError, match="ImageOptions"):
+        image.configure(registry.preset("image", "small"), StageArgs(kind="image", data="d", out="o"))
+
+    # maze: token width from the frame stack, the window from the episode (DF) or the horizon (Diffuser)
+    data = {"maze": "umaze", "actions": np.zeros((500, 2))}
+    df = maze_config(registry.preset("sequence_df", "debug"), data, "x.npz", SequenceOptions(frame_stack=5))
+    diffuser = maze_config(registry.preset("sequence_df", "debug"), data, "x.npz",
+                           SequenceOptions(baseline="diffuser", frame_stack=5), {"width": 64})
+    assert df.token_dim == 5 * STEP_FEATURES and df.causal and df.meta["dataset_steps"] == 500
+    assert not diffuser.causal and diffuser.noise == "full_sequence" and diffuser.width == 64
+    assert diffuser.max_tokens != df.max_tokens and df.meta["baseline"] == "diffusion_forcing"
+
+    # forecaster: the data's series, horizon and season; the context defaults to twice the horizon
+    ds = load_dataset("synthetic:dim=3,prediction_length=4")
+    cfg = forecaster_config(registry.preset("forecaster", "debug"), ds, ForecastOptions(teacher_forcing=True))
+    assert (cfg.target_dim, cfg.prediction_length, cfg.context_length, cfg.teacher_forcing) == (3, 4, 8, True)
+    assert cfg.seasons == ((ds.season,) if 1 < ds.season <= ds.train.shape[0] // 2 else ())

@@ -56,6 +56,16 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def write_json(obj: dict, path: str | os.PathLike | None) -> None:
+    """Write a result `obj` as strict JSON (non-finite floats as null, numpy scalars as numbers)
+    atomically, if a path is given, and say where."""
+    if path:
+        from driftless.runtime import clean_json
+
+        atomic_write_json(path, clean_json(obj))
+        print(f"wrote {path}")
+
+
 def fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from driftless.cli.common import add_dataclass_flags, dataclass_from_args, write_json
+from driftless.checkpoint import write_json
+from driftless.config import add_dataclass_flags, dataclass_from_args
 from driftless.runtime import default_device
 
 EPILOG_TRAIN = """\
@@ -32,13 +33,13 @@ examples:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from driftless.cli.common import parse_overrides
+    from driftless.config import parse_overrides
     from driftless.eval.bench import TrainBenchConfig, bench_train
     from driftless.runtime import run_info
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    stages = _benchable_stages() if args.stage == "all" else [args.stage]
+    stages = _benchable_stages(world_only=True) if args.stage == "all" else [args.stage]
     results = []
     for stage in stages:
         cfg = dataclass_from_args(TrainBenchConfig, args, stage=stage,
@@ -92,10 +93,12 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _benchable_stages() -> list[str]:
+def _benchable_stages(world_only: bool = False) -> list[str]:
+    """The stages with a synthetic batch; world_only: those `driftless train` trains (`--stage all`)."""
     from driftless.train.specs import all_stages
 
-    return [name for name, spec in all_stages().items() if spec.synthetic_batch is not None]
+    return [name for name, spec in all_stages().items()
+            if spec.synthetic_batch is not None and not (world_only and spec.verb is not None)]
 
 
 def _default_clips() -> str:
@@ -117,7 +120,7 @@ def register(sub) -> None:
                                      "batches of the stage's shape.",
                          epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--stage", default=TrainBenchConfig.stage, choices=[*_benchable_stages(), "all"],
-                   help="the training stage to time, or all of them (default %(default)s)")
+                   help="the training stage to time, or all of `driftless train`'s (default %(default)s)")
     add_dataclass_flags(t, TrainBenchConfig, only=("preset",))
     t.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="override a model config field")
     add_dataclass_flags(t, TrainBenchConfig, only=("batch_size", "clip_len", "steps", "warmup", "precision", "compile",

@@ -25,6 +25,8 @@ interrupted run can simply be started again; unreadable files are reported and s
 
 
 def register(sub) -> argparse._SubParsersAction:
+    from driftless.data.coinrun import PROCGEN_GAMES
+
     p = sub.add_parser("data", help="make and inspect episode stores (CoinRun, video folders)",
                        description="Make and inspect episode stores: sharded, memory-mapped folders of "
                                    "frames, actions, rewards and episode boundaries.")
@@ -47,6 +49,9 @@ def register(sub) -> argparse._SubParsersAction:
     c.add_argument("--mode", choices=["hard", "easy"], default="hard", help="procgen distribution mode (default: hard)")
     c.add_argument("--max-frames-per-episode", type=int, default=None,
                    help="cut episodes to at most this many frames (default: keep whole episodes, at most 1000)")
+    c.add_argument("--game", choices=PROCGEN_GAMES, default="coinrun",
+                   help="another Procgen game instead of CoinRun (default: coinrun; see docs/architecture.md for "
+                        "what else a new game needs)")
     c.set_defaults(func=_coinrun)
 
     v = dsub.add_parser("videos", help="ingest a folder of video files",
@@ -75,7 +80,7 @@ def _coinrun(args) -> int:
     generate(args.out, args.episodes, split=args.split, workers=args.workers or os.cpu_count(),
              envs_per_worker=args.envs_per_worker, seed=args.seed, distribution_mode=args.mode,
              max_frames_per_episode=args.max_frames_per_episode,
-             episodes_per_shard=args.episodes_per_shard or DEFAULT_EPISODES_PER_SHARD)
+             episodes_per_shard=args.episodes_per_shard or DEFAULT_EPISODES_PER_SHARD, game=args.game)
     return 0
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from driftless.cli.common import add_dataclass_flags, dataclass_from_args, parse_overrides
+from driftless.config import add_dataclass_flags, dataclass_from_args, parse_overrides
 from driftless.runtime import default_device
 from driftless.train.specs import StageArgs, StageSpec, all_stages, get_stage
 from driftless.train.trainer import TrainConfig
@@ -73,12 +73,20 @@ def _run_latents(args: argparse.Namespace) -> int:
     return 0
 
 
+def _elsewhere() -> str:
+    """The stages that other verbs train (the showcases'), for the epilog."""
+    lines = [f"  {name:12s} {spec.verb}" for name, spec in all_stages().items() if spec.verb is not None]
+    return "\nstages trained by their own verbs:\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a tokenizer, latent action model or dynamics model",
                        description="One trainer for every stage: CPU, one GPU, or torchrun DDP with the same flags.",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EXAMPLES + _elsewhere(), formatter_class=argparse.RawDescriptionHelpFormatter)
     stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
     for name, spec in all_stages().items():
+        if spec.verb is not None:  # a showcase's stage: trained by its own verb
+            continue
         sp = stages.add_parser(name, help=spec.help, description=spec.help)
         _add_stage_flags(sp, spec)
         sp.set_defaults(func=_run)

@@ -1,5 +1,6 @@
 """Procgen CoinRun episodes from a uniform random agent: to disk (`generate`) or live
-(`StreamingClips`).
+(`StreamingClips`). `generate` and `make_env` take any other Procgen game (`PROCGEN_GAMES`) with
+`game=`; CoinRun is the default and the game the rest of the package is tuned on.
 
 Levels are split by level seed into disjoint ranges (`SPLITS`). gym3's observe/act loop
 gives (reward, obs, first): `first` marks the first frame of a new episode, and the reward
@@ -14,7 +15,7 @@ Which episodes are kept is decided when they start (the first `count` episodes s
 in a shard, in (step, env) order), not when they end, so long episodes are not under-
 represented; the others are stepped but dropped.
 
-Shards: `coinrun-{split}-{mode}-s{seed}-{g:05d}`, shard g holding `episodes_per_shard`
+Shards: `{game}-{split}-{mode}-s{seed}-{g:05d}`, shard g holding `episodes_per_shard`
 episodes (the last one possibly fewer). Each shard has its own procgen rand_seed and action
 RNG derived from (seed, split, mode, g), so its content depends on (seed, envs_per_worker,
 episodes_per_shard, max_frames_per_episode) and NOT on the number of workers, and an
@@ -43,10 +44,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 from driftless.data.store import EpisodeStore, estimate_bytes
 
 SPLITS = {"train": (0, 10000), "val": (10000, 10500), "test": (10500, 11000)}
+# the 16 Procgen games (all share the 15-action set and 64x64 frames)
+PROCGEN_GAMES = ("bigfish", "bossfight", "caveflyer", "chaser", "climber", "coinrun", "dodgeball", "fruitbot",
+                 "heist", "jumper", "leaper", "maze", "miner", "ninja", "plunder", "starpilot")
 MODES = ("hard", "easy")
 NUM_ACTIONS = 15  # procgen's full action set
 RESOLUTION = (64, 64)
-EPISODE_FRAME_CAP = 1000  # procgen's CoinRun time limit
+EPISODE_FRAME_CAP = 1000  # procgen's CoinRun time limit (used for the disk estimate)
 # Random-agent episode length, hard mode, measured here on 600 episodes chosen at start:
 # mean 620 frames, median 630, 34% hit the 1000 cap (easy: mean 656). The disk estimate uses
 # this rounded-up constant per episode (or max_frames_per_episode if smaller).
@@ -83,12 +87,19 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"unknown distribution mode {mode!r}: expected one of {list(MODES)}")
 
 
-def make_env(num: int, split: str = "train", rand_seed: int = 0, distribution_mode: str = "hard"):
-    """A gym3 CoinRun vector env of `num` envs drawing levels from `split`."""
+def check_game(game: str) -> None:
+    if game not in PROCGEN_GAMES:
+        raise ValueError(f"unknown Procgen game {game!r}: expected one of {list(PROCGEN_GAMES)}")
+
+
+def make_env(num: int, split: str = "train", rand_seed: int = 0, distribution_mode: str = "hard",
+             game: str = "coinrun"):
+    """A gym3 vector env of `num` envs of a Procgen game (CoinRun by default) drawing levels from `split`."""
     lo, hi = split_range(split)
     _check_mode(distribution_mode)
+    check_game(game)
     env_cls = import_procgen()
-    return env_cls(num=int(num), env_name="coinrun", start_level=lo, num_levels=hi - lo,
+    return env_cls(num=int(num), env_name=game, start_level=lo, num_levels=hi - lo,
                    distribution_mode=distribution_mode, rand_seed=int(rand_seed), num_threads=0)
 
 
@@ -154,8 +165,8 @@ def _finish(cur: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
 
 
 # ------------------------------------------------------------------------------ generate
-def shard_name(split: str, mode: str, seed: int, g: int) -> str:
-    return f"coinrun-{split}-{mode}-s{seed}-{g:05d}"
+def shard_name(split: str, mode: str, seed: int, g: int, game: str = "coinrun") -> str:
+    return f"{game}-{split}-{mode}-s{seed}-{g:05d}"
 
 
 def _shard_job(out: str, job: dict, on_episode=None) -> tuple[int, int, int]:
@@ -164,10 +175,10 @@ def _shard_job(out: str, job: dict, on_episode=None) -> tuple[int, int, int]:
     if store.has_shard(job["name"]):  # a shorter copy from a smaller earlier run: replace it
         store.remove_shard(job["name"])
     env_seed, rng = _seeds(job["seed"], _SPLIT_ID[job["split"]], _MODE_ID[job["mode"]], _SHARD_TAG, job["g"])
-    env = make_env(job["envs"], job["split"], env_seed, job["mode"])
+    env = make_env(job["envs"], job["split"], env_seed, job["mode"], job["game"])
     with store.writer(job["name"]) as w:
         for frames, actions, rewards, info in run_episodes(env, rng, want=job["count"], max_frames=job["max_frames"]):
-            w.add_episode(frames, actions, rewards, source="procgen:coinrun", split=job["split"],
+            w.add_episode(frames, actions, rewards, source=f"procgen:{job['game']}", split=job["split"],
                           distribution_mode=job["mode"], gen=job["gen"], **info)
             if on_episode is not None:
                 on_episode(len(frames))
@@ -190,7 +201,7 @@ def _run_parallel(out: str, jobs: list[dict], workers: int, bar) -> tuple[int, i
     if sys.platform.startswith("linux"):
         # fork, like DataLoader workers: no re-import of torch in each child, and procgen's
         # one-off asset loading (seconds) is done once here and inherited by every child
-        make_env(1, jobs[0]["split"], 0, jobs[0]["mode"]).close()
+        make_env(1, jobs[0]["split"], 0, jobs[0]["mode"], jobs[0]["game"]).close()
         ctx = mp.get_context("fork")
     else:
         ctx = mp.get_context("spawn")
@@ -208,7 +219,7 @@ def _run_parallel(out: str, jobs: list[dict], workers: int, bar) -> tuple[int, i
             except queue.Empty:
                 dead = [w for w, p in enumerate(procs) if w not in done and not p.is_alive()]
                 if dead:
-                    raise RuntimeError(f"CoinRun worker(s) {dead} died (exit codes "
+                    raise RuntimeError(f"Procgen worker(s) {dead} died (exit codes "
                                        f"{[procs[w].exitcode for w in dead]}); re-run to resume")
                 continue
             if kind == "episode":
@@ -219,7 +230,7 @@ def _run_parallel(out: str, jobs: list[dict], workers: int, bar) -> tuple[int, i
             elif kind == "done":
                 done.add(wid)
             else:
-                raise RuntimeError(f"CoinRun worker {wid} failed (re-run the same command to resume):\n{payload}")
+                raise RuntimeError(f"Procgen worker {wid} failed (re-run the same command to resume):\n{payload}")
     finally:
         for p in procs:
             if p.is_alive() and p.pid is not None and len(done) < workers:
@@ -231,8 +242,9 @@ def _run_parallel(out: str, jobs: list[dict], workers: int, bar) -> tuple[int, i
 
 def generate(out, episodes: int, split: str = "train", workers: int | None = None, envs_per_worker: int = 16,
              seed: int = 0, distribution_mode: str = "hard", max_frames_per_episode: int | None = None,
-             episodes_per_shard: int = DEFAULT_EPISODES_PER_SHARD, verbose: bool = True) -> dict:
-    """Write `episodes` random-agent CoinRun episodes of `split` into the store at `out`.
+             episodes_per_shard: int = DEFAULT_EPISODES_PER_SHARD, verbose: bool = True, game: str = "coinrun") -> dict:
+    """Write `episodes` random-agent episodes of `split` of a Procgen game (CoinRun by default)
+    into the store at `out`.
 
     Parallel over `workers` processes (1: in this process); resumable (existing shards are
     skipped); refuses with DiskSpaceError when the estimate exceeds free space. Returns
@@ -240,6 +252,7 @@ def generate(out, episodes: int, split: str = "train", workers: int | None = Non
     "store_episodes", "store_frames"} (the first five count this run only)."""
     split_range(split)
     _check_mode(distribution_mode)
+    check_game(game)
     episodes, envs, per_shard = int(episodes), int(envs_per_worker), int(episodes_per_shard)
     workers = int(workers or os.cpu_count() or 1)
     if episodes < 1 or envs < 1 or per_shard < 1 or workers < 1:
@@ -251,7 +264,7 @@ def generate(out, episodes: int, split: str = "train", workers: int | None = Non
     import_procgen()  # fail early with the install hint
     out = Path(out)
     gen = f"e{envs}-p{per_shard}-m{max_frames or 0}"
-    meta = {"source": "procgen:coinrun", "split": split, "distribution_mode": distribution_mode,
+    meta = {"source": f"procgen:{game}", "split": split, "distribution_mode": distribution_mode,
             "levels": list(SPLITS[split]), "num_actions": NUM_ACTIONS}
 
     store = EpisodeStore(out) if (out / "store.json").exists() else None
@@ -262,8 +275,8 @@ def generate(out, episodes: int, split: str = "train", workers: int | None = Non
                                  f"use a separate --out per split and mode")
     jobs, skipped = [], 0
     for g in range(-(-episodes // per_shard)):
-        job = {"name": shard_name(split, distribution_mode, seed, g), "g": g, "seed": int(seed), "split": split,
-               "mode": distribution_mode, "envs": envs, "max_frames": max_frames, "gen": gen,
+        job = {"name": shard_name(split, distribution_mode, seed, g, game), "g": g, "seed": int(seed), "split": split,
+               "mode": distribution_mode, "game": game, "envs": envs, "max_frames": max_frames, "gen": gen,
                "count": min(per_shard, episodes - g * per_shard)}
         if store is not None and store.has_shard(job["name"]):
             have = store.shard_episodes(job["name"])
@@ -285,7 +298,7 @@ def generate(out, episodes: int, split: str = "train", workers: int | None = Non
     free = shutil.disk_usage(probe).free
     if need > free:
         raise DiskSpaceError(
-            f"not enough disk space in {probe}: {len(jobs)} shard(s) of CoinRun need about {need / 1e9:.2f} GB "
+            f"not enough disk space in {probe}: {len(jobs)} shard(s) of {game} need about {need / 1e9:.2f} GB "
             f"({need} bytes, {per_episode} frames per episode estimated) but only {free / 1e9:.2f} GB ({free} bytes) "
             f"are free; ask for fewer --episodes, set --max-frames-per-episode, or stream with StreamingClips")
     EpisodeStore.create(out, RESOLUTION, meta=meta)
@@ -294,7 +307,7 @@ def generate(out, episodes: int, split: str = "train", workers: int | None = Non
 
     t0 = time.time()
     total = sum(j["count"] for j in jobs)
-    with tqdm(total=total, unit="ep", desc=f"coinrun {split}", disable=not verbose or total == 0) as bar:
+    with tqdm(total=total, unit="ep", desc=f"{game} {split}", disable=not verbose or total == 0) as bar:
         n_proc = min(workers, len(jobs))
         if n_proc <= 1:
             eps = frames = nbytes = 0
@@ -309,7 +322,7 @@ def generate(out, episodes: int, split: str = "train", workers: int | None = Non
                "frames_per_s": round(frames / seconds, 1) if seconds > 0 else 0.0, "skipped_shards": skipped,
                "shards": len(jobs), "store_episodes": store.num_episodes, "store_frames": store.num_frames}
     if verbose:
-        print(f"coinrun {split}: wrote {eps} episodes, {frames} frames, {nbytes / 1e6:.1f} MB in {seconds:.1f} s "
+        print(f"{game} {split}: wrote {eps} episodes, {frames} frames, {nbytes / 1e6:.1f} MB in {seconds:.1f} s "
               f"({summary['frames_per_s']:.0f} frames/s); skipped {skipped} existing shard(s); "
               f"store {out} now holds {store.num_episodes} episodes, {store.num_frames} frames")
     return summary

@@ -129,7 +129,7 @@ def count_flops(fn) -> int:
 # ---- training throughput --------------------------------------------------------------------------
 @dataclass
 class TrainBenchConfig:
-    stage: str = "tokenizer"  # a training stage (train.specs.STAGES): tokenizer | lam | dynamics
+    stage: str = "tokenizer"  # a training stage with a synthetic batch (train.specs.STAGES), e.g. dynamics
     preset: str = option("debug", help="model preset: debug | small | base (default debug)")
     batch_size: int = option(8, help="clips per step")
     clip_len: int | None = option(None, help="frames per clip (default: the stage's, as in training)")
@@ -276,6 +276,8 @@ def _time_data(spec, cfg: TrainBenchConfig, mcfg, clip_len: int, info, batches: 
     from driftless.train.specs import StageArgs
     from driftless.train.trainer import TrainConfig, _to_device
 
+    if spec.data is None:
+        raise ValueError(f"stage {cfg.stage!r} has no data stream to time (it trains in memory: `{spec.verb}`)")
     args = StageArgs(kind=cfg.stage, data=cfg.data, out="", train=TrainConfig(batch_size=cfg.batch_size, seed=cfg.seed),
                      clip_len=clip_len, workers=cfg.workers, device=str(info.device), data_on_device=cfg.data_on_device)
     t = time.perf_counter()

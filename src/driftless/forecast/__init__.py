@@ -2,6 +2,7 @@
 
     model.py     the causal Diffusion-Forcing forecaster, its config and presets; checkpoint kind
                  "forecaster" (loaded by `driftless.models.registry.load_model`)
+    stage.py     the `forecaster` stage: its config for a dataset (`forecaster_config`)
     data.py      GluonTS files, statsmodels' macrodata, a synthetic process with a known law
     train.py     training glue: random windows through the shared `Trainer`; saving
     metrics.py   CRPS, CRPS-sum, ND, NRMSE, coverage (GluonTS's definitions)

@@ -6,11 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from driftless.cli.common import parse_overrides
-
-DATA_HELP = ("dataset: 'macrodata' (statsmodels, offline), 'synthetic' (known law), options as "
-             "'synthetic:dim=2,prediction_length=4', or a GluonTS dataset folder (metadata.json, train/, test/; "
-             "options 'PATH:max_target_dim=100')")
+from driftless.config import add_dataclass_flags, dataclass_from_args, parse_overrides
+from driftless.forecast.stage import DATA_HELP, ForecastOptions
 
 
 def _threads(args) -> None:
@@ -36,22 +33,16 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args) -> int:
     _threads(args)
-    from driftless.config import override
     from driftless.forecast.data import load_dataset
     from driftless.forecast.model import Forecaster, preset
+    from driftless.forecast.stage import forecaster_config
     from driftless.forecast.train import ForecastTrainConfig, save_forecaster, train_forecaster
 
     ds = load_dataset(args.data)
     print(ds.summary())
-    h = ds.prediction_length
-    ctx = args.context_length or 2 * h
-    if args.seasons == "auto":
-        seasons = [ds.season] if 1 < ds.season <= ds.train.shape[0] // 2 else []
-    else:
-        seasons = [int(s) for s in args.seasons.split(",") if s.strip()]
-    cfg = preset(args.preset, target_dim=ds.dim, prediction_length=h, context_length=ctx, seasons=seasons,
-                 teacher_forcing=args.teacher_forcing)
-    cfg = override(cfg, parse_overrides(args.set))
+    cfg = forecaster_config(preset(args.preset), ds, dataclass_from_args(ForecastOptions, args),
+                            parse_overrides(args.set))  # the stage's (forecast/stage.py)
+    h, ctx = cfg.prediction_length, cfg.context_length
     model = Forecaster(cfg)
     tcfg = ForecastTrainConfig(steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     n_params = sum(p.numel() for p in model.parameters())
@@ -169,9 +160,7 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--preset", default="small", help="debug | small | small_transformer | base | base_gru")
-    p.add_argument("--context-length", type=int, default=None, help="history steps the model sees (default 2 x horizon)")
-    p.add_argument("--seasons", default="auto", help="comma-separated periods to embed, 'auto' (the data's) or ''")
-    p.add_argument("--teacher-forcing", action="store_true", help="train the teacher-forcing baseline instead")
+    add_dataclass_flags(p, ForecastOptions)
     p.add_argument("--train-steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)

@@ -3,6 +3,8 @@ with a per-token diffusion loss (a showcase).
 
     model.py       the MAR image model (random order, or the raster-order ablation), its config
                    and presets; checkpoint kind "image"
+    stage.py       the `image` training stage (config from the tokenizer and the classes, cached
+                   latents, validation), run by `driftless image train`
     data.py        ImageFolder reading and writing, the 16-Procgen-games image set, latent caches
     classifier.py  the evaluation classifier trained on real frames (kind "image_classifier")
                    and the metrics it gives: accuracy, precision / recall, Fréchet distance

@@ -49,53 +49,22 @@ def _load_tokenizer(path: str, device: str):
 
 
 def _train(args) -> int:
-    import torch
+    from driftless.config import dataclass_from_args, parse_overrides
+    from driftless.image.stage import ImageOptions
+    from driftless.train.specs import StageArgs
+    from driftless.train.stages import run_stage
+    from driftless.train.trainer import TrainConfig
 
-    from driftless.cli.common import parse_overrides
-    from driftless.config import override, to_dict
-    from driftless.image.data import cached_latents
-    from driftless.models import registry
-    from driftless.train.distributed import setup
-    from driftless.train.memory import TensorBatches
-    from driftless.train.trainer import TrainConfig, Trainer
-
-    info = setup(args.device)
-    if info.enabled:
-        raise ValueError("driftless image train runs on one process (no torchrun)")
-    tok = _load_tokenizer(args.tokenizer, str(info.device))
-    out = Path(args.out)
-    lat, labels, classes = cached_latents(args.data, tok, args.tokenizer, out / "latents-train.safetensors", None,
-                                    args.max_per_class, str(info.device))
-    val = []
-    if args.val_data:
-        vlat, vlab, _ = cached_latents(args.val_data, tok, args.tokenizer, out / "latents-val.safetensors", classes,
-                                 None, str(info.device))
-        g = torch.Generator().manual_seed(999)
-        perm = torch.randperm(len(vlat), generator=g)
-        val = [{"latents": vlat[perm[i:i + args.batch_size]], "labels": vlab[perm[i:i + args.batch_size]]}
-               for i in range(0, min(len(vlat), args.batch_size * args.val_batches), args.batch_size)]
-    derived = {"grid": list(tok.cfg.grid), "latent_dim": tok.cfg.latent_dim, "num_classes": len(classes),
-               "class_names": list(classes)}
-    overrides = parse_overrides(args.set)
-    if args.order:
-        overrides["order"] = args.order
-    cfg = override(registry.preset("image", args.preset), {**derived, **overrides})
-    torch.manual_seed(args.seed)
-    model = registry.build("image", cfg)
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
                         warmup=args.warmup, weight_decay=args.weight_decay, ema_decay=args.ema_decay, seed=args.seed,
-                        log_every=args.log_every, val_every=args.val_every if val else 0,
+                        log_every=args.log_every, val_every=args.val_every if args.val_data else 0,
                         save_every=args.save_every, max_minutes=args.max_minutes, time_budget=args.time_budget)
-    meta = {"preset": args.preset, "data": str(Path(args.data).resolve()), "overrides": overrides,
-            "tokenizer": str(Path(args.tokenizer).resolve()), "train_images": len(lat)}
-    trainer = Trainer(model, train, out, info, "image", to_dict(cfg), meta=meta)
-    if args.resume:
-        print(f"resumed from step {trainer.step}" if trainer.resume() else "no checkpoint to resume; starting fresh")
-    batches = TensorBatches({"latents": lat, "labels": labels}, args.batch_size, seed=args.seed)
+    run = StageArgs(kind="image", data=args.data, out=args.out, preset=args.preset, overrides=parse_overrides(args.set),
+                    train=train, val_data=args.val_data, val_batches=args.val_batches, device=args.device,
+                    resume=args.resume, options=dataclass_from_args(ImageOptions, args))
     t0, c0 = time.time(), time.process_time()
-    summary = trainer.fit(batches.stream, val)
-    summary.update(checkpoint=str(out / "checkpoint"), cpu_seconds=round(time.process_time() - c0, 1),
-                   wall_seconds=round(time.time() - t0, 1))
+    summary = run_stage(run)  # the image stage (image/stage.py): latents, config, validation
+    summary.update(cpu_seconds=round(time.process_time() - c0, 1), wall_seconds=round(time.time() - t0, 1))
     print(json.dumps(summary), flush=True)
     return 0 if summary["stopped"] != "nonfinite" else 3
 
@@ -267,6 +236,8 @@ def _add_sampling(p: argparse.ArgumentParser, many: bool) -> None:
 
 
 def register(sub) -> None:
+    from driftless.config import add_dataclass_flags
+    from driftless.image.stage import ImageOptions
     from driftless.train.trainer import TrainConfig
 
     p = sub.add_parser("image", help="MAR image generation: train, sample, evaluate",
@@ -282,14 +253,13 @@ def register(sub) -> None:
                                     "MAR image model with the shared trainer (EMA, cosine schedule, --resume).")
     t.add_argument("--data", required=True, help="ImageFolder: one sub-folder of images per class")
     t.add_argument("--val-data", help="held-out ImageFolder (same classes) for the validation loss")
-    t.add_argument("--tokenizer", required=True, help="tokenizer checkpoint folder (continuous KL latents)")
+    add_dataclass_flags(t, ImageOptions, only=("tokenizer",))
     t.add_argument("--out", required=True, help="run folder: checkpoint/, metrics.jsonl, latent caches")
     t.add_argument("--preset", default="small", help="debug | cpu | small | base (default small)")
-    t.add_argument("--order", choices=["random", "raster"],
-                   help="random: MAR, bidirectional (default); raster: causal next-token ablation")
+    add_dataclass_flags(t, ImageOptions, only=("order",))
     t.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="override a config field (e.g. --set depth=8 --set diffloss.width=512)")
-    t.add_argument("--max-per-class", type=int, help="use at most this many training images per class")
+    add_dataclass_flags(t, ImageOptions, only=("max_per_class",))
     t.add_argument("--steps", type=int, default=d.steps)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=d.lr)

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from driftless.checkpoint import atomic_write_json
+from driftless.data.coinrun import PROCGEN_GAMES
 
-GAMES = ("bigfish", "bossfight", "caveflyer", "chaser", "climber", "coinrun", "dodgeball", "fruitbot", "heist",
-         "jumper", "leaper", "maze", "miner", "ninja", "plunder", "starpilot")
+GAMES = PROCGEN_GAMES  # one class per Procgen game
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _SPLIT_ID = {"train": 0, "val": 1, "test": 2}
 
@@ -155,15 +155,12 @@ def write_image_folder(root: str | Path, images: np.ndarray, labels: np.ndarray,
 def _game_frames(game: str, count: int, split: str, stride: int, envs: int, seed: int, mode: str,
                  max_steps: int) -> np.ndarray:
     """`count` frames (count, 64, 64, 3) of one game from a random agent, `stride` steps apart."""
-    from driftless.data.coinrun import NUM_ACTIONS, import_procgen, split_range
+    from driftless.data.coinrun import NUM_ACTIONS, make_env
 
-    lo, hi = split_range(split)
-    env_cls = import_procgen()
     key = [seed, _SPLIT_ID[split], GAMES.index(game)]
     env_seed = int(np.random.SeedSequence(key + [0]).generate_state(1)[0] % (2**31 - 1))
     rng = np.random.default_rng(np.random.SeedSequence(key + [1]))
-    env = env_cls(num=envs, env_name=game, start_level=lo, num_levels=hi - lo, distribution_mode=mode,
-                  rand_seed=env_seed, num_threads=0)
+    env = make_env(envs, split, env_seed, mode, game)
     phase = rng.integers(0, stride, size=envs)  # each env keeps frames at its own offset
     frames, step = [], 0
     try:

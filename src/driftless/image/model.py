@@ -43,6 +43,7 @@ from torch import nn
 
 from driftless.diffusion.diffloss import DiffLoss, DiffLossConfig, diffloss_config, linear_cfg_schedule
 from driftless.nn.attention import Attention, KVCache
+from driftless.nn.masking import truncated_normal
 from driftless.nn.st_transformer import Mlp
 
 ORDERS = ("random", "raster")
@@ -124,13 +125,6 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, causal: bool, cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), causal=causal, cache=cache, commit=cache is not None)
         return x + self.mlp(self.norm2(x))
-
-
-def truncated_normal_ratio(n: int, low: float, std: float, device, generator=None) -> torch.Tensor:
-    """(n,) draws of a normal(1, std) truncated to [low, 1] by inverse-CDF sampling."""
-    a = torch.special.ndtr(torch.tensor((low - 1.0) / std, dtype=torch.float64))
-    u = a + (0.5 - a) * torch.rand(n, generator=generator, device=device, dtype=torch.float64)  # Phi(0) = 0.5
-    return (1.0 + std * torch.special.ndtri(u)).clamp(low, 1.0).float()
 
 
 class ImageMAR(nn.Module):
@@ -221,7 +215,8 @@ class ImageMAR(nn.Module):
         return seq[:, nb:] if self.cfg.order == "random" else seq[:, nb - 1:]  # (b, s, d)
 
     # ---- training --------------------------------------------------------------------------
-    def _batch_latents(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def batch_latents(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A training batch -> (normalised latents (b, s, C), labels (b,) or None)."""
         if "latents" in batch:
             x = batch["latents"]
             want = (self.cfg.tokens, self.cfg.latent_dim)
@@ -249,7 +244,7 @@ class ImageMAR(nn.Module):
         if self.cfg.order == "raster":
             z = self.backbone(x, None, cls)
             return self.head.loss(x, z, generator=generator), {"mask_ratio": torch.tensor(1.0)}
-        ratio = truncated_normal_ratio(b, self.cfg.mask_ratio_min, self.cfg.mask_ratio_std, dev, generator)
+        ratio = truncated_normal((b,), 1.0, self.cfg.mask_ratio_std, self.cfg.mask_ratio_min, 1.0, dev, generator)
         n_mask = torch.ceil(ratio * s).long().clamp(1, s)  # (b,)
         order = torch.argsort(torch.rand(b, s, device=dev, generator=generator), dim=1)  # (b, s) a permutation
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(s, device=dev).expand(b, s))
@@ -258,16 +253,8 @@ class ImageMAR(nn.Module):
         return self.head.loss(x, z, masked, generator=generator), {"mask_ratio": masked.float().mean().detach()}
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        x, labels = self._batch_latents(batch)
+        x, labels = self.batch_latents(batch)
         return self.masked_loss(x, labels)
-
-    @torch.no_grad()
-    def validation(self, batch: dict) -> tuple[dict, None]:
-        """Held-out diffusion loss with fixed masks, levels and noise (comparable across steps)."""
-        x, labels = self._batch_latents(batch)
-        g = torch.Generator(device=x.device).manual_seed(1234)
-        loss, _ = self.masked_loss(x, labels, generator=g)
-        return {"loss": float(loss)}, None
 
     # ---- sampling --------------------------------------------------------------------------
     def _z_pair(self, x, known, cls, null, guided):

@@ -65,6 +65,7 @@ class MaskGITFrame(FrameModel):
     code indices (b, t, s) int64; the decoder gets their code vectors."""
 
     name = "maskgit"
+    codebook_key = "maskgit.codebook_size"
 
     def __init__(self, cfg: DynamicsConfig, build_shared: BuildShared = no_shared_layers):
         super().__init__(cfg)

@@ -20,7 +20,9 @@ The frame model owns everything that depends on what a frame is made of:
   (what the dynamics observes of a video, and the normalised latents the decoder gets for it),
   `to_latents(tokenizer, out)` (a generated frame -> normalised latents) and
   `tokenizer_overrides(cfg)` (the tokenizer settings it needs). Defaults: normalised latents
-  (b, t, s, c) in and out, any tokenizer of the same latent_dim;
+  (b, t, s, c) in and out, any tokenizer of the same latent_dim. A frame model of VQ code
+  indices names the config key of its codebook size in `codebook_key`; the dynamics stage
+  sets it from the latent cache (and refuses a cache without codes);
 * the network: `embed(inputs)` (inputs -> backbone tokens) and `forward(run, ...)`, its output
   over a clip (its own signature, see each model);
 * training: `training_loss(run, batch) -> (loss, metrics)`;
@@ -71,6 +73,9 @@ class FrameModel(nn.Module, ABC):
 
     name: ClassVar[str]
     teacher_forcing: ClassVar[bool] = False  # whether the config's `teacher_forcing` variant applies
+    # reads VQ code indices: the config key of its codebook size, which training takes from the latent
+    # cache (the VQ tokenizer's codebook); None: reads continuous latents, any cache will do
+    codebook_key: ClassVar[str | None] = None
     moved_from_dynamics: ClassVar[tuple[str, ...]] = ()  # old top-level weight prefixes, now under `frame.`
     # its generate_frame has fixed shapes and no host synchronisation: a play session's frame can
     # be recorded as a CUDA graph (world/graphs.py)

@@ -62,6 +62,22 @@ def build(kind: str, cfg) -> nn.Module:
     return model_cls(cfg)
 
 
+def _not_this_version(path, e: Exception) -> checkpoint.CheckpointError:
+    return checkpoint.CheckpointError(f"{path}: its config does not fit this version of driftless "
+                                      f"({e}); retrain it or use a matching version")
+
+
+def load_config(path: str | Path, kind: str | None = None):
+    """The config of a checkpoint folder, as its dataclass, without reading its weights (what
+    another model is derived from, e.g. a tokenizer's latent width and grid)."""
+    header = checkpoint.read_header(path, kind)
+    _, cfg_cls, _ = kind_info(header["kind"])
+    try:
+        return from_dict(cfg_cls, header["config"])
+    except (TypeError, ValueError) as e:
+        raise _not_this_version(path, e) from e
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", ema: bool = True,
                kind: str | None = None) -> nn.Module:
     """Rebuild a model from a checkpoint folder (config.json + safetensors), in eval mode."""
@@ -70,8 +86,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", ema: bool =
     try:
         model = model_cls(from_dict(cfg_cls, header["config"]))
     except (TypeError, ValueError) as e:
-        raise checkpoint.CheckpointError(f"{path}: its config does not fit this version of driftless "
-                                         f"({e}); retrain it or use a matching version") from e
+        raise _not_this_version(path, e) from e
     state = checkpoint.read_weights(path, ema=ema)
     try:
         missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)

@@ -22,8 +22,8 @@ def truncated_normal(shape: tuple[int, ...], mean: float, std: float, low: float
                      device=None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Samples of N(mean, std^2) restricted to [low, high], by inverting the normal CDF.
 
-    MAR's mask ratio (`models/image.py`'s `truncated_normal_ratio(n, low, std)`) is
-    `truncated_normal((n,), 1.0, std, low, 1.0, device, generator)`, draw for draw."""
+    MAR's mask ratio, N(1, std^2) on [low, 1], is `truncated_normal((n,), 1.0, std, low, 1.0, device,
+    generator)` (the image model's and the MAR frame model's)."""
     a = torch.special.ndtr(torch.tensor((low - mean) / std, dtype=torch.float64))
     b = torch.special.ndtr(torch.tensor((high - mean) / std, dtype=torch.float64))
     u = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)

@@ -3,6 +3,7 @@
     sequence_df.py  the low-dimensional Diffusion-Forcing sequence model (causal, or the
                     Diffuser-like bidirectional baseline); checkpoint kind "sequence_df", loaded
                     by `driftless.models.registry.load_model`
+    stage.py        the `sequence_df` stage: its config for a maze dataset (`maze_config`)
     planner.py      model-agnostic planning: MPC, reward guidance, Monte Carlo Tree Guidance,
                     the full-sequence (Diffuser-like) baseline
     maze.py         Maze2D on PointMaze the D4RL way: layouts, environments, waypoint controller,

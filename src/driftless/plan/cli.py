@@ -91,6 +91,9 @@ def _cross(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from driftless.config import add_dataclass_flags
+    from driftless.plan.stage import SequenceOptions
+
     p = sub.add_parser("plan", help="plan with Diffusion Forcing: Maze2D benchmark, compositional crosses",
                        description="Diffusion-Forcing planning: train sequence models on offline maze data, "
                                    "plan with MPC, goal guidance and Monte Carlo Tree Guidance.",
@@ -100,15 +103,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = ps.add_parser("train", help="train a sequence model on a maze dataset (from `driftless data maze`)")
     t.add_argument("--data", required=True, help=".npz maze dataset")
     t.add_argument("--out", required=True, help="checkpoint folder to write")
-    t.add_argument("--baseline", choices=["diffuser"], help="train the Diffuser-like baseline instead: "
-                   "bidirectional attention, one noise level per sequence")
+    add_dataclass_flags(t, SequenceOptions, only=("baseline",))
     t.add_argument("--preset", default="small", help="model size: debug | small | base (default small)")
     t.add_argument("--steps", type=int, default=4000, help="optimizer steps (default 4000)")
     t.add_argument("--batch", type=int, default=256, help="windows per step (default 256)")
     t.add_argument("--lr", type=float, default=3e-4)
-    t.add_argument("--frame-stack", type=int, default=10, help="environment steps per token (default 10)")
-    t.add_argument("--tokens", type=int, help="tokens per training window (default: the episode for DF, "
-                                              "Diffuser's horizon 128/256/384 steps for the baseline)")
+    add_dataclass_flags(t, SequenceOptions, only=("frame_stack", "tokens"))
     t.add_argument("--max-minutes", type=float, default=0.0,
                    help="stop after this many minutes (the learning-rate decay follows the clock)")
     t.add_argument("--compile", action="store_true", help="torch.compile the network for training")

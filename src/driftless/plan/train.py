@@ -9,7 +9,6 @@ returned and saved. `fit` takes a sampler `sample(batch, generator) -> (x0, cond
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -17,8 +16,8 @@ from typing import Callable
 import torch
 
 from driftless.plan import sequence_df as sdf
-from driftless.plan.evaluate import DIFFUSER_HORIZON
-from driftless.plan.maze import STEP_FEATURES, MazeTokens, get_maze, load_dataset
+from driftless.plan.maze import MazeTokens, load_dataset
+from driftless.plan.stage import SequenceOptions, maze_config
 from driftless.train.memory import random_batches, train_in_memory
 from driftless.train.trainer import TrainConfig
 
@@ -68,22 +67,11 @@ def train_maze_model(data_path: str, out: str, baseline: str | None, preset: str
                      half: bool = False) -> dict:
     """Train a Diffusion-Forcing (or Diffuser-like) sequence model on a maze dataset; save it."""
     data = load_dataset(data_path)
-    spec = get_maze(data["maze"])
-    if tokens is None:  # DF plans the whole episode; Diffuser its published horizon
-        steps_ = DIFFUSER_HORIZON[spec.name] if baseline == "diffuser" else spec.episode_len
-        tokens = math.ceil(steps_ / frame_stack)
     if preset not in sdf.PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(sdf.PRESETS)}")
-    cfg = copy.deepcopy(sdf.PRESETS[preset])
-    cfg.token_dim = frame_stack * STEP_FEATURES
-    cfg.cond_dim = 4
-    cfg.max_tokens = tokens
-    if baseline == "diffuser":
-        cfg.causal, cfg.noise = False, "full_sequence"
-    elif baseline is not None:
-        raise ValueError(f"--baseline must be 'diffuser' if given, got {baseline!r}")
-    cfg.meta = {"maze": spec.name, "frame_stack": frame_stack, "tokens": tokens, "data": str(data_path),
-                "dataset_steps": int(len(data["actions"])), "baseline": baseline or "diffusion_forcing"}
+    options = SequenceOptions(baseline=baseline, frame_stack=frame_stack, tokens=tokens)
+    cfg = maze_config(sdf.PRESETS[preset], data, data_path, options)  # the stage's (plan/stage.py)
+    tokens = cfg.max_tokens
     windows = MazeTokens(data, tokens, frame_stack, device=device)
     model = sdf.SequenceDF(cfg).to(device)
     model.set_stats(**windows.stats())

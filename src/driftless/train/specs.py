@@ -3,7 +3,7 @@
 A spec says everything that differs between stages, so that `run_stage`, the training
 benchmark and the `driftless train` CLI hold no per-stage branches:
 
-    clip_len          default frames per clip (None: the model config's own `clip_len`)
+    clip_len          default frames per clip (None: the model config's `clip_field`, e.g. `clip_len`)
     data              the data stream and fixed validation batches (pixel clips, latent clips, ...)
     options           a dataclass of the stage's own options (CLI flags; `StageArgs.options`)
     overrides         the model-config overrides a run records: --set plus what options imply
@@ -12,15 +12,21 @@ benchmark and the `driftless train` CLI hold no per-stage branches:
     synthetic_batch   a random batch of the stage's shape (benchmarks)
     validation        validation(model, batch) -> ({metric: float}, image or None)
     after_fit         what to do once training has finished (fit statistics, ...)
+    meta              provenance the checkpoint records besides preset, data and overrides
+    verb              the command that trains the stage when it is not `driftless train NAME`
 
-The built-in stages (tokenizer, lam, dynamics) live in train/world_stages.py. A package adds
-its own with `register_stage(StageSpec(...))` at import, next to `models.registry.register_kind`
-for its model.
+The world's stages (tokenizer, lam, dynamics) live in train/world_stages.py; the showcases
+register theirs from their own packages (image/stage.py, plan/stage.py, forecast/stage.py) and
+train them with their own verbs. The table loads every module of `STAGE_MODULES` the first time
+it is consulted, so it knows all of them whoever asks; this module only names them. Another
+package adds its own with `register_stage(StageSpec(...))` at import, next to
+`models.registry.register_kind` for its model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -86,6 +92,11 @@ def patch_tokens(cfg: Any) -> int:
     return (cfg.resolution[0] // cfg.patch) * (cfg.resolution[1] // cfg.patch)
 
 
+def one_token(cfg: Any) -> int:
+    """Tokens per frame of a sequence model whose every step is one token (a frame of it)."""
+    return 1
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One training stage: everything `run_stage`, `bench train` and `driftless train` need to
@@ -94,9 +105,11 @@ class StageSpec:
     name: str  # the stage, and the model kind it trains (models.registry; a checkpoint's "kind")
     help: str  # one line for `driftless train NAME`
     data_help: str  # what --data names
-    # (args, model config, clip_len, dist info) -> (training stream, validation batches)
-    data: Callable[[StageArgs, Any, int, DistInfo], tuple[Stream, list[dict]]]
-    clip_len: int | None = None  # default frames per clip; None: the model config's `clip_len`
+    # (args, model config, clip_len, dist info) -> (training stream, validation batches); None: the
+    # stage is trained by its own `verb` (in memory), not by `run_stage`
+    data: Callable[[StageArgs, Any, int, DistInfo], tuple[Stream, list[dict]]] | None = None
+    clip_len: int | None = None  # default frames per clip; None: the model config's `clip_field`
+    clip_field: str = "clip_len"  # the model-config field that holds the clip length when clip_len is None
     options: type | None = None  # dataclass of the stage's own options
     overrides: Callable[[StageArgs], dict] = option_overrides
     configure: Callable[[Any, StageArgs], Any] = apply_overrides  # (preset config, args) -> config
@@ -106,15 +119,17 @@ class StageSpec:
     validation: Callable[[nn.Module, dict], tuple[dict, Any]] | None = None
     # (trainer, training stream, args): runs on the main rank when training finished its steps or budget
     after_fit: Callable[[Trainer, Stream, StageArgs], None] | None = None
+    meta: Callable[[StageArgs], dict] | None = None  # (args) -> more checkpoint provenance (e.g. its tokenizer)
+    verb: str | None = None  # e.g. "driftless image train"; None: `driftless train NAME`
 
     def with_clip_len(self, cfg: Any, clip_len: int | None = None) -> tuple[Any, int]:
         """(model config, frames per clip) for a requested clip length (None: the default). A
         stage whose model config holds its clip length gets the request written into it."""
         if self.clip_len is not None:
             return cfg, clip_len or self.clip_len
-        if clip_len and clip_len != cfg.clip_len:
-            cfg = override(cfg, {"clip_len": clip_len})
-        return cfg, cfg.clip_len
+        if clip_len and clip_len != getattr(cfg, self.clip_field):
+            cfg = override(cfg, {self.clip_field: clip_len})
+        return cfg, getattr(cfg, self.clip_field)
 
     def resolve(self, a: StageArgs) -> StageArgs:
         """`a` with the stage's default options filled in and its recorded overrides resolved."""
@@ -130,6 +145,11 @@ class StageSpec:
 
 STAGES: dict[str, StageSpec] = {}
 
+# modules that register stages when imported: the world's first, then the showcases' (named here,
+# imported only when the table is first consulted, so train/ imports no showcase code)
+STAGE_MODULES = ["driftless.train.world_stages", "driftless.image.stage", "driftless.plan.stage",
+                 "driftless.forecast.stage"]
+
 
 def register_stage(spec: StageSpec) -> StageSpec:
     """Add a stage to the table (a package registers its own at import)."""
@@ -139,18 +159,20 @@ def register_stage(spec: StageSpec) -> StageSpec:
     return spec
 
 
-def _builtin() -> None:
-    import driftless.train.world_stages  # noqa: F401  (registers tokenizer, lam, dynamics)
+def _load_stage_modules() -> None:
+    for module in STAGE_MODULES:
+        importlib.import_module(module)  # registers its stages (a no-op after the first time)
 
 
 def get_stage(name: str) -> StageSpec:
-    _builtin()
+    _load_stage_modules()
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; expected one of {sorted(STAGES)}")
     return STAGES[name]
 
 
 def all_stages() -> dict[str, StageSpec]:
-    """Every registered stage, by name (built-ins first)."""
-    _builtin()
-    return dict(STAGES)
+    """Every registered stage, by name: those of `driftless train` first (the world's), then those
+    trained by other verbs (the showcases'), each in the order they registered."""
+    _load_stage_modules()
+    return {name: spec for own in (True, False) for name, spec in STAGES.items() if (spec.verb is None) == own}

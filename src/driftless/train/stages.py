@@ -1,5 +1,7 @@
 """Train one stage with the one trainer: what differs between stages comes from its `StageSpec`
-(train/specs.py; the world's stages are in train/world_stages.py)."""
+(train/specs.py; the world's stages are in train/world_stages.py, the showcases' in their
+packages). `driftless train STAGE` and `driftless image train` run through here; the maze and
+forecasting models train in memory through `train.memory.train_in_memory` instead."""
 
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ def _comparable(cfg: dict) -> dict:
 def run_stage(a: StageArgs) -> dict:
     """Train one stage; returns the trainer's summary plus where the checkpoint is."""
     spec = get_stage(a.kind)
+    if spec.data is None:
+        raise ValueError(f"stage {a.kind!r} is trained by `{spec.verb}`, not by run_stage (it has no data stream)")
     a = spec.resolve(a)
     info = setup(a.device)
     torch.manual_seed(a.train.seed)  # identical initial weights on every rank
@@ -38,8 +42,8 @@ def run_stage(a: StageArgs) -> dict:
     out = Path(a.out)
     stream, val = spec.data(a, cfg, clip_len, info)
     model_config = to_dict(cfg)
-    trainer = Trainer(model, a.train, out, info, a.kind, model_config,
-                      meta={"preset": a.preset, "data": a.data, "overrides": a.overrides},
+    meta = {"preset": a.preset, "data": a.data, "overrides": a.overrides, **(spec.meta(a) if spec.meta else {})}
+    trainer = Trainer(model, a.train, out, info, a.kind, model_config, meta=meta,
                       frames_per_sample=clip_len, validation=spec.validation)
     if a.resume:
         ckpt = out / "checkpoint"

@@ -198,19 +198,23 @@ class DynamicsOptions:
 
 
 def dynamics_overrides(a: StageArgs) -> dict:
-    """As every stage, plus MaskGIT's codebook size, which is the cache's VQ codebook."""
+    """As every stage, plus the codebook size of a frame model of VQ codes (MaskGIT), which is
+    the cache's VQ codebook (`FrameModel.codebook_key`)."""
     out = option_overrides(a)
-    if out.get("frame_model") == "maskgit":
+    name = out.get("frame_model")
+    frame = FRAME_MODELS.get(name) if isinstance(name, str) else None  # (an unknown name: the config says so)
+    key = frame.codebook_key if frame is not None else None
+    if key is not None:
         from driftless.data.latents import LatentCache
 
         size = LatentCache(a.data).meta.get("codebook_size")
         if size is None:
-            raise ValueError(f"frame_model=maskgit trains on VQ code indices, but {a.data} is a latent cache of a "
+            raise ValueError(f"frame_model={name} trains on VQ code indices, but {a.data} is a latent cache of a "
                              f"KL tokenizer (no indices.npy): build one with `driftless train latents --tokenizer "
                              f"<VQ tokenizer checkpoint>`")
-        given = out.setdefault("maskgit.codebook_size", int(size))
+        given = out.setdefault(key, int(size))
         if int(given) != int(size):
-            raise ValueError(f"maskgit.codebook_size={given} does not match the cache's VQ codebook ({size} codes)")
+            raise ValueError(f"{key}={given} does not match the cache's VQ codebook ({size} codes)")
     return out
 
 

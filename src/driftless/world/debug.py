@@ -10,6 +10,7 @@ import torch
 from driftless import checkpoint
 from driftless.config import to_dict
 from driftless.models import registry
+from driftless.models.compose import dynamics_fields
 from driftless.models.dynamics import FRAME_MODELS
 
 
@@ -28,7 +29,7 @@ def make_debug_world(out: str | Path, seed: int = 0, num_actions: int = 4, actio
         tok_cfg = registry.preset("tokenizer", "debug")
         lam_cfg = override(registry.preset("lam", "debug"), {"num_actions": num_actions})
         dyn_cfg = override(registry.preset("dynamics", "debug"),
-                           {"latent_dim": tok_cfg.latent_dim, "num_actions": num_actions, **(dynamics_overrides or {})})
+                           {**dynamics_fields(tok_cfg.latent_dim, tok_cfg.grid, num_actions), **(dynamics_overrides or {})})
         # the tokenizer the frame model reads through (maskgit: a VQ tokenizer of its codebook)
         tok_cfg = override(tok_cfg, FRAME_MODELS[dyn_cfg.frame_model].tokenizer_overrides(dyn_cfg))
         tok_cfg.latent_mean = [0.0] * tok_cfg.latent_dim
