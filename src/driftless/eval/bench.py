@@ -225,7 +225,9 @@ def bench_train(cfg: TrainBenchConfig) -> dict:
         sync(device)
         times.append(time.perf_counter() - t)
     precision = "bf16" if trainer.autocast_dtype == torch.bfloat16 else ("tf32" if device.type == "cuda" else "fp32")
-    profile = _profile(step, device, cfg.profile, f"{cfg.stage}-{cfg.preset}-b{cfg.batch_size}") if cfg.profile else None
+    profile = None
+    if cfg.profile:
+        profile = _profile(step, device, cfg.profile, f"{cfg.stage}-{cfg.preset}-b{cfg.batch_size}")
     measure = cfg.measure_peak if cfg.measure_peak is not None else device.type == "cuda"
     datasheet = resolve_peak(device, precision) if device.type == "cuda" else {"tflops": None, "source": "cpu"}
     if cfg.peak_tflops:

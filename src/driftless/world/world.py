@@ -188,7 +188,7 @@ class World:
             per_frame = self.dynamics.frame_actions(trans, b, t0, self.device)
         dyn_state = self.dynamics.new_state(static=True) if static else self.dynamics.new_state()
         self.dynamics.observe(dyn_state, dyn_in, per_frame, context_level=opts.context_level, generator=g)
-        dec_caches = self.tokenizer.decoder.new_cache(static=static)
+        dec_caches = self.tokenizer.decoder.new_cache(static=True) if static else self.tokenizer.decoder.new_cache()
         if static:  # static caches take one frame at a time, at a device position
             dec_pos = torch.zeros((), dtype=torch.long, device=self.device)
             for i in range(t0):
