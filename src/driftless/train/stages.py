@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from driftless import checkpoint
-from driftless.config import to_dict
+from driftless.config import normalized, to_dict
 from driftless.models import registry
 from driftless.train.distributed import barrier, setup
 from driftless.train.specs import STAGES, StageArgs, StageSpec, all_stages, get_stage, register_stage
@@ -49,9 +49,10 @@ def run_stage(a: StageArgs) -> dict:
         ckpt = out / "checkpoint"
         try:
             header = checkpoint.read_header(ckpt, a.kind)
-            if _comparable(header["config"]) == _comparable(model_config):
-                trainer.model_config = header["config"]  # keep fitted statistics
-                model_config = header["config"]
+            saved = normalized(type(cfg), header["config"])  # fields added since: their defaults
+            if _comparable(saved) == _comparable(model_config):
+                trainer.model_config = saved  # keep fitted statistics
+                model_config = saved
         except checkpoint.CheckpointError:
             pass
         resumed = trainer.resume()

@@ -19,6 +19,7 @@ many in a row stop training with the last good checkpoint kept.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -33,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from driftless import checkpoint
-from driftless.config import option
+from driftless.config import normalized, option
 from driftless.train.distributed import DistInfo, all_reduce_mean, any_rank, barrier
 
 
@@ -224,7 +225,10 @@ class Trainer:
         except checkpoint.CheckpointError:
             return False
         header = checkpoint.read_header(self.ckpt_dir, self.kind)
-        if header["config"] != self.model_config:
+        saved = header["config"]
+        if dataclasses.is_dataclass(getattr(self.model, "cfg", None)):  # fields added since: defaults
+            saved = normalized(type(self.model.cfg), saved)
+        if saved != self.model_config:
             raise ValueError(f"cannot resume: {self.ckpt_dir} was trained with a different model config; "
                              f"use a new --out folder or the same preset/overrides")
         state = checkpoint.read_train_state(self.ckpt_dir)
