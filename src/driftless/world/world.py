@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from driftless import checkpoint
 from driftless.models.common import as_tensor, check_video
 from driftless.models.registry import load_model
 
@@ -342,7 +343,7 @@ class World:
 
 def _load_component(path: Path, meta: dict, kind: str, device):
     name = meta.get(kind, kind)
-    if name is None or not (path / name / "config.json").exists():
+    if name is None or checkpoint.find(path / name) is None:
         return None
     return load_model(path / name, device, kind=kind)
 
@@ -352,6 +353,11 @@ def load(name_or_path: str | Path = "coinrun", device="cpu", threads: int | None
     """Load a world folder (or the shipped world by name, or a lone tokenizer checkpoint).
     `cuda_graphs`: see `World` (default: on with CUDA)."""
     path = Path(name_or_path)
+    # a crash between the two renames of a save leaves the previous copy at PATH.old (as --resume knows)
+    for marker in ("world.json", "config.json"):
+        if (checkpoint.recover(path, marker) / marker).exists():
+            path = checkpoint.recover(path, marker)
+            break
     if not path.exists():
         shipped = ASSETS / str(name_or_path)
         if shipped.exists():
