@@ -217,12 +217,8 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load model, EMA, optimizer and step from out_dir/checkpoint if present."""
-        if self.ckpt_dir is None:
-            return False
-        try:
-            checkpoint.resolve(self.ckpt_dir)
-        except checkpoint.CheckpointError:
-            return False
+        if self.ckpt_dir is None or not checkpoint.stored(self.ckpt_dir):
+            return False  # nothing there; a checkpoint that is there but unreadable raises below
         header = checkpoint.read_header(self.ckpt_dir, self.kind)
         if header["config"] != self.model_config:
             raise ValueError(f"cannot resume: {self.ckpt_dir} was trained with a different model config; "
