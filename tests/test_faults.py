@@ -132,3 +132,97 @@ def test_9_load_reads_the_old_copy_a_crash_left(tmp_path):
     checkpoint.save(tok, "tokenizer", to_dict(cfg), registry.build("tokenizer", cfg).state_dict())
     os.replace(tok, tmp_path / "tok.old")
     assert driftless.load(tok).dynamics is None  # a lone tokenizer checkpoint, from its .old copy
+
+
+# ------------------------------------------------------------------------------------------------
+# 2, 3 and 10 (warnings): ingestion names every failure, takes any file name, streams frames
+def _write_video(path: Path, n: int, size: int = 16, rate: int = 30) -> None:
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=rate)
+        s.width, s.height, s.pix_fmt = size, size, "yuv420p"
+        for i in range(n):
+            img = np.zeros((size, size, 3), np.uint8)
+            img[:, :, 0] = (7 * i) % 256
+            img[: size // 2, (i % size), 1] = 255
+            for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+
+
+def test_2_a_file_name_that_is_not_utf8_is_ingested_and_failures_are_named(tmp_path):
+    pytest.importorskip("av")
+    from driftless.data.store import EpisodeStore
+
+    src = tmp_path / "in"
+    src.mkdir()
+    _write_video(src / "a.mp4", 6)
+    _write_video(src / "tmp.mp4", 5)
+    os.rename(src / "tmp.mp4", os.path.join(os.fsencode(src), b"caf\xe9.mp4"))  # Latin-1 bytes, not UTF-8
+    with open(os.path.join(os.fsencode(src), b"bro\xffken.mp4"), "wb") as f:
+        f.write(np.random.default_rng(0).bytes(3000))
+    _write_video(src / "z.mp4", 4)
+    out = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(Path(driftless.__file__).parents[1])}
+    r = __import__("subprocess").run([sys.executable, "-m", "driftless", "data", "videos", "--in", str(src),
+                                      "--out", str(out), "--size", "16"], capture_output=True, text=True,
+                                     env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    store = EpisodeStore(out)
+    assert sorted(store.info(i)["source"] for i in range(store.num_episodes)) == ["a.mp4", "caf\\xe9.mp4", "z.mp4"]
+    assert "ingested 3" in r.stdout and "1 failed" in r.stdout and "failed: bro\\xffken.mp4:" in r.stdout
+    # the warning names the file, and not the line of driftless that raised it
+    assert "warning: skipping unreadable video bro\\xffken.mp4" in r.stderr
+    assert "videos.py" not in r.stderr and "warnings.warn" not in r.stderr
+
+
+def test_2_any_failure_of_one_file_is_named_and_counted(tmp_path, monkeypatch):
+    pytest.importorskip("av")
+    import driftless.data.videos as videos
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, n in (("a.mp4", 3), ("b.mp4", 4), ("c.mp4", 5)):
+        _write_video(src / name, n)
+    real = videos.square_resize
+
+    def fails_on_b(img, size, area=False):  # e.g. a bug or an odd pixel format, for one file only
+        if img.getpixel((0, 0))[0] == 0 and img.size == (16, 16) and fails_on_b.file == "b.mp4":
+            raise KeyError("pixel format")
+        return real(img, size, area)
+
+    real_read = videos.read_video
+
+    def read(path, **kw):
+        fails_on_b.file = Path(path).name
+        return real_read(path, **kw)
+
+    monkeypatch.setattr(videos, "square_resize", fails_on_b)
+    monkeypatch.setattr(videos, "read_video", read)
+    with pytest.warns(UserWarning, match="b.mp4"):
+        summary = videos.ingest_videos(src, tmp_path / "store", size=16, verbose=False)
+    assert summary["ingested"] == 2 and summary["failed_files"] == ["b.mp4"]
+    assert "KeyError" in summary["errors"]["b.mp4"]
+
+
+def test_3_ingestion_streams_frames_instead_of_holding_the_video(tmp_path):
+    pytest.importorskip("av")
+    import tracemalloc
+
+    from driftless.data.store import EpisodeStore
+    from driftless.data.videos import ingest_videos
+
+    src = tmp_path / "in"
+    src.mkdir()
+    n = 1500  # 1500 frames of 32x32x3: 4.6 MB held whole (twice, list and stack) before
+    _write_video(src / "long.mp4", n)
+    tracemalloc.start()
+    try:
+        summary = ingest_videos(src, tmp_path / "store", size=32, verbose=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert summary["frames"] == n and EpisodeStore(tmp_path / "store").num_frames == n
+    assert peak < 1.5e6, f"ingestion held {peak / 1e6:.1f} MB of a {n * 32 * 32 * 3 / 1e6:.1f} MB video"
