@@ -226,3 +226,110 @@ def test_3_ingestion_streams_frames_instead_of_holding_the_video(tmp_path):
         tracemalloc.stop()
     assert summary["frames"] == n and EpisodeStore(tmp_path / "store").num_frames == n
     assert peak < 1.5e6, f"ingestion held {peak / 1e6:.1f} MB of a {n * 32 * 32 * 3 / 1e6:.1f} MB video"
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. a batch of sessions too large for memory is refused up front; stateless calls go in chunks
+def _zeros(b, t=1):
+    return np.broadcast_to(np.zeros((1, 1, 64, 64, 3), np.uint8), (b, t, 64, 64, 3))
+
+
+def test_4_a_batch_that_does_not_fit_is_refused_before_any_work(monkeypatch):
+    from driftless import runtime
+
+    world = driftless.load("coinrun")
+    monkeypatch.setattr(runtime, "available_memory", lambda device: 16 * 2**30)  # a 16 GiB machine
+    per = world.session_bytes(1)
+    assert 5e6 < per < 1e8  # the shipped world: its KV caches, measured on one session
+    t = time.perf_counter()
+    with pytest.raises(ValueError, match=r"batch of 4096 sessions needs about .* GB .* at most \d+"):
+        world.reset(_zeros(4096))
+    with pytest.raises(ValueError, match="at most"):
+        world.rollout(_zeros(4096), np.zeros((4096, 3), np.int64))
+    assert time.perf_counter() - t < 1.0 and not world.in_session
+    monkeypatch.setattr(runtime, "available_memory", lambda device: 4 * per)
+    world.reset(_zeros(2))  # what fits still runs
+    assert world.step(np.array([1, 2])).shape == (2, 64, 64, 3)
+
+
+def test_4_stateless_calls_run_a_large_batch_in_chunks(debug_world, monkeypatch):
+    import driftless.world.world as ww
+
+    world = driftless.load(debug_world)
+    video = np.random.default_rng(0).integers(0, 256, (6, 3, 64, 64, 3), dtype=np.uint8)
+    z, acts = world.encode(video), world.infer_actions(video)
+    frames = world.decode(z)
+    seen = []
+    real = world.tokenizer.encode
+    monkeypatch.setattr(world.tokenizer, "encode", lambda v: seen.append(v.shape[0]) or real(v))
+    monkeypatch.setattr(ww, "CHUNK_FRAMES", 6)  # two items of three frames per chunk
+    np.testing.assert_allclose(world.encode(video), z, atol=1e-5)
+    assert seen == [2, 2, 2]
+    np.testing.assert_array_equal(world.infer_actions(video), acts)
+    assert np.abs(world.decode(z).astype(int) - frames).max() <= 1
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. sampling options are checked before anything runs; non-finite frames are detected
+BAD_OPTIONS = [dict(temperature=float("nan")), dict(temperature=float("inf")), dict(cfg_scale=1e30),
+               dict(cfg_scale=float("nan")), dict(eta=-1.0), dict(steps=0), dict(steps=2.5), dict(steps="4"),
+               dict(steps=True), dict(window=0), dict(context_level=-1)]
+
+
+def test_6_bad_sampling_values_are_refused_and_the_session_survives(debug_world):
+    world, ref = driftless.load(debug_world), driftless.load(debug_world)
+    ctx = np.zeros((2, 64, 64, 3), np.uint8)
+    world.reset(ctx, seed=1)
+    ref.reset(ctx, seed=1)
+    for i, option in enumerate(BAD_OPTIONS):
+        name = next(iter(option))
+        with pytest.raises(ValueError, match="sampling option " + name):
+            world.step(1, **option)
+        np.testing.assert_array_equal(world.step(i % 4), ref.step(i % 4))  # the refused call changed nothing
+        with pytest.raises(ValueError, match="sampling option " + name):
+            world.rollout(ctx, [1], **option)  # (refused before it would reset the session)
+    fresh = driftless.load(debug_world)
+    for option in BAD_OPTIONS:
+        with pytest.raises(ValueError, match="sampling option"):
+            fresh.reset(ctx, **option)
+        assert not fresh.in_session
+
+
+def test_6_nonfinite_latents_raise_and_end_the_session(debug_world):
+    world = driftless.load(debug_world)
+    with pytest.raises(ValueError, match="latents must be finite"):
+        world.decode(np.full((1, world.tokenizer.cfg.tokens_per_frame, world.tokenizer.cfg.latent_dim), np.nan,
+                             np.float32))
+    world.reset(np.zeros((2, 64, 64, 3), np.uint8))
+    world.step(1)
+    with torch.no_grad():  # weights gone bad (a diverged run): the model makes NaNs
+        next(world.dynamics.frame.parameters()).fill_(float("nan"))
+    from driftless.world.world import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match="NaN or infinite.*session was ended"):
+        world.step(1)
+    with pytest.raises(ValueError, match="no session"):
+        world.step(1)
+    with pytest.raises(NonFiniteError):
+        world.rollout(np.zeros((2, 64, 64, 3), np.uint8), [1, 1], schedule="pyramid", chunk=2)
+
+
+# ------------------------------------------------------------------------------------------------
+# 10 (API). clear errors for a batch of 0, a string action, zero steps
+def test_10_rough_edges_of_the_api_give_clear_errors(debug_world):
+    world = driftless.load(debug_world)
+    for call, match in ((lambda: world.reset(np.zeros((0, 1, 64, 64, 3), np.uint8)), "batch of 0"),
+                        (lambda: world.encode(np.zeros((0, 2, 64, 64, 3), np.uint8)), "batch of 0"),
+                        (lambda: world.rollout(np.zeros((0, 1, 64, 64, 3), np.uint8), np.zeros((0, 2), int)),
+                         "batch of 0"),
+                        (lambda: world.decode(np.zeros((0, 1, *world.encode(np.zeros((1, 64, 64, 3), np.uint8)).shape[1:]),
+                                                       np.float32)), "at least one"),
+                        (lambda: world.reset(np.zeros((1, 64, 64, 3), np.uint8), steps=0), "steps"),
+                        (lambda: world.rollout(np.zeros((1, 64, 64, 3), np.uint8), ["1"]), "integers")):
+        with pytest.raises(ValueError, match=match):
+            call()
+    world.reset(np.zeros((1, 64, 64, 3), np.uint8))
+    for action in ("3", None, 2.5, [True], {"a": 1}):
+        with pytest.raises(ValueError, match=r"actions must be integers in \[0, 4\)"):
+            world.step(action)
+    assert world.step(np.int64(3)).shape == (64, 64, 3)
