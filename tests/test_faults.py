@@ -333,3 +333,213 @@ def test_10_rough_edges_of_the_api_give_clear_errors(debug_world):
         with pytest.raises(ValueError, match=r"actions must be integers in \[0, 4\)"):
             world.step(action)
     assert world.step(np.int64(3)).shape == (64, 64, 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# 5, 7, 8: the play server (protocol driven directly, and a real uvicorn server on loopback)
+class _Levels:
+    """A start source in the I/O pool like Procgen's, without Procgen."""
+
+    available, reason = True, ""
+
+    def frame(self, level, rng):
+        return np.full((1, 64, 64, 3), 90, np.uint8), {"level": 10500}
+
+    def warm(self):
+        pass
+
+
+class _Tab:
+    def __init__(self, server, **kw):
+        self.replies = []
+        self.conn = server.open(self._send, **kw)
+
+    async def _send(self, reply):
+        self.replies.append(reply)
+
+    async def ask(self, message):
+        await self.conn.receive(message)
+        out, self.replies = self.replies, []
+        return out
+
+
+def _server(world, **options):
+    from driftless.serve.protocol import PlayServer
+    from driftless.serve.session import PlayConfig
+
+    return PlayServer(world, PlayConfig.build(**options), level_source=_Levels())
+
+
+def test_5_recording_downloads_neither_starve_players_nor_encode_twice(debug_world, monkeypatch):
+    from driftless.serve import media
+    from driftless.serve.protocol import Busy
+
+    gate = threading.Event()
+    real_mp4, real_add = media.encode_mp4, media.GifWriter.add
+    added = []
+
+    def slow_mp4(*args, **kw):  # an encode that takes as long as the test wants
+        gate.wait(20)
+        return real_mp4(*args, **kw)
+
+    def counted_add(self, frame):
+        added.append(1)
+        return real_add(self, frame)
+
+    monkeypatch.setattr(media, "encode_mp4", slow_mp4)
+    monkeypatch.setattr(media.GifWriter, "add", counted_add)
+
+    async def test(server):
+        rec = _Tab(server)
+        await rec.ask({"type": "start", "source": "level"})
+        await rec.ask({"type": "record", "on": True})
+        for a in range(8):
+            await rec.ask({"type": "step", "action": a % 4})
+        await server.run_media(lambda: None)  # the media thread has caught up with the recording
+        frames = rec.conn.session.recorded()
+        assert len(added) == len(frames) == 9  # each frame encoded once, while it was recorded
+        gif, kind, _ = await server.recording(rec.conn.session.id, "gif")
+        assert len(added) == 9 and kind == "image/gif"
+        assert (await server.recording(rec.conn.session.id, "gif"))[0] == gif and len(added) == 9  # nothing anew
+        assert gif == media.encode_gif(frames, server.config.tick_fps, server.config.record_scale)
+        # eight MP4 downloads at once: two encode or wait on the media thread, six are told to retry
+        downloads = [asyncio.ensure_future(server.recording(rec.conn.session.id, "mp4")) for _ in range(8)]
+        await asyncio.sleep(0.2)
+        busy = [d for d in downloads if d.done() and isinstance(d.exception(), Busy)]
+        assert len(busy) == 6
+        try:  # meanwhile a new player starts at once: levels and frames do not queue behind encodes
+            t = time.perf_counter()
+            started, frame = await asyncio.wait_for(_Tab(server).ask({"type": "start", "source": "level"}), 5)
+            assert started["type"] == "started" and isinstance(frame, bytes)
+            assert time.perf_counter() - t < 5
+        finally:
+            gate.set()
+        for d in downloads:
+            if d not in busy:
+                data, kind, name = await d
+                assert kind == "video/mp4" and name.endswith(".mp4") and len(data) > 100
+
+    with _server(debug_world, max_pending_encodes=2, max_sessions=3) as server:
+        asyncio.run(test(server))
+
+
+def test_7_host_allowlist_refuses_a_dns_rebinding_page(debug_world):
+    from fastapi.testclient import TestClient
+
+    from driftless.serve.app import create_app
+    from driftless.serve.protocol import Refused, host_allowed
+
+    async def test(server):
+        # the rebinding page's own name: Origin and Host agree, and it is still refused
+        with pytest.raises(Refused) as e:
+            server.open(lambda r: None, origin="http://rebind.attacker.example:8000", host="rebind.attacker.example:8000")
+        assert e.value.reply["code"] == "host" and "--allow-host" in e.value.reply["message"]
+        for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST.:8000", "192.168.1.7:8000"):
+            _Tab(server, origin=f"http://{host}", host=host).conn.close()
+
+    with _server(debug_world) as server:
+        asyncio.run(test(server))
+    assert host_allowed("play.example:8000", ("play.example",)) and host_allowed("anything", ("*",))
+    assert not host_allowed("localhost.attacker.example", ()) and not host_allowed("127.0.0.1.nip.io", ())
+    with TestClient(create_app(debug_world, warm=False), base_url="http://rebind.attacker.example") as client:
+        r = client.get("/api/info")
+        assert r.status_code == 421 and "--allow-host" in r.json()["error"]
+        assert client.get("/").status_code == 421
+        assert client.get("/api/info", headers={"host": "localhost:8000"}).status_code == 200
+    with TestClient(create_app(debug_world, warm=False, allowed_hosts=["rebind.attacker.example"]),
+                    base_url="http://rebind.attacker.example") as client:
+        assert client.get("/api/info").status_code == 200
+
+
+def test_8_a_client_that_stops_reading_loses_only_its_own_session(debug_world):
+    async def test(server):
+        async def never(reply):  # the socket's buffers are full: nothing is ever taken
+            await asyncio.Event().wait()
+
+        async def silence():
+            await asyncio.sleep(3600)
+
+        honest = _Tab(server)
+        stuck = server.open(never)
+        t = time.perf_counter()
+        slow = asyncio.ensure_future(stuck.serve(silence))
+        await honest.ask({"type": "start", "source": "level"})
+        for a in range(4):  # the other player's frames keep coming meanwhile
+            (frame,) = await asyncio.wait_for(honest.ask({"type": "step", "action": a}), 2)
+            assert isinstance(frame, bytes)
+        assert await asyncio.wait_for(slow, 3) == "slow" and time.perf_counter() - t < 3
+        assert server.manager.ids == [honest.conn.session.id]  # its place is free again
+        _Tab(server).conn.close()
+
+    with _server(debug_world, max_sessions=2, send_timeout_s=0.5) as server:
+        asyncio.run(test(server))
+
+
+def _raw_websocket(port: int) -> socket.socket:
+    """A WebSocket handshake from a client that will never read a byte."""
+    import base64
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    return s
+
+
+def test_8_sockets_that_never_read_lock_players_out_for_seconds_not_minutes(debug_world):
+    """A real server on 127.0.0.1: two sockets that never read take both places; the server's
+    keepalive drops them within ping_interval + ping_timeout and a player gets in."""
+    pytest.importorskip("uvicorn")
+    from websockets.sync.client import connect
+
+    from driftless.serve.app import create_app, listen, make_server
+
+    app = create_app(debug_world, warm=False, max_sessions=2, ping_interval_s=0.5, ping_timeout_s=1.0)
+    sock = listen("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    server = make_server(app, log_level="critical")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    raw = []
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        raw = [_raw_websocket(port) for _ in range(2)]
+        time.sleep(0.2)
+        assert len(app.state.manager) == 2  # every place taken by a socket that never reads
+        t = time.perf_counter()
+        first = None
+        while time.perf_counter() - t < 8:
+            with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=2, close_timeout=1) as ws:
+                first = json.loads(ws.recv(timeout=2))
+                if first["type"] == "ready":
+                    break
+                assert first["code"] == "full"
+            time.sleep(0.1)
+        assert first is not None and first["type"] == "ready", first
+        assert time.perf_counter() - t < 4  # (the server used to keep them for 80 s)
+    finally:
+        for s in raw:
+            s.close()
+        server.should_exit = True
+        thread.join(10)
+
+
+# ------------------------------------------------------------------------------------------------
+# 10 (play). a busy port is an error before anything is printed
+def test_10_play_on_a_busy_port_says_so_before_printing_a_url(capsys):
+    pytest.importorskip("uvicorn")
+    from driftless.cli import main
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        assert main(["play", "--port", str(busy.getsockname()[1]), "--device", "cpu"]) == 1
+    finally:
+        busy.close()
+    out, err = capsys.readouterr()
+    assert "already in use" in err and "--port" in err and "open http" not in out
