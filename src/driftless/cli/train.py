@@ -17,7 +17,8 @@ EXAMPLES = """examples:
   driftless train latents --data data/coinrun-train --tokenizer runs/tok/checkpoint --lam runs/lam/checkpoint --out data/lat-train
   driftless train dynamics --data data/lat-train --preset small --out runs/dyn
   torchrun --nproc-per-node 2 -m driftless train tokenizer ...     (DDP: same flags)
-  any stage: --resume continues exactly where the last checkpoint left off
+  any stage: --resume continues exactly where the last checkpoint left off; an OUT folder that
+  already holds a run is refused unless --resume (continue it) or --force (start it over)
 """
 
 
@@ -32,7 +33,8 @@ def _add_stage_flags(p: argparse.ArgumentParser, spec: StageSpec) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="override a model config field, dotted for nested (e.g. --set backbone.depth=8)")
     add_dataclass_flags(p, TrainConfig, exclude=TRAIN_FLAGS_LEFT_OUT)
-    add_dataclass_flags(p, StageArgs, only=("clip_len", "device", "workers", "data_on_device", "resume", "init_from"),
+    add_dataclass_flags(p, StageArgs, only=("clip_len", "device", "workers", "data_on_device", "resume", "force",
+                                             "init_from"),
                         help={"clip_len": f"frames per training clip ({default_clip})"})
     if spec.options is not None:
         add_dataclass_flags(p, spec.options)

@@ -218,12 +218,8 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load model, EMA, optimizer and step from out_dir/checkpoint if present."""
-        if self.ckpt_dir is None:
-            return False
-        try:
-            checkpoint.resolve(self.ckpt_dir)
-        except checkpoint.CheckpointError:
-            return False
+        if self.ckpt_dir is None or not checkpoint.stored(self.ckpt_dir):
+            return False  # nothing there; a checkpoint that is there but unreadable raises below
         header = checkpoint.read_header(self.ckpt_dir, self.kind)
         saved = header["config"]
         if dataclasses.is_dataclass(getattr(self.model, "cfg", None)):  # fields added since: defaults
