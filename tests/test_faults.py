@@ -76,6 +76,26 @@ def test_1_a_fresh_run_into_a_folder_holding_a_run_is_refused(trained_run, tmp_p
     assert summary["step"] == 1 and checkpoint.read_train_state(copy / "checkpoint")["step"] == 1
 
 
+@pytest.mark.parametrize("argv", [
+    ["world", "build", "--tokenizer", "T", "--dynamics", "D"],
+    ["train", "latents", "--data", "S", "--tokenizer", "T"],
+    ["plan", "train", "--data", "M"],
+    ["forecast", "train", "--data", "synthetic"],
+])
+def test_1_other_commands_refuse_an_out_that_holds_something(argv, tmp_path, capsys):
+    """Worlds, latent caches and the showcases' checkpoints are as much work to remake as a
+    training run: their commands refuse an --out that holds something (before reading any input)
+    unless --force, and change nothing."""
+    from driftless.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(argv + ["--out", str(out)]) == 1
+    assert "nothing was changed" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+
 def test_1_resume_never_starts_fresh_over_surviving_weights(trained_run, tmp_path):
     import shutil
 

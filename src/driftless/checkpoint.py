@@ -59,6 +59,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def refuse_overwrite(path: str | os.PathLike, force: bool, what: str = "output") -> None:
+    """Raise ValueError if `path` already holds something (a non-empty folder or a file) and
+    `force` is not given: a command run with the wrong --out must not replace what is stored
+    there. The message says that nothing was changed and how to go on."""
+    p = Path(path)
+    if force or not p.exists() or (p.is_dir() and not any(p.iterdir())):
+        return
+    raise ValueError(f"{p} already holds {'a file' if p.is_file() else 'data'}; nothing was changed. Choose another "
+                     f"--out, or pass --force to replace it (the {what} there is lost)")
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 

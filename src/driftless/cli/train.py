@@ -58,10 +58,12 @@ def _run(args: argparse.Namespace) -> int:
 def _run_latents(args: argparse.Namespace) -> int:
     import torch
 
+    from driftless.checkpoint import refuse_overwrite
     from driftless.data.latents import build_latent_cache
     from driftless.data.store import EpisodeStore
     from driftless.models.registry import load_model
 
+    refuse_overwrite(args.out, args.force, "latent cache")
     device = default_device(args.device)
     tok = load_model(args.tokenizer, device, kind="tokenizer")
     if tok.cfg.latent_mean is None:
@@ -99,6 +101,7 @@ def register(sub) -> None:
     lp.add_argument("--tokenizer", required=True, help="tokenizer checkpoint folder")
     lp.add_argument("--lam", help="LAM checkpoint folder (latent actions for each transition)")
     lp.add_argument("--out", required=True, help="latent cache folder to write")
+    lp.add_argument("--force", action="store_true", help="replace a latent cache already in --out")
     lp.add_argument("--chunk", type=int, default=16, help="frames encoded together (the causal window)")
     lp.add_argument("--batch-size", type=int, default=64)
     lp.add_argument("--device", help="cpu | cuda (default: cuda when available)")
