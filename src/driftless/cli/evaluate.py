@@ -102,6 +102,13 @@ def _run(args: argparse.Namespace) -> int:
     print(f"eval: {cfg.size} protocol on {device} ({_sizes(cfg)}; --full for the full protocol)"
           if cfg.size == "quick" else f"eval: {cfg.size} protocol on {device} ({_sizes(cfg)})")
     world = load(args.world, device=device)
+    if world.device.type == "cpu" and not args.threads:
+        from driftless.world.threads import tune_threads
+
+        # on a CPU shared with other work one thread can be many times faster than all cores
+        threads, timings = tune_threads(world, batch=2, sampling=sampling)
+        print(f"eval: {threads} CPU thread(s) ({', '.join(f'{n}: {t * 1000:.0f} ms' for n, t in timings.items())} "
+              f"per frame of 2 rollouts; --threads N to choose)")
     store, store_info = resolve_store(args.data, args.split)
     if not store_info["split_matches"]:
         print(f"warning: {store_info['path']} declares split {store_info['declared_split']!r}, "
@@ -175,7 +182,8 @@ def register(sub) -> None:
     g.add_argument("--batch-size", type=int, help=f"clips per forward pass ({_default('batch_size')})")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
-    g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--threads", type=int, help="torch CPU threads (default on a CPU: 1 or all cores, whichever "
+                                               "steps the world faster here)")
     g.add_argument("--steps", type=int, help="sampling steps per frame (default: the world's)")
     g.add_argument("--cfg-scale", type=float, help="classifier-free guidance on the action (default: the world's)")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")

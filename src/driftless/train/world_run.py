@@ -82,6 +82,8 @@ class PresetPlan:
     latent_batch: dict  # device type -> clips per batch when encoding the latent cache
     action_clips: int  # clips fitting the action map at world build
     eval: dict = field(default_factory=dict)  # EvalConfig values on top of the eval size
+    plots: bool = True  # write the evaluation's figures (OUT/eval-plots)
+    stats_batches: int = 64  # batches fitting the tokenizer's latent statistics
 
 
 PLANS: dict[str, PresetPlan] = {
@@ -93,7 +95,7 @@ PLANS: dict[str, PresetPlan] = {
         log_every=2, val_every=4, save_every=2, latent_batch={"cuda": 64, "cpu": 8}, action_clips=8,
         eval={"clips": 2, "horizon": 3, "delta_t": 2, "recon_clips": 2, "recon_len": 4, "drift_frames": 8,
               "drift_rollouts": 2, "drift_bin": 4, "drift_window": 4, "strip_every": 4, "bank_size": 32,
-              "reference_size": 16, "action_clips": 4, "batch_size": 4}),
+              "reference_size": 16, "action_clips": 4, "batch_size": 4}, plots=False, stats_batches=4),
     # the shipped world's size; GPU batches measured on an H200 (docs/benchmarks.md, section 5)
     "small": PresetPlan(
         budget=60, steps={"tokenizer": 20000, "lam": 20000, "dynamics": 20000},
@@ -231,6 +233,7 @@ def make_plan(cfg: WorldRunConfig, device: str) -> dict:
 
     out = {"device": device, "budget": budget, "reserve_minutes": round(budget * cfg.reserve, 4), "stages": stages,
            "latent_batch": plan.latent_batch[dev], "action_clips": plan.action_clips,
+           "stats_batches": plan.stats_batches, "plots": plan.plots,
            "eval": {"size": resolve_size(cfg.eval_size, device), **plan.eval}}
     if cfg.game:
         n = ident["episodes"]
@@ -580,6 +583,7 @@ class WorldRun:
         return StageArgs(kind=stage, data=data, val_data=val, out=str(self.out / stage), preset=self.cfg.preset,
                          overrides=dict(self.overrides[stage]), train=train, workers=self.workers,
                          device=self.device, resume=(self.out / stage).exists(),
+                         stats_batches=self.plan["stats_batches"],
                          options=spec.options() if spec.options is not None else None)
 
     def _train(self, stage: str, entry: dict) -> str:
@@ -672,7 +676,8 @@ class WorldRun:
         result, artifacts = evaluate(world, store, cfg)
         result["data"] = {"path": test, "which": note, "episodes": store.num_episodes, "frames": store.num_frames}
         result["world_path"] = str(self.out / "world")
-        result["plots"] = write_all(result, artifacts, self.out / "eval-plots")
+        if self.plan["plots"]:
+            result["plots"] = write_all(result, artifacts, self.out / "eval-plots")
         checkpoint.atomic_write_json(self.out / "eval.json", result)
         entry["size"] = cfg.size
         for key, path in (("rollout_psnr", ("rollout", "psnr")), ("delta_psnr", ("delta", "delta_psnr")),
