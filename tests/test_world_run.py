@@ -171,3 +171,23 @@ def test_train_world_on_another_procgen_game(tmp_path):
     assert EpisodeStore(out / "data" / "test").meta["split"] == "test"
     assert json.loads((out / "world" / "world.json").read_text())["name"] == "ninja"
     assert json.loads((out / "eval.json").read_text())["data"]["path"].endswith("test")
+
+
+@pytest.mark.slow
+def test_a_budgeted_run_stops_each_stage_on_time_and_resumes_with_its_clock(stores, tmp_path):
+    """--budget: each stage trains for its share (the cosine schedule over time) and a stage that
+    starts later gets its share of what is left; stopped mid-LAM, the same command resumes it at
+    its step with the minutes already spent counted."""
+    out = tmp_path / "run"
+    rc, status = _train_world(stores, out, "--budget", "0.1", "--stop-after", "lam:2")
+    assert status["state"] == "stopped" and status["current"] == {"stage": "lam", "step": 2}
+    assert status["stages"]["tokenizer"]["stopped"] == "time_budget"
+    rc, status = _train_world(stores, out, "--budget", "0.1")
+    assert rc == 0 and status["state"] == "done" and len(status["invocations"]) == 2
+    plan = status["plan"]
+    assert plan["budget"] == 0.1 and plan["reserve_minutes"] == pytest.approx(0.01)
+    for s in TRAINED:
+        entry = status["stages"][s]
+        assert entry["stopped"] == "time_budget" and entry["step"] >= (2 if s == "lam" else 1), (s, entry)
+        assert 0 < plan["stages"][s]["time_budget"] <= plan["stages"][s]["planned_time_budget"] + 1e-9
+    assert sum(plan["stages"][s]["planned_time_budget"] for s in TRAINED) == pytest.approx(0.09)

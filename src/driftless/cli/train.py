@@ -91,9 +91,13 @@ then ends with the same world as an uninterrupted one. See docs/training.md.
 
 def _run_world(args: argparse.Namespace) -> int:
     from driftless.cli.evaluate import _summary
-    from driftless.train.world_run import WorldRunConfig, train_world
+    from driftless.train.world_run import RunFailed, WorldRunConfig, train_world
 
-    result = train_world(dataclass_from_args(WorldRunConfig, args, overrides=parse_overrides(args.set)))
+    try:
+        result = train_world(dataclass_from_args(WorldRunConfig, args, overrides=parse_overrides(args.set)))
+    except RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     if result["state"] == "done" and result.get("eval"):
         print("\n".join(_summary(json.loads(open(result["eval"]).read()))))
     sys.stdout.write(json.dumps(result) + "\n")

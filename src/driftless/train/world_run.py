@@ -179,6 +179,10 @@ class RunStopped(Exception):
     """This invocation stops here (time limit or --stop-after); the run continues next time."""
 
 
+class RunFailed(RuntimeError):
+    """A stage failed for good (non-finite losses): the run needs other settings."""
+
+
 # ---- the run's identity and plan -------------------------------------------------------------------
 def _abs(path: str | None) -> str | None:
     return str(Path(path).resolve()) if path else path
@@ -405,7 +409,10 @@ class WorldRun:
         if cfg.force and out.exists():
             if not run_file.exists() and any(p.name not in OUTPUTS for p in out.iterdir()):
                 raise ValueError(f"--force: {out} is not a train-world run folder (no {RUN_FILE}); not removing it")
+            generated = run_file.exists() and bool(json.loads(run_file.read_text()).get("config", {}).get("game"))
             for name in OUTPUTS:
+                if name == "data" and not generated:  # data/ that the earlier run did not make is not ours
+                    continue
                 target = out / name
                 if target.is_dir():
                     shutil.rmtree(target)
@@ -511,6 +518,8 @@ class WorldRun:
                 remaining = self._remaining_minutes()
                 if remaining is not None and remaining <= 0:
                     raise RunStopped(f"time limit (--max-minutes {self.cfg.max_minutes:g}) reached before {stage}")
+                if stage in TRAINED:
+                    self._replan(stage)
                 self._announce(stage)
                 entry["state"] = "running"
                 self.status["current"] = {"stage": stage, "step": entry.get("step")}
@@ -586,6 +595,25 @@ class WorldRun:
                          stats_batches=self.plan["stats_batches"],
                          options=spec.options() if spec.options is not None else None)
 
+    def _replan(self, stage: str) -> None:
+        """A budgeted stage that starts afresh gets its share of what is left of the budget (what
+        earlier stages spent beyond their time budgets, building models, loading data, fitting
+        statistics, comes off the stages still to run), at least a tenth of its planned share;
+        recorded in run.json so that a resumed stage keeps its budget."""
+        p = self.plan["stages"][stage]
+        if not self.plan["budget"] or (self.out / stage / "checkpoint" / "config.json").exists():
+            return
+        st = self.status["stages"]
+        p.setdefault("planned_time_budget", p["time_budget"])
+        later = TRAINED[TRAINED.index(stage):]
+        planned = sum(self.plan["stages"][s].get("planned_time_budget", self.plan["stages"][s]["time_budget"])
+                      for s in later)
+        spent = sum(st[s]["minutes"] for s in self.active if s != "data")
+        reserve_left = max(0.0, self.plan["reserve_minutes"] - sum(st[s]["minutes"] for s in RESERVED))
+        available = self.plan["budget"] - spent - reserve_left
+        p["time_budget"] = round(max(p["planned_time_budget"] * available / planned, 0.1 * p["planned_time_budget"]), 4)
+        self._write()
+
     def _train(self, stage: str, entry: dict) -> str:
         from driftless.train.stages import run_stage
 
@@ -602,7 +630,7 @@ class WorldRun:
             entry["state"] = "failed"
             self.status["state"] = "failed"
             self._write()
-            raise RuntimeError(f"{stage} stopped on non-finite losses at step {summary['step']}; see "
+            raise RunFailed(f"{stage} stopped on non-finite losses at step {summary['step']}; see "
                                f"{self.out / stage / 'metrics.jsonl'} (its last good checkpoint is kept)")
         if summary["stopped"] in ("steps", "time_budget"):
             entry["val"] = {k: v for k, v in _last_val(self.out / stage / "metrics.jsonl").items()
