@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from driftless.cli import main
-from driftless.train.world_run import (PLANS, RUN_FILE, TRAINED, WorldRunConfig, _fit_init, _stop_rule, identity,
-                                       init_checkpoint, make_plan)
+from driftless.train.world_plan import PLANS, TRAINED, WorldRunConfig, identity, make_plan, stop_rule
+from driftless.train.world_run import RUN_FILE, _fit_init, init_checkpoint
 
 from conftest import make_store
 
@@ -101,7 +101,7 @@ def test_a_run_folder_belongs_to_one_configuration(stores, tmp_path, capsys):
 
 def test_a_spent_time_limit_stops_before_the_next_stage(stores, tmp_path):
     out = tmp_path / "run"
-    rc, status = _train_world(stores, out, "--max-minutes", "1e-9")
+    _, status = _train_world(stores, out, "--max-minutes", "1e-9")
     assert status["state"] == "stopped" and "time limit" in status["invocations"][-1]["ended"]
     assert all(e["state"] == "pending" for e in status["stages"].values())
 
@@ -112,8 +112,8 @@ def test_plan_budget_batches_and_flags():
     assert [gpu["stages"][s]["batch_size"] for s in TRAINED] == [192, 96, 256]
     assert [cpu["stages"][s]["batch_size"] for s in TRAINED] == [16, 8, 16]
     assert [gpu["stages"][s]["time_budget"] for s in TRAINED] == pytest.approx([10.8, 5.4, 10.8])
-    assert gpu["reserve_minutes"] == pytest.approx(3.0) and gpu["eval"]["size"] == "full"
-    assert cpu["eval"]["size"] == "quick" and gpu["data"]["episodes"] == {"train": 700, "val": 44, "test": 175}
+    assert gpu["reserve_minutes"] == pytest.approx(3.0)
+    assert cpu["eval"]["size"] == "auto" and gpu["data"]["episodes"] == {"train": 700, "val": 44, "test": 175}
     assert gpu["stages"]["lam"]["steps"] > 10**8  # a budget: steps do not bound it
     base = make_plan(WorldRunConfig(out="o", data="d", preset="base"), "cuda")
     assert base["budget"] == 240 and base["stages"]["tokenizer"]["batch_size"] == 48
@@ -126,10 +126,10 @@ def test_plan_budget_batches_and_flags():
         WorldRunConfig(out="a", data="d"))
     with pytest.raises(ValueError, match="shares"):
         make_plan(WorldRunConfig(out="o", data="d", shares="1,0,1"), "cpu")
-    assert _stop_rule("lam:5") == ("lam", 5) and _stop_rule("world") == ("world", None)
+    assert stop_rule("lam:5") == ("lam", 5) and stop_rule("world") == ("world", None)
     for bad in ("nope", "latents:3", "lam:x"):
         with pytest.raises(ValueError, match="stop-after"):
-            _stop_rule(bad)
+            stop_rule(bad)
     assert set(PLANS) == {"debug", "small", "base"}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from driftless.config import add_dataclass_flags, dataclass_from_args, parse_overrides
 from driftless.runtime import default_device
@@ -91,7 +92,8 @@ then ends with the same world as an uninterrupted one. See docs/training.md.
 
 def _run_world(args: argparse.Namespace) -> int:
     from driftless.cli.evaluate import _summary
-    from driftless.train.world_run import RunFailed, WorldRunConfig, train_world
+    from driftless.train.world_plan import WorldRunConfig
+    from driftless.train.world_run import RunFailed, train_world
 
     try:
         result = train_world(dataclass_from_args(WorldRunConfig, args, overrides=parse_overrides(args.set)))
@@ -99,13 +101,13 @@ def _run_world(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 3
     if result["state"] == "done" and result.get("eval"):
-        print("\n".join(_summary(json.loads(open(result["eval"]).read()))))
+        print("\n".join(_summary(json.loads(Path(result["eval"]).read_text()))))
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 
 
 def _add_world(stages) -> None:
-    from driftless.train.world_run import WorldRunConfig
+    from driftless.train.world_plan import WorldRunConfig
 
     wp = stages.add_parser("world", help="the whole pipeline in one command: data, tokenizer, LAM, latents, dynamics, "
                                          "world build, evaluation (a --budget of minutes, resumable)",
