@@ -62,7 +62,7 @@ PLANS: dict[str, PresetPlan] = {
         latent_batch={"cuda": 256, "cpu": 16}, action_clips=512),
     "base": PresetPlan(
         budget=240, steps={"tokenizer": 100000, "lam": 100000, "dynamics": 100000},
-        batch={"cuda": {"tokenizer": 48, "lam": 48, "dynamics": 128}, "cpu": {"tokenizer": 4, "lam": 4, "dynamics": 4}},
+        batch={"cuda": {"tokenizer": 48, "lam": 32, "dynamics": 128}, "cpu": {"tokenizer": 4, "lam": 4, "dynamics": 4}},
         lr={"tokenizer": 3e-4, "lam": 3e-4, "dynamics": 3e-4}, warmup=500, overrides={"lam": {"vq_warmup": 200}},
         episodes=2000, max_frames=0, log_every=50, val_every=2000, save_every=1000,
         latent_batch={"cuda": 128, "cpu": 8}, action_clips=512),
