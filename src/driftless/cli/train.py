@@ -1,10 +1,11 @@
-"""driftless train tokenizer|lam|dynamics|latents"""
+"""driftless train world|tokenizer|lam|dynamics|latents"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from driftless.config import add_dataclass_flags, dataclass_from_args, parse_overrides
 from driftless.runtime import default_device
@@ -12,6 +13,8 @@ from driftless.train.specs import StageArgs, StageSpec, all_stages, get_stage
 from driftless.train.trainer import TrainConfig
 
 EXAMPLES = """examples:
+  driftless train world --game coinrun --out runs/coinrun --budget 30      (everything: data to evaluated world)
+  driftless train world --data data/coinrun-train --out runs/w --preset debug   (a smoke test, seconds)
   driftless train tokenizer --data data/coinrun-train --val-data data/coinrun-val --preset small --out runs/tok
   driftless train lam --data data/coinrun-train --preset small --out runs/lam
   driftless train latents --data data/coinrun-train --tokenizer runs/tok/checkpoint --lam runs/lam/checkpoint --out data/lat-train
@@ -77,6 +80,53 @@ def _run_latents(args: argparse.Namespace) -> int:
     return 0
 
 
+WORLD_EXAMPLES = """examples:
+  driftless train world --game coinrun --out runs/coinrun --budget 30
+  driftless train world --game ninja --out runs/ninja --budget 30 --max-minutes 9   (then the same again, to continue)
+  driftless train world --data data/coinrun-train --out runs/w2 --init-from runs/coinrun/world --budget 30
+  driftless train world --game bigfish --out /tmp/smoke --preset debug          (the whole pipeline in seconds)
+
+OUT holds tokenizer/, lam/, latents/, dynamics/, world/, eval.json and run.json (what is done, where
+the current stage is, minutes spent). The same command again continues an interrupted or stopped run
+at the stage and step where it stopped; different settings for an existing OUT are refused (--force
+starts over). --budget 0 (the debug preset's default) trains fixed step counts: an interrupted run
+then ends with the same world as an uninterrupted one. See docs/training.md.
+"""
+
+
+def _run_world(args: argparse.Namespace) -> int:
+    from driftless.cli.evaluate import _summary
+    from driftless.train.world_plan import WorldRunConfig
+    from driftless.train.world_run import RunFailed, train_world
+
+    try:
+        result = train_world(dataclass_from_args(WorldRunConfig, args, overrides=parse_overrides(args.set)))
+    except RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    if result["state"] == "done" and result.get("eval"):
+        print("\n".join(_summary(json.loads(Path(result["eval"]).read_text()))))
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+def _add_world(stages) -> None:
+    from driftless.train.world_plan import WorldRunConfig
+
+    wp = stages.add_parser("world", help="the whole pipeline in one command: data, tokenizer, LAM, latents, dynamics, "
+                                         "world build, evaluation (a --budget of minutes, resumable)",
+                           description="Train a world from an episode store (or a Procgen game) to a built and "
+                                       "evaluated world folder: tokenizer, LAM, latent cache, dynamics, world "
+                                       "build, evaluation, each stage alone on the device, within a --budget of "
+                                       "minutes, resumable where it stopped.",
+                           epilog=WORLD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_flags(wp, WorldRunConfig, exclude=("overrides",))
+    wp.add_argument("--set", action="append", metavar="STAGE.KEY=VALUE", default=[],
+                    help="override a stage's model config field (e.g. --set tokenizer.bottleneck=vq, "
+                         "--set dynamics.backbone.depth=8)")
+    wp.set_defaults(func=_run_world)
+
+
 def _elsewhere() -> str:
     """The stages that other verbs train (the showcases'), for the epilog."""
     lines = [f"  {name:12s} {spec.verb}" for name, spec in all_stages().items() if spec.verb is not None]
@@ -84,10 +134,11 @@ def _elsewhere() -> str:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train a tokenizer, latent action model or dynamics model",
+    p = sub.add_parser("train", help="train a world in one command (train world), or one stage of it",
                        description="One trainer for every stage: CPU, one GPU, or torchrun DDP with the same flags.",
                        epilog=EXAMPLES + _elsewhere(), formatter_class=argparse.RawDescriptionHelpFormatter)
     stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    _add_world(stages)
     for name, spec in all_stages().items():
         if spec.verb is not None:  # a showcase's stage: trained by its own verb
             continue
