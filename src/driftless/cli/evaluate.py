@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"eval: {cfg.size} protocol on {device} ({_sizes(cfg)}; --full for the full protocol)"
           if cfg.size == "quick" else f"eval: {cfg.size} protocol on {device} ({_sizes(cfg)})")
     world = load(args.world, device=device)
-    if world.device.type == "cpu" and not args.threads:
+    if world.device.type == "cpu" and not args.threads and world.dynamics is not None:
         from driftless.world.threads import tune_threads
 
         # on a CPU shared with other work one thread can be many times faster than all cores
