@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "driftless"
 
 SHOWCASES = ("plan", "forecast", "image")
 LOWER = ("models", "nn", "diffusion", "data")  # know nothing of the layers above them
-UPPER = ("eval", "train", "world", "serve", "cli")
+UPPER = ("eval", "train", "world", "serve", "export", "cli")
 WEB = ("fastapi", "starlette", "uvicorn")
 FRAME_MODEL_REGISTRY = re.compile(r"^models/(dynamics|frames|frame_\w+)\.py$")  # FRAME_MODELS and its classes
 
@@ -144,8 +144,15 @@ def core_imports_showcase(mods: list[Module]) -> list[str]:
                        lambda m, name: any(within(name, f"driftless.{s}") for s in SHOWCASES))
 
 
+def export_imported_below_serve(mods: list[Module]) -> list[str]:
+    """(i) The exporters (export/, beside serve) are imported only by cli/ (and serve/, export/ itself)."""
+    return _imports_of(mods, lambda m: m.package not in ("export", "serve", "cli", "__main__"),
+                       lambda m, name: within(name, "driftless.export"))
+
+
 RULES = [frame_model_switches, optimizer_steps, lower_layers_import_upper, cli_imports_outside_cli,
-         runtime_imports_package, showcase_imports_showcase, web_framework_outside_serve, core_imports_showcase]
+         runtime_imports_package, showcase_imports_showcase, web_framework_outside_serve, core_imports_showcase,
+         export_imported_below_serve]
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.__name__)
@@ -165,6 +172,7 @@ BREAKS = {
     showcase_imports_showcase: ("plan/bad.py", "def f():\n    from .. import image\n"),
     web_framework_outside_serve: ("world/bad.py", "def f():\n    import fastapi.responses\n"),
     core_imports_showcase: ("train/bad.py", "def f():\n    import driftless.forecast.model\n"),
+    export_imported_below_serve: ("world/bad.py", "def f():\n    from driftless.export.onnx import export_onnx\n"),
 }
 
 

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # module name under driftless.cli -> registers these verbs
-VERB_MODULES = ["demo", "data", "train", "world", "evaluate", "bench", "play", "rollout"]
+VERB_MODULES = ["demo", "data", "train", "world", "evaluate", "bench", "play", "rollout", "export"]
 # showcase packages driftless.<name> whose cli module registers their verbs
 SHOWCASES = ["plan", "forecast", "image"]
 
