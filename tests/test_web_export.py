@@ -10,6 +10,7 @@ file. By default the debug world plays for 15 s; the benchmark of docs/benchmark
         DRIFTLESS_DOCS_IMG=docs/img pytest tests/test_web_export.py -s
 
 (DRIFTLESS_WEB_WORLD: a world folder or shipped name, exported with the world's defaults;
+DRIFTLESS_WEB_DIR: instead, a folder `driftless export web` wrote before, served as it is;
 DRIFTLESS_DOCS_IMG: also save the screenshot web-play.png there.)
 """
 
@@ -58,7 +59,10 @@ def site(tmp_path_factory, request):
     out = tmp_path_factory.mktemp("web") / "site"
     shipped = os.environ.get("DRIFTLESS_WEB_WORLD")
     t0 = time.time()
-    if shipped:  # the benchmark: the whole export, with the world's own settings
+    if os.environ.get("DRIFTLESS_WEB_DIR"):  # an export made before
+        out = Path(os.environ["DRIFTLESS_WEB_DIR"])
+        shipped = json.loads((out / "manifest.json").read_text())["world"]["name"]
+    elif shipped:  # the benchmark: the whole export, with the world's own settings
         export_web(shipped, out, log=print)
     else:
         export = request.getfixturevalue("debug_export")
@@ -201,6 +205,8 @@ def test_page_plays_the_world_in_chromium(site, tmp_path):
             page.locator("#action-3").dispatch_event("pointerdown")
             page.wait_for_function("() => document.getElementById('last-action').textContent === '4'", timeout=30000)
             page.locator("#action-3").dispatch_event("pointerup")
+            if os.environ.get("DRIFTLESS_DOCS_IMG"):  # a few dozen frames in: still the level's scene
+                page.screenshot(path=str(Path(os.environ["DRIFTLESS_DOCS_IMG"]) / "web-play.png"))
 
             # frames keep coming: every window of 5 s (at most) adds frames; frames/s over the run
             s0, t_start = stats(page), time.time()
@@ -213,8 +219,6 @@ def test_page_plays_the_world_in_chromium(site, tmp_path):
             elapsed = time.time() - t_start
             fps = (last["frames"] - s0["frames"]) / elapsed
             assert float(page.locator("#fps").inner_text()) > 0
-            if os.environ.get("DRIFTLESS_DOCS_IMG"):
-                page.screenshot(path=str(Path(os.environ["DRIFTLESS_DOCS_IMG"]) / "web-play.png"))
             version = browser.version
         finally:
             browser.close()
@@ -231,3 +235,38 @@ def test_page_plays_the_world_in_chromium(site, tmp_path):
     if os.environ.get("DRIFTLESS_WEB_OUT"):
         Path(os.environ["DRIFTLESS_WEB_OUT"]).write_text(json.dumps(result, indent=2) + "\n")
     assert fps > 0.5
+
+
+@pytest.mark.skipif(not os.environ.get("DRIFTLESS_WEB_WEBGPU"),
+                    reason="opt-in (DRIFTLESS_WEB_WEBGPU=1): WebGPU on Chromium's software Vulkan, about a minute")
+def test_webgpu_backend_on_swiftshader(site):
+    """The WebGPU path, on SwiftShader (no GPU needed): same frames as ONNX Runtime in Python."""
+    from playwright.sync_api import sync_playwright
+
+    from driftless.export.onnx import OnnxPlayer
+
+    manifest = json.loads((site["dir"] / "manifest.json").read_text())
+    flags = ["--no-sandbox", "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
+             "--use-webgpu-adapter=swiftshader", "--use-angle=swiftshader"]
+    errors, seed, k = [], 99, 2
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags, headless=True)
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type in ("error", "warning") else None)
+            page.goto(f"{site['url']}?seed={seed}&pause={k}&fps=0")
+            page.wait_for_function(f"() => {{ const s = window.driftless.stats(); "
+                                   f"return s.errors || (s.paused && s.index === {k}); }}", timeout=300000)
+            s = stats(page)
+            shown = canvas_frame(page, tuple(manifest["world"]["resolution"]))
+        finally:
+            browser.close()
+    assert s["ep"] == "webgpu" and s["errors"] == 0, (s, errors)
+    assert not [e for e in errors if "adapter" not in e], errors
+    player, noise = OnnxPlayer(site["dir"]), PageNoise(seed)
+    start = np.asarray(Image.open(site["dir"] / manifest["start_frames"][0]["file"]).convert("RGB"))
+    player.reset(start, noise.normals(player.noise_shape))
+    for _ in range(k):
+        want = player.step(manifest["world"]["noop"], noise.normals(player.noise_shape))[0][0]
+    diff = np.abs(shown.astype(int) - want.astype(int))
+    assert diff.mean() < 0.5 and diff.max() <= 16, (diff.mean(), diff.max())

@@ -8,8 +8,8 @@
   onnxruntime-web (WebAssembly, WebGPU where the browser has it); the page lives in
   `export/static/`.
 
-This package sits beside `serve` (it uses `world` and `serve.session`'s start frames); nothing
-below `serve`/`cli` imports it.
+This package sits between `cli` and `serve` (it uses `world`, and `serve`'s start frames and
+image loading); only `cli` imports it (tests/test_layering.py, rule i).
 """
 
 from driftless.export.onnx import OnnxPlayer, check_against_torch, export_onnx

@@ -467,6 +467,17 @@ def default_start_frame(world: World, seed: int = 0) -> np.ndarray:
 
 def check_against_torch(world: World, folder: str | Path, frames: int = 24, seed: int = 0,
                         start_frame: np.ndarray | None = None) -> dict:
+    """See `_check`; PyTorch runs on one thread meanwhile (like ONNX Runtime here: at batch 1 on a
+    busy CPU, two threads mostly wait for each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _check(world, folder, frames, seed, start_frame)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check(world: World, folder: str | Path, frames: int, seed: int, start_frame: np.ndarray | None) -> dict:
     """Run the exported graphs (ONNX Runtime, CPU) against PyTorch for `frames` frames from one start
     frame with seeded actions, fed the noise a `torch.Generator` seeded `seed` draws:
 

@@ -112,11 +112,14 @@
   }
 
   async function createSessions(ep) {
-    const opts = { executionProviders: [ep], graphOptimizationLevel: "all" };
+    // logSeverityLevel 3: errors only (the WebGPU backend warns, as console errors, that it leaves shape
+    // computations on the CPU - as it should)
+    const opts = { executionProviders: [ep], graphOptimizationLevel: "all", logSeverityLevel: 3 };
     const g = state.manifest.graphs;
-    const [e, s] = await Promise.all([ort.InferenceSession.create(g.encoder.file, opts),
-      ort.InferenceSession.create(g.step.file, opts)]);
-    encoder = e; stepper = s; state.ep = ep;
+    // one after the other: the WebGPU backend refuses to create two sessions at once
+    encoder = await ort.InferenceSession.create(g.encoder.file, opts);
+    stepper = await ort.InferenceSession.create(g.step.file, opts);
+    state.ep = ep;
   }
 
   // one frame on a black start image: the first run of a session sets itself up (and a backend
