@@ -11,6 +11,7 @@ file. By default the debug world plays for 15 s; the benchmark of docs/benchmark
 
 (DRIFTLESS_WEB_WORLD: a world folder or shipped name, exported with the world's defaults;
 DRIFTLESS_WEB_DIR: instead, a folder `driftless export web` wrote before, served as it is;
+DRIFTLESS_WEB_THREADS=N: serve it cross-origin isolated (COOP/COEP headers) and play with N threads;
 DRIFTLESS_DOCS_IMG: also save the screenshot web-play.png there.)
 """
 
@@ -33,6 +34,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 SECONDS = float(os.environ.get("DRIFTLESS_WEB_SECONDS", "15"))
+THREADS = int(os.environ.get("DRIFTLESS_WEB_THREADS", "1"))
 PAUSE_AT = 6
 
 pytestmark = pytest.mark.browser
@@ -81,6 +83,12 @@ def site(tmp_path_factory, request):
     class Static(http.server.SimpleHTTPRequestHandler):
         extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript",
                           ".wasm": "application/wasm"}
+
+        def end_headers(self):
+            if THREADS > 1:  # what a host sets to let the page use WebAssembly threads
+                self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+                self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+            super().end_headers()
 
         def log_message(self, *args):
             pass
@@ -132,6 +140,33 @@ def canvas_frame(page, resolution) -> np.ndarray:
     return img[sy // 2::sy, sx // 2::sx][:h, :w]
 
 
+def chromium_cpu_seconds() -> float | None:
+    """CPU seconds used so far by this process's descendants (Playwright's driver, Chromium and its
+    renderer), from /proc; None where there is no /proc. Frames per CPU-second of the page is what
+    it would reach with a core to itself (the page computes on one thread), however busy the
+    machine is while it is measured."""
+    if not os.path.isdir("/proc"):
+        return None
+    procs = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            rest = stat[stat.rindex(")") + 2:].split()
+            procs[int(d)] = (int(rest[1]), int(rest[11]) + int(rest[12]))  # ppid, utime + stime
+    children = {}
+    for pid, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0, [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            total += procs[child][1]
+            todo.append(child)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def stats(page) -> dict:
     return page.evaluate("() => window.driftless.stats()")
 
@@ -157,12 +192,12 @@ def test_page_plays_the_world_in_chromium(site, tmp_path):
             page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(site["url"])
                        else (outside.append(route.request.url), route.abort()))
             t0 = time.time()
-            page.goto(f"{site['url']}?seed={seed}&pause={PAUSE_AT}&fps=0")
+            page.goto(f"{site['url']}?seed={seed}&pause={PAUSE_AT}&fps=0" + (f"&threads={THREADS}" if THREADS > 1 else ""))
             page.wait_for_function("() => window.driftless.stats().started || window.driftless.stats().errors",
                                    timeout=120000)
             first_frame_s = time.time() - t0
             s = stats(page)
-            assert s["errors"] == 0 and s["ep"] == "wasm" and s["threads"] == 1, (s, errors)
+            assert s["errors"] == 0 and s["ep"] == "wasm" and s["threads"] == THREADS, (s, errors)
             assert page.locator("#actions button").count() == w["num_actions"]
 
             # paused after PAUSE_AT frames: the page's frame is ONNX Runtime's in Python on the page's noise
@@ -209,7 +244,7 @@ def test_page_plays_the_world_in_chromium(site, tmp_path):
                 page.screenshot(path=str(Path(os.environ["DRIFTLESS_DOCS_IMG"]) / "web-play.png"))
 
             # frames keep coming: every window of 5 s (at most) adds frames; frames/s over the run
-            s0, t_start = stats(page), time.time()
+            s0, t_start, cpu0 = stats(page), time.time(), chromium_cpu_seconds()
             last = s0
             while time.time() - t_start < SECONDS:
                 time.sleep(min(5.0, SECONDS))
@@ -217,6 +252,7 @@ def test_page_plays_the_world_in_chromium(site, tmp_path):
                 assert now["frames"] > last["frames"], (last, now)
                 last = now
             elapsed = time.time() - t_start
+            cpu = chromium_cpu_seconds()
             fps = (last["frames"] - s0["frames"]) / elapsed
             assert float(page.locator("#fps").inner_text()) > 0
             version = browser.version
@@ -224,8 +260,11 @@ def test_page_plays_the_world_in_chromium(site, tmp_path):
             browser.close()
     assert not outside, outside
     assert not errors, errors
-    result = {"world": site["world"], "seconds": round(elapsed, 1), "frames": last["frames"] - s0["frames"],
-              "frames_per_s": round(fps, 2), "model_ms": round(last["ms"], 1), "backend": last["ep"],
+    frames = last["frames"] - s0["frames"]
+    per_cpu_s = round(frames / (cpu - cpu0), 2) if cpu is not None and cpu > cpu0 else None
+    result = {"world": site["world"], "seconds": round(elapsed, 1), "frames": frames,
+              "frames_per_s": round(fps, 2), "chromium_cpu_s": None if cpu is None else round(cpu - cpu0, 1),
+              "frames_per_cpu_s": per_cpu_s, "model_ms": round(last["ms"], 1), "backend": last["ep"],
               "threads": last["threads"], "first_frame_s": round(first_frame_s, 1),
               "page_load_ms": round(last["loadMs"]), "export_s": round(site["export_s"], 1),
               "chromium": version, "cores": os.cpu_count(), "load_avg": [round(x, 2) for x in os.getloadavg()],
