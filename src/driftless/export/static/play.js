@@ -273,6 +273,7 @@
   }
 
   function setPaused(p) {
+    if (state.paused && !p) { state.playStart = null; state.playFrames = 0; }  // mean FPS: since resuming
     state.paused = p;
     $("btn-pause").textContent = p ? "Resume" : "Pause";
     $("paused-badge").classList.toggle("hidden", !p);
