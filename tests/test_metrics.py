@@ -95,3 +95,34 @@ def test_ssim_falls_with_noise_and_is_negative_for_an_inverted_image():
               for s in (0.0, 0.05, 0.2, 0.5)]
     assert values[0] > 0.999 and all(a > b for a, b in zip(values, values[1:]))
     assert float(ssim(x, 1 - x)) < 0
+
+
+def _smooth_pair():
+    """Deterministic smooth RGB frames and a noisy copy (48 x 40)."""
+    rng = np.random.default_rng(2026)
+    yy, xx = np.mgrid[0:48, 0:40]
+    a = np.stack([127 + 100 * np.sin(xx / 5.0 + c) * np.cos(yy / 7.0) for c in range(3)], -1)
+    b = a + rng.normal(0, 12, a.shape)
+    return np.clip(a, 0, 255).astype(np.uint8), np.clip(b, 0, 255).astype(np.uint8)
+
+
+# computed once with scikit-image 0.26: structural_similarity(a, b, channel_axis=-1,
+# gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255) and
+# peak_signal_noise_ratio(a, b, data_range=255)
+SKIMAGE_SSIM = 0.8012285798507103
+SKIMAGE_PSNR = 26.532803514966695
+
+
+def test_psnr_and_ssim_match_scikit_image():
+    a, b = (torch.from_numpy(x) for x in _smooth_pair())
+    assert float(ssim(a, b)) == pytest.approx(SKIMAGE_SSIM, abs=1e-5)
+    assert float(psnr(a, b)) == pytest.approx(SKIMAGE_PSNR, abs=1e-4)
+
+
+def test_metrics_ignore_bf16_autocast():
+    """Validation runs under bf16 autocast; SSIM computed in bf16 there read 0.06 for good
+    reconstructions (and above 1 here): the metrics must not follow autocast."""
+    a, b = (torch.from_numpy(x) for x in _smooth_pair())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        s, p = float(ssim(a, b)), float(psnr(a, b))
+    assert s == pytest.approx(SKIMAGE_SSIM, abs=1e-5) and p == pytest.approx(SKIMAGE_PSNR, abs=1e-4)

@@ -165,3 +165,16 @@ def test_compiled_training_step_gives_the_eager_loss(tmp_path, monkeypatch):
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
     for k, w in weights[False].items():
         assert torch.allclose(weights[True][k], w, rtol=1e-3, atol=1e-5), k
+
+
+def test_resume_a_checkpoint_saved_before_a_config_field_existed(tmp_path):
+    """A field added to a model config later (with a default that keeps old behaviour) must not
+    stop --resume of a run saved before it: the saved config is read with today's defaults."""
+    store = make_store(tmp_path / "store", episodes=3, length=10)
+    _stage(store.root, tmp_path / "run", 4, stop_after=2)
+    cfg_path = tmp_path / "run" / "checkpoint" / "config.json"
+    header = json.loads(cfg_path.read_text())
+    for stack in ("encoder", "decoder"):
+        del header["config"][stack]["temporal_window"]  # as written before the field existed
+    cfg_path.write_text(json.dumps(header))
+    assert _stage(store.root, tmp_path / "run", 4, resume=True)["step"] == 4

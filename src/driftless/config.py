@@ -71,6 +71,19 @@ def from_dict(cls: type[T], data: dict) -> T:
     return cls(**kwargs)
 
 
+def normalized(cls: type, data: dict) -> dict:
+    """`data` (a saved config) as `cls` reads it today, back to a JSON-able dict: fields added
+    since it was saved take their defaults, so an old checkpoint compares equal to the config
+    it means. Returns `data` unchanged if `cls` cannot read it (the caller's comparison then
+    fails with its own message)."""
+    import json
+
+    try:
+        return json.loads(json.dumps(to_dict(from_dict(cls, data))))
+    except (TypeError, ValueError):
+        return data
+
+
 def override(cfg: T, overrides: dict[str, Any]) -> T:
     """Return a copy of cfg with dotted-key overrides applied, e.g. {"backbone.depth": 8}."""
     data = to_dict(cfg)

@@ -3,6 +3,11 @@
 PSNR uses a peak of 255 for uint8 input and 1 for float input. SSIM follows Wang et al. (2004):
 an 11x11 Gaussian window with sigma 1.5, K1 = 0.01, K2 = 0.03, computed per channel and
 averaged (the scikit-image / TF `ssim` convention with `gaussian_weights=True`), valid region only.
+
+Both always compute in float32, also when called under bf16 autocast (as training's validation
+is): SSIM's variances are differences of nearly equal window means, which bf16 cancels into
+noise (validation once logged SSIM 0.06 for frames whose true SSIM was 0.77). Training's
+validation and `driftless eval` call these same functions.
 """
 
 from __future__ import annotations
@@ -18,6 +23,19 @@ def _as_unit(x) -> torch.Tensor:
     return t.float()
 
 
+def _float32(fn):
+    """Run a metric with autocast off (float32 arithmetic whatever the caller's autocast)."""
+
+    def wrapped(a, b, *args, **kwargs):
+        device = torch.as_tensor(a).device.type
+        with torch.autocast(device_type=device, enabled=False):
+            return fn(a, b, *args, **kwargs)
+
+    wrapped.__name__, wrapped.__doc__ = fn.__name__, fn.__doc__
+    return wrapped
+
+
+@_float32
 def psnr(a, b, reduce: bool = True) -> torch.Tensor:
     """PSNR in dB between frames (..., H, W, C); per frame (...) unless reduce (mean over frames)."""
     x, y = _as_unit(a), _as_unit(b)
@@ -35,6 +53,7 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return torch.outer(g, g)
 
 
+@_float32
 def ssim(a, b, reduce: bool = True, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Structural similarity between frames (..., H, W, C) on a [0, 1] scale."""
     x, y = _as_unit(a), _as_unit(b)

@@ -90,9 +90,10 @@ PRESETS: dict[str, DynamicsConfig] = {
                             maskgit=MaskGITConfig(codebook_size=64, steps=4)),
     # ships inside the package (~4M parameters): plays in real time on a 2-core CPU
     "small": DynamicsConfig(latent_dim=16, backbone=STConfig(dim=208, depth=5, heads=4, cond_dim=208,
-                                                             adaln="shared"),
+                                                             adaln="shared", temporal_window=16),
                             diffusion=DiffusionConfig(sampling_steps=8)),
-    "base": DynamicsConfig(latent_dim=16, backbone=STConfig(dim=384, depth=8, heads=6, cond_dim=384),
+    "base": DynamicsConfig(latent_dim=16, backbone=STConfig(dim=384, depth=8, heads=6, cond_dim=384,
+                                                            temporal_window=16),
                            diffusion=DiffusionConfig(sampling_steps=16)),
 }
 

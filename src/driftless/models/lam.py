@@ -62,9 +62,11 @@ PRESETS: dict[str, LAMConfig] = {
     "debug": LAMConfig(num_actions=4, action_dim=8,
                        encoder=STConfig(dim=32, depth=1, heads=2), decoder=STConfig(dim=32, depth=1, heads=2)),
     "small": LAMConfig(num_actions=8, action_dim=32,
-                       encoder=STConfig(dim=128, depth=2, heads=4), decoder=STConfig(dim=128, depth=3, heads=4)),
+                       encoder=STConfig(dim=128, depth=2, heads=4, temporal_window=16),
+                       decoder=STConfig(dim=128, depth=3, heads=4, temporal_window=16)),
     "base": LAMConfig(num_actions=8, action_dim=32,
-                      encoder=STConfig(dim=256, depth=4, heads=4), decoder=STConfig(dim=256, depth=4, heads=4)),
+                      encoder=STConfig(dim=256, depth=4, heads=4, temporal_window=16),
+                      decoder=STConfig(dim=256, depth=4, heads=4, temporal_window=16)),
 }
 
 

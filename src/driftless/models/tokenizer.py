@@ -66,15 +66,18 @@ PRESETS: dict[str, TokenizerConfig] = {
         patch=8, latent_dim=4,
         encoder=STConfig(dim=32, depth=1, heads=2), decoder=STConfig(dim=32, depth=1, heads=2), head_ratio=1,
     ),
-    # ships inside the package: ~2.6M parameters, 64 tokens x 16 channels per 64x64 frame
+    # ships inside the package: ~2.6M parameters, 64 tokens x 16 channels per 64x64 frame. The
+    # temporal window is the training clip length (8): longer spans were never seen in training
     "small": TokenizerConfig(
         patch=8, latent_dim=16,
-        encoder=STConfig(dim=160, depth=2, heads=4), decoder=STConfig(dim=160, depth=4, heads=4), head_ratio=2,
+        encoder=STConfig(dim=160, depth=2, heads=4, temporal_window=8),
+        decoder=STConfig(dim=160, depth=4, heads=4, temporal_window=8), head_ratio=2,
     ),
     # GPU quality: 256 tokens x 8 channels per frame (patch 4, as Genie)
     "base": TokenizerConfig(
         patch=4, latent_dim=8,
-        encoder=STConfig(dim=384, depth=6, heads=6), decoder=STConfig(dim=384, depth=8, heads=6), head_ratio=2,
+        encoder=STConfig(dim=384, depth=6, heads=6, temporal_window=8),
+        decoder=STConfig(dim=384, depth=8, heads=6, temporal_window=8), head_ratio=2,
     ),
 }
 

@@ -176,7 +176,16 @@ class StaticKVCache:
         self.committed = min(self.committed + 1, window if window is not None else self.committed + 1)
 
 
-def short_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def causal_mask(queries: int, keys: int, span: int = 0, device=None) -> torch.Tensor:
+    """(queries, keys) bool: the last `queries` of `keys` positions each see themselves and the
+    earlier keys, at most `span` positions in all (0: no limit)."""
+    i = torch.arange(keys - queries, keys, device=device)[:, None]  # absolute query positions
+    j = torch.arange(keys, device=device)[None, :]
+    mask = j <= i
+    return mask & (i - j < span) if span else mask
+
+
+def short_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span: int = 0) -> torch.Tensor:
     """Causal attention written out for short sequences: q, k, v (N, heads, L, hd) -> (N, heads, L, hd).
 
     The fused attention kernels work on tiles of 64-128 queries; with L = 8-16 frames (the
@@ -186,8 +195,7 @@ def short_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
     L = q.shape[-2]
     scale = q.shape[-1] ** -0.5
     scores = torch.einsum("nhid,nhjd->nhij", q.float(), k.float()) * scale  # (N, h, L, L)
-    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
-    p = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+    p = scores.masked_fill(~causal_mask(L, L, span, q.device), float("-inf")).softmax(dim=-1)
     return torch.einsum("nhij,nhjd->nhid", p.to(v.dtype), v)
 
 
@@ -223,6 +231,7 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
         commit: bool = False,
         window: int | None = None,
+        span: int = 0,
     ) -> torch.Tensor:
         """x: (N, L, D) -> (N, L, D).
 
@@ -230,7 +239,9 @@ class Attention(nn.Module):
         with `commit` its keys and values are appended to the cache afterwards (keeping at
         most `window` positions). `positions` (L,) are absolute positions along the attended
         axis for the rotary embedding; cached keys keep the rotation of their own positions,
-        so only relative offsets matter and positions may grow without bound.
+        so only relative offsets matter and positions may grow without bound. `span` (causal
+        only; 0 = unlimited): a position attends to itself and at most span - 1 earlier ones,
+        the same sliding window the KV cache keeps (callers pass window <= span - 1).
         """
         q, k, v = self._qkv(x)
         if self.rotary is not None:
@@ -253,16 +264,17 @@ class Attention(nn.Module):
             raise ValueError(f"a static KV cache takes one position at a time, got {L}")
         elif (causal and cache is None and x.is_cuda and 1 < L <= SHORT_ATTENTION_MAX
               and torch.compiler.is_compiling()):
-            out = short_causal_attention(q, k, v)  # the compiled temporal pass (see the function)
+            out = short_causal_attention(q, k, v, span)  # the compiled temporal pass (see the function)
         else:
             if cache is not None and cache.length:
                 past_k, past_v = cache.past()
                 k_all, v_all = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
                 mask = None
-                if causal:  # new query i sees every cached key and new keys <= i
-                    mask = torch.ones(L, past_k.shape[2] + L, dtype=torch.bool, device=x.device)
-                    mask = mask.tril(diagonal=past_k.shape[2])
+                if causal:  # new query i sees the cached keys and new keys <= i (within the span)
+                    mask = causal_mask(L, past_k.shape[2] + L, span, x.device)
                 out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+            elif causal and span and L > span:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(L, L, span, x.device))
             else:
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=causal and L > 1)
             if commit:

@@ -29,6 +29,10 @@ class STConfig:
     mlp_ratio: float = 4.0
     cond_dim: int = 0  # 0: no per-frame conditioning
     qk_norm: bool = True
+    # frames a position attends to in time, itself included (0: all earlier frames). Set it to the
+    # training clip length: attention spans never seen in training (a 256-frame clip through a
+    # tokenizer trained on 8-frame clips) cost it 6 dB by frame 256; within the span it is flat
+    temporal_window: int = 0
     # per_block: each block projects the condition to its 9 modulations (DiT adaLN-Zero);
     # shared: one projection for all blocks plus a learned per-block offset table
     # (PixArt's adaLN-single), ~9*dim^2 fewer parameters per block
@@ -67,6 +71,7 @@ class STBlock(nn.Module):
         self.norm_m = nn.LayerNorm(d, elementwise_affine=affine, eps=1e-6)
         self.mlp = Mlp(d, int(d * cfg.mlp_ratio))
         self.conditioned = cfg.cond_dim > 0
+        self.temporal_window = cfg.temporal_window
         self.ada = None
         self.ada_table = None
         if cfg.cond_dim and cfg.adaln == "per_block":
@@ -107,7 +112,8 @@ class STBlock(nn.Module):
         x = x + gate(0, h)
         # temporal: each spatial position attends to itself in this and earlier frames
         h = rearrange(pre(self.norm_t, 3), "b t s d -> (b s) t d")
-        h = self.temporal(h, causal=True, positions=positions, cache=cache, commit=commit, window=window)
+        h = self.temporal(h, causal=True, positions=positions, cache=cache, commit=commit, window=window,
+                          span=self.temporal_window)
         x = x + gate(3, rearrange(h, "(b s) t d -> b t s d", b=b))
         # one feed-forward
         x = x + gate(6, self.mlp(pre(self.norm_m, 6)))
@@ -167,6 +173,8 @@ class STTransformer(nn.Module):
         """
         if x.dim() != 4:
             raise ValueError(f"ST-transformer expects tokens (b, t, s, d), got shape {tuple(x.shape)}")
+        if caches is not None and self.cfg.temporal_window:  # the cache keeps no more than the span
+            window = self.cfg.temporal_window - 1 if window is None else min(window, self.cfg.temporal_window - 1)
         if isinstance(start, torch.Tensor):  # a device counter (CUDA-graph sessions)
             positions = start + torch.arange(x.shape[1], device=x.device)
         else:
