@@ -11,14 +11,17 @@ import torch
 
 from driftless.diffusion.gaussian import NoiseTape, randn
 
+from conftest import EXPORT_DECODER_WINDOW
+
 
 # ---------------------------------------------------------------------------------- the graphs
 def test_step_graph_matches_pytorch_past_the_ring_buffers_wrap(debug_export):
     """Same inputs and noise: the step graph's latents equal its PyTorch module's, and its frames
-    `World.reset` + `World.step` with that seed, over 14 frames (the ring buffers hold 6)."""
+    `World.reset` + `World.step` with that seed, over 14 frames (the dynamics' ring buffer holds 6,
+    the decoder's 4: both wrap around)."""
     check = debug_export["manifest"]["check"]
     window = debug_export["manifest"]["world"]["context_window"]
-    assert check["frames"] > 2 * window
+    assert check["frames"] > max(2 * window, 3 * EXPORT_DECODER_WINDOW)
     assert check["latents_max_abs"] < 1e-4, check
     assert check["frames_max_abs"] <= 1 and check["frames_mean_abs"] < 0.01, check
     assert check["encoder_max_abs"] < 1e-4, check
@@ -44,6 +47,9 @@ def test_manifest_describes_the_interface(debug_export):
     cap = m["world"]["context_window"]
     assert inputs["dyn_valid"] == {"name": "dyn_valid", "dtype": "bool", "shape": [cap]}
     assert inputs["dyn_k0"]["shape"][2] == cap and inputs["dyn_slot"]["dtype"] == "int64"
+    # the decoder's ring buffer is its temporal window (itself and 3 earlier frames), not the dynamics'
+    dec_cap = EXPORT_DECODER_WINDOW
+    assert dec_cap < cap and inputs["dec_valid"]["shape"] == [dec_cap] and inputs["dec_k0"]["shape"][2] == dec_cap
     assert m["world"]["null_action"] == m["world"]["num_actions"] == 4
     assert m["world"]["action_map"]["keys"]["ArrowRight"] == 2
     assert {g["file"] for g in m["graphs"].values()} == {"encoder.onnx", "step.onnx"}
