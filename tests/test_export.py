@@ -196,3 +196,40 @@ def test_cli_registers_export():
     assert args.func.__name__ == "_onnx" and args.steps == 3 and args.weights == "auto"
     args = parser.parse_args(["export", "web", "--out", "y", "--ort-dir", "z", "--no-webgpu"])
     assert args.func.__name__ == "_web" and args.world == "coinrun" and args.no_webgpu and args.ort_dir == "z"
+
+
+def test_cli_refuses_an_out_that_holds_something_but_builds_the_page_in_its_own_onnx_folder(debug_export, tmp_path,
+                                                                                              capsys):
+    """--out holding something is refused (nothing changed) unless --force; `export web --onnx DIR
+    --out DIR` turns an `export onnx` folder into the page in place (a stand-in runtime, no npm)."""
+    import shutil
+
+    from PIL import Image
+
+    from driftless.cli import main
+    from driftless.export import web
+
+    runtime = tmp_path / "ort"
+    runtime.mkdir()
+    for name in web.ORT_BACKENDS["wasm"]:
+        (runtime / name).write_bytes(name.encode())
+    image = tmp_path / "start.png"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(image)
+    graphs = tmp_path / "graphs"
+    shutil.copytree(debug_export["onnx"], graphs)
+    page_args = [str(debug_export["world"]), "--onnx", str(graphs), "--ort-dir", str(runtime), "--start", str(image),
+                 "--no-webgpu"]
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    for argv in (["export", "onnx", str(debug_export["world"]), "--out", str(other)],
+                 ["export", "web", *page_args, "--out", str(other)]):
+        assert main(argv) == 1
+        assert "nothing was changed" in capsys.readouterr().err
+        assert [p.name for p in other.iterdir()] == ["keep.txt"]
+
+    assert main(["export", "web", *page_args, "--out", str(graphs)]) == 0  # in place: no --force needed
+    assert (graphs / "index.html").is_file() and (graphs / "ort" / "ort.wasm.min.js").read_bytes() == b"ort.wasm.min.js"
+    assert main(["export", "web", *page_args, "--out", str(other), "--force"]) == 0
+    assert (other / "step.onnx").read_bytes() == (graphs / "step.onnx").read_bytes() and (other / "keep.txt").exists()

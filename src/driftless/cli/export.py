@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("world", nargs="?", default="coinrun", help="world folder or shipped name (default: coinrun)")
     p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--force", action="store_true", help="write into an --out that already holds something")
     p.add_argument("--steps", type=int, help="DDIM steps per frame, unrolled in the step graph (default: the world's)")
     p.add_argument("--weights", choices=["auto", "fp16", "fp32"], default="auto",
                    help="auto (default): float16 where that loses nothing (the shipped world's weights are float16), "
@@ -26,8 +28,10 @@ def _summary(manifest: dict, out: str) -> None:
 
 
 def _onnx(args: argparse.Namespace) -> int:
+    from driftless.checkpoint import refuse_overwrite
     from driftless.export.onnx import export_onnx
 
+    refuse_overwrite(args.out, args.force, "export")
     manifest = export_onnx(args.world, args.out, steps=args.steps, weights=args.weights,
                            check_frames=args.check_frames, seed=args.seed)
     _summary(manifest, args.out)
@@ -35,8 +39,12 @@ def _onnx(args: argparse.Namespace) -> int:
 
 
 def _web(args: argparse.Namespace) -> int:
+    from driftless.checkpoint import refuse_overwrite
     from driftless.export.web import ORT_VERSION, export_web
 
+    # (an `export onnx` folder may be turned into the page in place: --onnx DIR --out DIR)
+    if not (args.onnx and Path(args.onnx).resolve() == Path(args.out).resolve()):
+        refuse_overwrite(args.out, args.force, "export")
     manifest = export_web(args.world, args.out, ort_dir=args.ort_dir, ort_version=args.ort_version or ORT_VERSION,
                           starts=args.start_frames, start_images=args.start or (), steps=args.steps,
                           weights=args.weights, check_frames=args.check_frames, seed=args.seed,
