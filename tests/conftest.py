@@ -45,3 +45,28 @@ def debug_world(tmp_path_factory):
     from driftless.world.debug import make_debug_world
 
     return make_debug_world(tmp_path_factory.mktemp("world") / "debug")
+
+
+# a debug world with an action map, exported to ONNX once per test session (tests/test_export.py and
+# tests/test_web_export.py): 2 DDIM steps with eta = 1 (so the graph takes per-step noise, as the
+# shipped world's does), checked against PyTorch for 14 frames, past the ring buffers' wrap-around.
+# As in the shipped world (decoder 8 frames, dynamics 16), the decoder's temporal window is shorter
+# than the dynamics' context (6): its ring buffer holds 4 slots and wraps three times in the check
+EXPORT_DECODER_WINDOW = 4
+EXPORT_ACTION_MAP = {"keys": {"ArrowLeft": 1, "ArrowRight": 2, "ArrowUp": 3, " ": 3, "ArrowDown": 0},
+                     "groups": {"none": 0, "left": 1, "right": 2, "jump": 3}, "accuracy": 0.58,
+                     "majority_baseline": 0.41}
+
+
+@pytest.fixture(scope="session")
+def debug_export(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from driftless.export.onnx import export_onnx
+    from driftless.world.debug import make_debug_world
+
+    root = tmp_path_factory.mktemp("export")
+    world = make_debug_world(root / "world", action_map=EXPORT_ACTION_MAP,
+                             tokenizer_overrides={"decoder.temporal_window": EXPORT_DECODER_WINDOW})
+    manifest = export_onnx(world, root / "onnx", steps=2, eta=1.0, check_frames=14, seed=0, log=lambda *a: None)
+    return {"world": world, "onnx": root / "onnx", "manifest": manifest}

@@ -81,10 +81,12 @@ def test_1_a_fresh_run_into_a_folder_holding_a_run_is_refused(trained_run, tmp_p
     ["train", "latents", "--data", "S", "--tokenizer", "T"],
     ["plan", "train", "--data", "M"],
     ["forecast", "train", "--data", "synthetic"],
+    ["export", "onnx", "coinrun"],
+    ["export", "web", "coinrun"],
 ])
 def test_1_other_commands_refuse_an_out_that_holds_something(argv, tmp_path, capsys):
-    """Worlds, latent caches and the showcases' checkpoints are as much work to remake as a
-    training run: their commands refuse an --out that holds something (before reading any input)
+    """Worlds, latent caches, the showcases' checkpoints and exports (a folder a user may have
+    pointed at anything) are as much work to remake as a training run: their commands refuse an --out that holds something (before reading any input)
     unless --force, and change nothing."""
     from driftless.cli import main
 

@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "driftless"
 
 SHOWCASES = ("plan", "forecast", "image")
 LOWER = ("models", "nn", "diffusion", "data")  # know nothing of the layers above them
-UPPER = ("eval", "train", "world", "serve", "cli")
+UPPER = ("eval", "train", "world", "serve", "export", "cli")
 WEB = ("fastapi", "starlette", "uvicorn")
 FRAME_MODEL_REGISTRY = re.compile(r"^models/(dynamics|frames|frame_\w+)\.py$")  # FRAME_MODELS and its classes
 
@@ -151,9 +151,15 @@ def pipeline_imported_outside_cli(mods: list[Module]) -> list[str]:
                        lambda m, name: within(name, "driftless.train.world_run"))
 
 
+def export_imported_below_cli(mods: list[Module]) -> list[str]:
+    """(j) The exporters (export/, above serve) are imported only by cli/ (and export/ itself)."""
+    return _imports_of(mods, lambda m: m.package not in ("export", "cli", "__main__"),
+                       lambda m, name: within(name, "driftless.export"))
+
+
 RULES = [frame_model_switches, optimizer_steps, lower_layers_import_upper, cli_imports_outside_cli,
          runtime_imports_package, showcase_imports_showcase, web_framework_outside_serve, core_imports_showcase,
-         pipeline_imported_outside_cli]
+         pipeline_imported_outside_cli, export_imported_below_cli]
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.__name__)
@@ -174,6 +180,7 @@ BREAKS = {
     web_framework_outside_serve: ("world/bad.py", "def f():\n    import fastapi.responses\n"),
     core_imports_showcase: ("train/bad.py", "def f():\n    import driftless.forecast.model\n"),
     pipeline_imported_outside_cli: ("world/bad.py", "def f():\n    from driftless.train.world_run import train_world\n"),
+    export_imported_below_cli: ("serve/bad.py", "def f():\n    from driftless.export.onnx import export_onnx\n"),
 }
 
 

@@ -12,7 +12,7 @@ import sys
 import warnings
 
 # module name under driftless.cli -> registers these verbs
-VERB_MODULES = ["demo", "data", "train", "world", "evaluate", "bench", "play", "rollout"]
+VERB_MODULES = ["demo", "data", "train", "world", "evaluate", "bench", "play", "rollout", "export"]
 # showcase packages driftless.<name> whose cli module registers their verbs
 SHOWCASES = ["plan", "forecast", "image"]
 

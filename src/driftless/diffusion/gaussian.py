@@ -38,6 +38,33 @@ class DiffusionConfig:
             raise ValueError(f"context_level must lie in [0, {self.levels}], got {self.context_level}")
 
 
+class NoiseTape:
+    """Given noise handed out in order in place of random draws: pass one where a sampler takes
+    a `generator`, and each of its draws (`randn`) takes the next tensor instead. An exported
+    graph gets its noise as inputs this way (export/onnx.py), so that it can be fed exactly the
+    noise a seeded `torch.Generator` would draw."""
+
+    def __init__(self, tensors) -> None:
+        self.tensors = list(tensors)
+        self.taken = 0
+
+    def draw(self, shape) -> torch.Tensor:
+        if self.taken >= len(self.tensors):
+            raise ValueError(f"the noise tape is used up: {len(self.tensors)} draw(s) given")
+        t = self.tensors[self.taken]
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"noise draw {self.taken} has shape {tuple(t.shape)}, the sampler wants {tuple(shape)}")
+        self.taken += 1
+        return t
+
+
+def randn(shape, device, generator: torch.Generator | NoiseTape | None = None) -> torch.Tensor:
+    """Standard normal noise of `shape`: drawn from `generator`, or the next tensor of a `NoiseTape`."""
+    if isinstance(generator, NoiseTape):
+        return generator.draw(shape)
+    return torch.randn(shape, device=device, generator=generator)
+
+
 def expand_like(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     # a: (b, t) per-token scalars -> broadcastable to like: (b, t, ...)
     return a.reshape(a.shape + (1,) * (like.dim() - a.dim()))
@@ -122,6 +149,6 @@ class GaussianDiffusion:
             a_from, s_from = expand_like(a_from, x0), expand_like(s_from, x0)
             ratio = (s_to**2 / s_from.clamp(min=1e-8) ** 2) * (1 - a_from**2 / a_to.clamp(min=1e-8) ** 2)
             std = eta * ratio.clamp(min=0).sqrt()
-            noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+            noise = randn(x0.shape, x0.device, generator)
             return a_to * x0 + (s_to**2 - std**2).clamp(min=0).sqrt() * eps + std * noise
         return a_to * x0 + s_to * eps

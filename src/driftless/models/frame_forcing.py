@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from driftless.diffusion.gaussian import NoiseTape, randn
 from driftless.diffusion.scheduling import ladder, sample_matrix, schedule_matrix
 from driftless.models.frames import Backbone, BuildShared, FrameModel, no_shared_layers
 
@@ -101,11 +102,23 @@ class ForcingFrame(FrameModel):
                        context_level: int | None = None, temperature: float = 1.0,
                        generator: torch.Generator | None = None) -> torch.Tensor:
         """-> the next frame's latents (b, 1, s, c): `steps` DDIM steps (eta), from noise scaled by
-        `temperature`."""
+        `temperature`; then appended to the caches."""
+        x = self.sample(run, state, actions, batch, device, steps=steps, cfg_scale=cfg_scale, eta=eta,
+                        temperature=temperature, generator=generator)
+        self.observe(run, state, x, actions, context_level=context_level, generator=generator)
+        return x
+
+    @torch.no_grad()
+    def sample(self, run: Backbone, state: RolloutState, actions: torch.Tensor | None, batch: int, device,
+               steps: int | None = None, cfg_scale: float = 1.0, eta: float | None = None, temperature: float = 1.0,
+               generator: torch.Generator | NoiseTape | None = None) -> torch.Tensor:
+        """The next frame's latents (b, 1, s, c) from the cached past, not yet appended to the caches
+        (`generate_frame` without its `observe`). Noise is drawn from `generator` in this order: the
+        initial noise, then one draw per DDIM step when eta > 0."""
         cfg, b = self.cfg, batch
         steps = cfg.diffusion.sampling_steps if steps is None else steps
         shape = (b, 1, cfg.tokens_per_frame, cfg.latent_dim)
-        x = torch.randn(shape, device=device, generator=generator) * temperature
+        x = randn(shape, device, generator) * temperature
         lad = self._ladder(steps, device)
         denoise = self._denoise_fn(run, actions, state, cfg_scale)
         for i in range(steps):
@@ -114,7 +127,6 @@ class ForcingFrame(FrameModel):
             out = denoise(x, k_now)
             x0, eps = self.diffusion.predict(out, x, k_now)
             x = self.diffusion.ddim_step(x0, eps, k_next, k_now, eta=eta, generator=generator)
-        self.observe(run, state, x, actions, context_level=context_level, generator=generator)
         return x
 
     @torch.no_grad()

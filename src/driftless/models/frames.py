@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 import torch
 from torch import nn
 
-from driftless.diffusion.gaussian import GaussianDiffusion
+from driftless.diffusion.gaussian import GaussianDiffusion, randn
 
 if TYPE_CHECKING:  # (dynamics imports this module)
     from driftless.models.dynamics import DynamicsConfig, RolloutState
@@ -148,7 +148,7 @@ class FrameModel(nn.Module, ABC):
         level = self.cfg.diffusion.context_level if context_level is None else context_level
         b, n = inputs.shape[:2]
         levels = torch.full((b, n), level, dtype=torch.long, device=inputs.device)
-        noise = torch.randn(inputs.shape, device=inputs.device, generator=generator)
+        noise = randn(inputs.shape, inputs.device, generator)
         return self.diffusion.q_sample(inputs.float(), levels, noise), levels
 
     @torch.no_grad()

@@ -131,6 +131,16 @@ class StaticKVCache:
         self.valid: torch.Tensor | None = None
         self.committed = 0  # host-side count (capped at the window): only "empty or not" is read
 
+    @classmethod
+    def of(cls, k: torch.Tensor, v: torch.Tensor, slot: torch.Tensor, valid: torch.Tensor) -> "StaticKVCache":
+        """A cache over given buffers - k, v (N, heads, capacity, hd), slot () long, valid (capacity,)
+        bool - updated in place as usual (an exported graph's cache inputs, export/onnx.py)."""
+        cache = cls()
+        cache.k, cache.v, cache.slot, cache.valid = k, v, slot, valid
+        cache._index = torch.arange(valid.shape[0], device=k.device)
+        cache.committed = 1  # only "empty or not" is read: treated as holding positions
+        return cache
+
     @property
     def length(self) -> int:
         return self.committed

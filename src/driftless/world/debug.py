@@ -15,10 +15,12 @@ from driftless.models.dynamics import FRAME_MODELS
 
 
 def make_debug_world(out: str | Path, seed: int = 0, num_actions: int = 4, action_map: dict | None = None,
-                     dynamics_overrides: dict | None = None) -> Path:
+                     dynamics_overrides: dict | None = None, tokenizer_overrides: dict | None = None) -> Path:
     """Write a world folder of random-weight debug components (64x64, |A| = num_actions).
     `dynamics_overrides` may choose the frame model, e.g. {"frame_model": "mar"}; "maskgit"
-    comes with a VQ debug tokenizer whose codebook matches."""
+    comes with a VQ debug tokenizer whose codebook matches. `tokenizer_overrides` (dotted keys)
+    change the tokenizer, e.g. {"decoder.temporal_window": 4} as the shipped world's is shorter
+    than its dynamics' context."""
     from driftless.config import override
     from driftless.world.build import build_world
 
@@ -26,7 +28,7 @@ def make_debug_world(out: str | Path, seed: int = 0, num_actions: int = 4, actio
     out = Path(out)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tok_cfg = registry.preset("tokenizer", "debug")
+        tok_cfg = override(registry.preset("tokenizer", "debug"), tokenizer_overrides or {})
         lam_cfg = override(registry.preset("lam", "debug"), {"num_actions": num_actions})
         dyn_cfg = override(registry.preset("dynamics", "debug"),
                            {**dynamics_fields(tok_cfg.latent_dim, tok_cfg.grid, num_actions), **(dynamics_overrides or {})})

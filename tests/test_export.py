@@ -1,0 +1,235 @@
+"""`driftless export onnx`: the graphs against PyTorch with ONNX Runtime (CPU, Python), their
+interface, float16 storage, the noise tape, and the errors a user can meet (src/driftless/export/)."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from driftless.diffusion.gaussian import NoiseTape, randn
+
+from conftest import EXPORT_DECODER_WINDOW
+
+
+# ---------------------------------------------------------------------------------- the graphs
+def test_step_graph_matches_pytorch_past_the_ring_buffers_wrap(debug_export):
+    """Same inputs and noise: the step graph's latents equal its PyTorch module's, and its frames
+    `World.reset` + `World.step` with that seed, over 14 frames (the dynamics' ring buffer holds 6,
+    the decoder's 4: both wrap around)."""
+    check = debug_export["manifest"]["check"]
+    window = debug_export["manifest"]["world"]["context_window"]
+    assert check["frames"] > max(2 * window, 3 * EXPORT_DECODER_WINDOW)
+    assert check["latents_max_abs"] < 1e-4, check
+    assert check["frames_max_abs"] <= 1 and check["frames_mean_abs"] < 0.01, check
+    assert check["encoder_max_abs"] < 1e-4, check
+
+
+def test_manifest_describes_the_interface(debug_export):
+    m = json.loads((debug_export["onnx"] / "manifest.json").read_text())
+    assert m["format"] == "driftless-onnx" and m["batch"] == 1
+    step = m["graphs"]["step"]
+    inputs = {i["name"]: i for i in step["inputs"]}
+    outputs = {o["name"]: o for o in step["outputs"]}
+    assert [i["name"] for i in step["inputs"]][:4] == ["action", "start", "given", "noise"]
+    s, c = m["world"]["tokens"], m["world"]["channels"]
+    # eta = 1 and 2 steps: initial noise, one draw per DDIM step, the context noise
+    assert m["sampling"]["steps"] == 2 and m["sampling"]["eta"] == 1.0
+    assert m["noise"]["draws"] == 4 and inputs["noise"]["shape"] == [4, 1, 1, s, c]
+    assert outputs["frame"] == {"name": "frame", "dtype": "uint8", "shape": [1, 64, 64, 3]}
+    assert outputs["latents"]["shape"] == [1, 1, s, c]
+    # every state input has an output of the same dtype and shape, and nothing else is carried
+    assert set(step["state"]) == set(inputs) - {"action", "start", "given", "noise"}
+    for name, out in step["state"].items():
+        assert {**outputs[out], "name": name} == inputs[name]
+    cap = m["world"]["context_window"]
+    assert inputs["dyn_valid"] == {"name": "dyn_valid", "dtype": "bool", "shape": [cap]}
+    assert inputs["dyn_k0"]["shape"][2] == cap and inputs["dyn_slot"]["dtype"] == "int64"
+    # the decoder's ring buffer is its temporal window (itself and 3 earlier frames), not the dynamics'
+    dec_cap = EXPORT_DECODER_WINDOW
+    assert dec_cap < cap and inputs["dec_valid"]["shape"] == [dec_cap] and inputs["dec_k0"]["shape"][2] == dec_cap
+    assert m["world"]["null_action"] == m["world"]["num_actions"] == 4
+    assert m["world"]["action_map"]["keys"]["ArrowRight"] == 2
+    assert {g["file"] for g in m["graphs"].values()} == {"encoder.onnx", "step.onnx"}
+
+
+def test_player_is_reproducible_and_actions_matter(debug_export):
+    from driftless.export.onnx import OnnxPlayer
+
+    start = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+
+    def roll(actions, seed):
+        p = OnnxPlayer(debug_export["onnx"], seed=seed)
+        p.reset(start)
+        return np.stack([p.step(a)[0] for a in actions])
+
+    a = roll([1, 1, 2, 3], seed=5)
+    assert a.shape == (4, 1, 64, 64, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, roll([1, 1, 2, 3], seed=5))
+    assert not np.array_equal(a, roll([0, 0, 0, 0], seed=5))  # (the untrained debug world: small effect)
+    assert np.abs(a.astype(int) - roll([1, 1, 2, 3], seed=6).astype(int)).mean() > 0.5
+
+
+def test_only_forcing_worlds_export(tmp_path):
+    from driftless.export.onnx import check_exportable
+    from driftless.world.debug import make_debug_world
+    from driftless.world.world import load
+
+    world = load(make_debug_world(tmp_path / "mar", dynamics_overrides={"frame_model": "mar"}))
+    with pytest.raises(ValueError, match="forcing"):
+        check_exportable(world)
+
+
+# ---------------------------------------------------------------------------------- float16 weights
+def _matmul_model(path, weight):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, weight.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, weight.shape[1]])],
+        [numpy_helper.from_array(weight, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+
+def _run(path, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("mode", ["auto", "fp16", "fp32"])
+def test_weights_storage(tmp_path, mode):
+    pytest.importorskip("onnxruntime")
+    from driftless.export.onnx import store_weights
+
+    g = np.random.default_rng(0)
+    exact = g.standard_normal((64, 32)).astype(np.float16).astype(np.float32)  # a float16-trained weight
+    inexact = g.standard_normal((64, 32)).astype(np.float32)
+    x = g.standard_normal((2, 64)).astype(np.float32)
+    for name, w in (("exact", exact), ("inexact", inexact)):
+        path = tmp_path / f"{name}.onnx"
+        _matmul_model(path, w)
+        before, size = _run(path, x), path.stat().st_size
+        info = store_weights(path, mode)
+        after = _run(path, x)
+        halved = info["fp16"] == 1
+        assert halved == (mode == "fp16" or (mode == "auto" and name == "exact")), (mode, name, info)
+        assert (path.stat().st_size < 0.6 * size) == halved
+        if name == "exact" or not halved:
+            np.testing.assert_array_equal(after, before)  # nothing lost
+        else:
+            assert 0 < np.abs(after - before).max() < 0.05
+
+
+# ---------------------------------------------------------------------------------- the noise tape
+def test_noise_tape_replays_a_generators_draws_in_order():
+    from driftless.models import registry
+    from driftless.models.compose import dynamics_fields
+    from driftless.config import override
+
+    torch.manual_seed(0)
+    cfg = override(registry.preset("dynamics", "debug"), dynamics_fields(4, (8, 8), 4))
+    dyn = registry.build("dynamics", cfg).eval()
+    s, c = cfg.tokens_per_frame, cfg.latent_dim
+    with torch.no_grad():
+        for p in dyn.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    first = torch.randn(1, 1, s, c)
+
+    def frame(generator):
+        state = dyn.new_state()
+        dyn.observe(state, first, None, generator=generator)
+        return dyn.generate_frame(state, torch.tensor([2]), steps=3, eta=1.0, generator=generator)
+
+    want = frame(torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    tape = NoiseTape([torch.randn(1, 1, s, c, generator=g) for _ in range(1 + 1 + 3 + 1)])
+    np.testing.assert_array_equal(frame(tape).numpy(), want.numpy())
+    assert tape.taken == len(tape.tensors)
+    with pytest.raises(ValueError, match="used up"):
+        tape.draw((1, 1, s, c))
+    with pytest.raises(ValueError, match="shape"):
+        NoiseTape([torch.zeros(2)]).draw((3,))
+    assert randn((2, 3), "cpu", None).shape == (2, 3)
+
+
+# ---------------------------------------------------------------------------------- the runtime and the CLI
+def test_missing_npm_names_the_fix(tmp_path, monkeypatch):
+    from driftless.export import web
+
+    monkeypatch.setattr(web.shutil, "which", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="npm was not found.*--ort-dir"):
+        web.ort_runtime(cache=tmp_path / "cache")
+    with pytest.raises(FileNotFoundError, match="--ort-dir"):
+        web.ort_runtime(ort_dir=tmp_path)  # an empty folder
+
+
+def test_ort_dir_takes_a_folder_or_the_npm_tarball(tmp_path):
+    from driftless.export import web
+
+    tgz = tmp_path / "onnxruntime-web-1.30.0.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        for name in web.ORT_FILES + ("package.json",):
+            data = b'{"version": "1.30.0"}' if name == "package.json" else name.encode()
+            info = tarfile.TarInfo(f"package/dist/{name}" if name != "package.json" else "package/package.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("package/../../evil")  # never written: only the named files are taken
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    dist, version = web.ort_runtime(ort_dir=tgz, cache=tmp_path / "cache")
+    assert version == "1.30.0" and (dist / "ort.wasm.min.js").read_bytes() == b"ort.wasm.min.js"
+    assert not (tmp_path / "evil").exists()
+    again, _ = web.ort_runtime(ort_dir=dist)
+    assert again == dist
+
+
+def test_cli_registers_export():
+    from driftless.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["export", "onnx", "coinrun", "--out", "x", "--steps", "3"])
+    assert args.func.__name__ == "_onnx" and args.steps == 3 and args.weights == "auto"
+    args = parser.parse_args(["export", "web", "--out", "y", "--ort-dir", "z", "--no-webgpu"])
+    assert args.func.__name__ == "_web" and args.world == "coinrun" and args.no_webgpu and args.ort_dir == "z"
+
+
+def test_cli_refuses_an_out_that_holds_something_but_builds_the_page_in_its_own_onnx_folder(debug_export, tmp_path,
+                                                                                              capsys):
+    """--out holding something is refused (nothing changed) unless --force; `export web --onnx DIR
+    --out DIR` turns an `export onnx` folder into the page in place (a stand-in runtime, no npm)."""
+    import shutil
+
+    from PIL import Image
+
+    from driftless.cli import main
+    from driftless.export import web
+
+    runtime = tmp_path / "ort"
+    runtime.mkdir()
+    for name in web.ORT_BACKENDS["wasm"]:
+        (runtime / name).write_bytes(name.encode())
+    image = tmp_path / "start.png"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(image)
+    graphs = tmp_path / "graphs"
+    shutil.copytree(debug_export["onnx"], graphs)
+    page_args = [str(debug_export["world"]), "--onnx", str(graphs), "--ort-dir", str(runtime), "--start", str(image),
+                 "--no-webgpu"]
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    for argv in (["export", "onnx", str(debug_export["world"]), "--out", str(other)],
+                 ["export", "web", *page_args, "--out", str(other)]):
+        assert main(argv) == 1
+        assert "nothing was changed" in capsys.readouterr().err
+        assert [p.name for p in other.iterdir()] == ["keep.txt"]
+
+    assert main(["export", "web", *page_args, "--out", str(graphs)]) == 0  # in place: no --force needed
+    assert (graphs / "index.html").is_file() and (graphs / "ort" / "ort.wasm.min.js").read_bytes() == b"ort.wasm.min.js"
+    assert main(["export", "web", *page_args, "--out", str(other), "--force"]) == 0
+    assert (other / "step.onnx").read_bytes() == (graphs / "step.onnx").read_bytes() and (other / "keep.txt").exists()
