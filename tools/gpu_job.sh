@@ -3,7 +3,8 @@
 #   bash tools/gpu_job.sh start PLAN SECONDS   install the Procgen wheels and GL libs (if carried),
 #                                              start PLAN detached, follow it up to SECONDS, pack
 #   bash tools/gpu_job.sh wait SECONDS         follow the running plan up to SECONDS, pack
-# The plan outlives a call while the machine stays warm (30 s after a call: chain the calls).
+# The plan outlives a call while the machine stays warm (30 s after a call: chain the calls); seen
+# working on the H200 2026-11-29. Never follow it with `pgrep -f` on words of your own command line.
 # PLAN is a bash file run from the repo root with R (small results: JSON, logs) and P (files to
 # bring back whole, at most 7, each < 16 MB) exported; R goes back as $OUT/results.tar.gz.
 set -u
@@ -21,7 +22,10 @@ if [ "$verb" = start ]; then
   fi
   if [ -d "$REPO/.gl" ]; then mkdir -p /tmp/gl && for f in "$REPO"/.gl/*.deb; do dpkg -x "$f" /tmp/gl; done; fi
   nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader
-  (cd "$REPO" && setsid nohup bash -c "set -x; source $plan" > "$R/log.txt" 2>&1 < /dev/null & echo $! > "$ROOT/pid")
+  rm -f "$ROOT/pid"
+  # the plan writes its own pid (setsid may fork, so $! can name a process that is already gone)
+  (cd "$REPO" && setsid nohup bash -c "echo \$\$ > $ROOT/pid; set -x; source $plan" > "$R/log.txt" 2>&1 < /dev/null &)
+  for _ in $(seq 50); do [ -s "$ROOT/pid" ] && break; sleep 0.1; done
 else
   secs=${2:-540}
 fi
