@@ -254,3 +254,19 @@ def test_refit_actions_cli_on_a_debug_world(debug_world, tmp_path):
     assert sorted(am["previews"]["files"]) == [str(a) for a in range(n)]
     assert all((world / "previews" / f).stat().st_size > 0 for f in am["previews"]["files"].values())
     assert load(world).action_map["keys"] == am["keys"]
+    # the play server reads it: per-key accuracy, how it was fitted, the palette's previews
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from driftless.serve.app import create_app
+
+    with TestClient(create_app(load(world), warm=False)) as client:
+        info = client.get("/api/info").json()["world"]["action_map"]
+        assert info["method"] == "effect" and info["keys"] == am["keys"] and info["game"] == "coinrun"
+        assert set(info["key_accuracy"]) == set(am["key_accuracy"]) and info["heldout_starts"] == 3
+        assert sorted(info["previews"]) == [str(a) for a in range(n)] and len(info["effects"]["jump"]) == n
+        png = client.get(info["previews"]["0"])
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        assert png.content.startswith(b"\x89PNG")
+        assert client.get(f"/api/actions/{n}.png").status_code == 404
