@@ -270,3 +270,13 @@ def test_refit_actions_cli_on_a_debug_world(debug_world, tmp_path):
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
         assert png.content.startswith(b"\x89PNG")
         assert client.get(f"/api/actions/{n}.png").status_code == 404
+
+
+def test_latent_action_probe_on_held_action_clips(debug_world):
+    from driftless.eval.controls import latent_action_probe
+    from driftless.world.world import load
+
+    probe = latent_action_probe(load(debug_world), episodes=2, max_frames=40, split="val")
+    assert probe["available"] and probe["transitions"] == 2 * 2 * 15  # two 16-frame clips per 40-frame episode
+    assert 0 <= probe["accuracy"] <= 1 and 0 <= probe["majority_baseline"] <= 1
+    assert set(probe["per_group_recall"]) == {"none", "left", "right", "jump", "left_jump", "right_jump"}

@@ -9,9 +9,9 @@ than the real branches of the other controls (left / right / jump: chance 1/3). 
 rollouts give every latent action's rates against every control, so the result also says what
 the best one-to-one map would have scored on these starts (optimistic: fitted on them).
 
-`latent_action_probe` answers the LAM question on real data: on clips of a held-action agent,
-how well the latent action inferred for a transition predicts the control group of the true
-action (per group), against the majority baseline.
+`latent_action_probe` (in the result as `lam_probe`) asks the LAM directly: on clips of a
+held-action agent, how well the latent action inferred for a transition predicts the control
+group of the true action (overall and per group), against the majority baseline.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from driftless.world.controls import (CONTROL_ACTIONS, HEADLINE, MEASURES, PRIMARY, BranchConfig, assign_controls,
+from driftless.world.controls import (HEADLINE, MEASURES, PRIMARY, BranchConfig, assign_controls,
                                       branch_distances, key_accuracy, keys_of, measure_starts, nearest_rates,
                                       reconstructed_reference, sample_starts)
 
@@ -36,7 +36,7 @@ def game_of(world, store=None) -> str | None:
 
 def controls_protocol(world, store=None, starts: int = 32, frames: int = 8, split: str = "test", seed: int = 0,
                       batch_size: int = 64, measure: str = "shift", strip_starts: int = 3, progress: bool = False,
-                      game: str | None = None, **sampling) -> tuple[dict, dict]:
+                      game: str | None = None, probe_episodes: int = 8, **sampling) -> tuple[dict, dict]:
     """Per-key controls accuracy of the world's action map on held-out branch points;
     returns (JSON-able result, {"controls_strips": ...})."""
     import importlib.util
@@ -85,6 +85,8 @@ def controls_protocol(world, store=None, starts: int = 32, frames: int = 8, spli
         "other_measures": other,
         "real_game_check": real_game_check(st, measure),
     }
+    if probe_episodes and world.lam is not None:
+        result["lam_probe"] = latent_action_probe(world, probe_episodes, split=split, game=game, seed=seed)
     k = min(strip_starts, starts)
     strips = {"context": st["context"][:k], "real": st["real"][:k], "controls": st["controls"],
               "gen": m["gen"][:k], "codes": m["codes"], "keys": keys}
@@ -142,23 +144,25 @@ def write_strips(result: dict, artifacts: dict, out_dir: str | Path) -> list[str
 
 # ------------------------------------------------------------------------------ LAM probe
 def latent_action_probe(world, episodes: int = 8, split: str = "test", game: str = "coinrun", hold_mean: float = 6.0,
-                        max_frames: int = 200, seed: int = 0, batch_size: int = 32) -> dict:
-    """Latent actions of held-action clips (16 frames, from a fresh held-action agent) against
-    the control groups of the true actions: co-occurrence map fitted on 70 % of the
-    transitions, accuracy per group on the rest, and the majority baseline."""
-    from driftless.data.coinrun import AgentPolicy, _seeds, make_env, run_episodes
+                        max_frames: int = 200, clip_len: int = 16, seed: int = 0, batch_size: int = 32) -> dict:
+    """Latent actions against true actions on clips of a held-action agent (`episodes` fresh
+    episodes of `split`, cut into `clip_len`-frame clips): a co-occurrence map fitted on 70 % of
+    the transitions, its accuracy on the rest (overall and per control group: how often a
+    transition of that group is predicted as it) and the majority baseline."""
+    from driftless.data.coinrun import AgentPolicy, make_env, run_episodes
     from driftless.world.action_map import PROCGEN_GROUPS, fit_action_map, groups_of
 
-    env_seed, rng = _seeds(seed, 7, 7)
-    env = make_env(min(8, episodes), split, env_seed, game=game)
-    lat, true = [], []
-    clip = world.lam.cfg.clip_len if hasattr(world.lam.cfg, "clip_len") else 16
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9B0BE]))
+    env = make_env(min(8, episodes), split, int(rng.integers(2**31 - 1)), game=game)
     clips = []
     for frames, actions, _r, _i in run_episodes(env, rng, want=episodes, max_frames=max_frames,
                                                 policy=AgentPolicy("held", hold_mean)):
-        for s in range(0, len(frames) - clip + 1, clip):
-            clips.append((frames[s:s + clip], actions[s:s + clip - 1]))
+        for s in range(0, len(frames) - clip_len + 1, clip_len):
+            clips.append((frames[s:s + clip_len], actions[s:s + clip_len - 1]))
     env.close()
+    if not clips:
+        return {"available": False, "reason": f"no episode of {clip_len}+ frames"}
+    lat, true = [], []
     for lo in range(0, len(clips), batch_size):
         part = clips[lo:lo + batch_size]
         lat.append(world.infer_actions(np.stack([f for f, _ in part])).reshape(-1))
@@ -167,16 +171,13 @@ def latent_action_probe(world, episodes: int = 8, split: str = "test", game: str
     keep = true_a >= 0
     lat_a, true_a = lat_a[keep], true_a[keep]
     fit = fit_action_map(lat_a, true_a, world.lam.cfg.num_actions, seed=seed)
-    # per-group accuracy on the held-out part, with the fit's own split
+    # per-group recall on the held-out part (the same split as fit_action_map's)
     g = groups_of(true_a, PROCGEN_GROUPS)
     order = np.random.default_rng(seed).permutation(len(g))
-    n_fit = int(len(g) * 0.7)
-    counts = np.asarray(fit["counts"])
-    pred = counts.argmax(0)[lat_a[order[n_fit:]]]
-    truth = g[order[n_fit:]]
-    names = list(PROCGEN_GROUPS)
+    test = order[int(len(g) * 0.7):]
+    pred, truth = np.asarray(fit["counts"]).argmax(0)[lat_a[test]], g[test]
     per_group = {n: (float((pred[truth == i] == i).mean()) if (truth == i).any() else None)
-                 for i, n in enumerate(names)}
-    return {"episodes": episodes, "transitions": int(len(g)), "hold_mean": hold_mean, "accuracy": fit["accuracy"],
-            "majority_baseline": fit["majority_baseline"], "per_group_recall": per_group,
-            "controls": list(CONTROL_ACTIONS)}
+                 for i, n in enumerate(PROCGEN_GROUPS)}
+    return {"available": True, "episodes": episodes, "split": split, "hold_mean": hold_mean,
+            "transitions": int(len(g)), "accuracy": fit["accuracy"], "majority_baseline": fit["majority_baseline"],
+            "per_group_recall": per_group, "groups": fit["groups"]}
