@@ -253,6 +253,10 @@ def test_refit_actions_cli_on_a_debug_world(debug_world, tmp_path):
     assert 0 <= am["accuracy"] <= 1 and am["accuracy"] == am["heldout"]["accuracy"]["mean"]
     assert sorted(am["previews"]["files"]) == [str(a) for a in range(n)]
     assert all((world / "previews" / f).stat().st_size > 0 for f in am["previews"]["files"].values())
+    from PIL import Image
+
+    with Image.open(world / "previews" / am["previews"]["files"]["0"]) as im:  # palette PNGs: they ship
+        assert im.mode == "P" and im.size == (4 * 64, 2 * 64 + 2)  # 2 starts x (last real frame + 3 frames)
     assert load(world).action_map["keys"] == am["keys"]
     # the play server reads it: per-key accuracy, how it was fitted, the palette's previews
     pytest.importorskip("fastapi")
