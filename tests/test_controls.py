@@ -265,7 +265,7 @@ def test_refit_actions_cli_on_a_debug_world(debug_world, tmp_path):
 
     from driftless.serve.app import create_app
 
-    with TestClient(create_app(load(world), warm=False)) as client:
+    with TestClient(create_app(load(world), warm=False, allowed_hosts=("testserver",))) as client:  # TestClient's Host
         info = client.get("/api/info").json()["world"]["action_map"]
         assert info["method"] == "effect" and info["keys"] == am["keys"] and info["game"] == "coinrun"
         assert set(info["key_accuracy"]) == set(am["key_accuracy"]) and info["heldout_starts"] == 3

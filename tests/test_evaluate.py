@@ -351,3 +351,20 @@ def test_eval_cli_on_debug_world(debug_world, small_store, tmp_path):
     for p in result["plots"]:
         with Image.open(p) as im:
             assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+
+
+def test_eval_size_follows_the_device_and_explicit_values_win():
+    from driftless.cli import build_parser
+    from driftless.eval.evaluate import QUICK, sized_config
+
+    cpu, gpu = sized_config("auto", "cpu"), sized_config("auto", "cuda")
+    assert cpu.size == "quick" and all(getattr(cpu, k) == v for k, v in QUICK.items())
+    assert gpu.size == "full" and gpu.clips == EvalConfig().clips == 256 and gpu.drift_frames == 1000
+    assert sized_config("full", "cpu").drift_rollouts == 16
+    given = sized_config("auto", "cpu", clips=3, drift_frames=None, horizon=4, delta_t=2)
+    assert (given.clips, given.drift_frames, given.horizon, given.size) == (3, QUICK["drift_frames"], 4, "quick")
+    with pytest.raises(ValueError, match="size"):
+        sized_config("huge", "cpu")
+    args = build_parser().parse_args(["eval", "w", "--data", "d"])
+    assert args.size == "auto" and not args.full and args.clips is None and args.drift_frames is None
+    assert build_parser().parse_args(["eval", "w", "--data", "d", "--full"]).full

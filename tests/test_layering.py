@@ -144,8 +144,16 @@ def core_imports_showcase(mods: list[Module]) -> list[str]:
                        lambda m, name: any(within(name, f"driftless.{s}") for s in SHOWCASES))
 
 
+def pipeline_imported_outside_cli(mods: list[Module]) -> list[str]:
+    """(i) train/world_run.py (`driftless train world`) builds and evaluates worlds, so it sits above
+    world and eval: only cli/ imports it."""
+    return _imports_of(mods, lambda m: m.package not in ("cli", "__main__"),
+                       lambda m, name: within(name, "driftless.train.world_run"))
+
+
 RULES = [frame_model_switches, optimizer_steps, lower_layers_import_upper, cli_imports_outside_cli,
-         runtime_imports_package, showcase_imports_showcase, web_framework_outside_serve, core_imports_showcase]
+         runtime_imports_package, showcase_imports_showcase, web_framework_outside_serve, core_imports_showcase,
+         pipeline_imported_outside_cli]
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.__name__)
@@ -165,6 +173,7 @@ BREAKS = {
     showcase_imports_showcase: ("plan/bad.py", "def f():\n    from .. import image\n"),
     web_framework_outside_serve: ("world/bad.py", "def f():\n    import fastapi.responses\n"),
     core_imports_showcase: ("train/bad.py", "def f():\n    import driftless.forecast.model\n"),
+    pipeline_imported_outside_cli: ("world/bad.py", "def f():\n    from driftless.train.world_run import train_world\n"),
 }
 
 

@@ -24,10 +24,11 @@ def _randomise(model):
     return model.eval()
 
 
-@pytest.mark.parametrize("bottleneck", ["kl", "vq"])
-def test_tokenizer_shapes_losses_and_temporal_causality(bottleneck):
+@pytest.mark.parametrize("bottleneck,head_conv", [("kl", 0), ("vq", 0), ("kl", 4)])
+def test_tokenizer_shapes_losses_and_temporal_causality(bottleneck, head_conv):
     torch.manual_seed(0)
-    cfg = override(registry.preset("tokenizer", "debug"), {"bottleneck": bottleneck, "codebook_size": 32})
+    cfg = override(registry.preset("tokenizer", "debug"),
+                   {"bottleneck": bottleneck, "codebook_size": 32, "head_conv": head_conv})
     tok = Tokenizer(cfg).train()
     frames = _frames()
     loss, metrics = tok.training_loss({"frames": frames})
@@ -46,6 +47,23 @@ def test_tokenizer_shapes_losses_and_temporal_causality(bottleneck):
     assert not torch.equal(z[:, 3:], z2[:, 3:])
     d1, d2 = tok.decode(z), tok.decode(torch.cat([z[:, :3], z2[:, 3:]], 1))
     assert torch.equal(d1[:, :3], d2[:, :3]), "decoding frame t must not use later latents"
+    if head_conv:  # the refinement block is trained from zero: randomised, it must change the pixels
+        assert tok.refine[2].weight.abs().sum() > 0
+
+
+def test_tokenizer_conv_head_decodes_step_by_step_as_a_whole_clip():
+    from driftless.nn.attention import KVCache
+
+    torch.manual_seed(0)
+    cfg = override(registry.preset("tokenizer", "debug"), {"head_conv": 4})
+    tok = _randomise(Tokenizer(cfg))
+    z = tok.encode(_frames(b=2, t=4))
+    whole = tok._decode_raw(tok.denormalize(z))
+    caches = [KVCache() for _ in tok.decoder.blocks]
+    steps = [tok._decode_raw(tok.denormalize(z[:, i:i + 1]), caches, i, 8) for i in range(4)]
+    assert torch.allclose(torch.cat(steps, 1), whole, atol=1e-5)
+    with pytest.raises(ValueError, match="head_conv"):
+        override(registry.preset("tokenizer", "debug"), {"head_conv": -1})
 
 
 def test_tokenizer_latent_statistics_normalise():

@@ -39,6 +39,7 @@ def png_bytes(w=96, h=64, seed=0, fmt="PNG"):
 
 def client_for(world, **kw):
     kw.setdefault("warm", False)
+    kw.setdefault("allowed_hosts", ("testserver",))  # the name TestClient sends as Host
     return TestClient(create_app(world, **kw))
 
 

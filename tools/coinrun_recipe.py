@@ -1,5 +1,10 @@
 """The CoinRun recipe: data -> tokenizers + LAM -> latent caches -> dynamics -> worlds -> eval.
 
+SUPERSEDED by `driftless train world` (src/driftless/train/world_run.py, docs/training.md), which
+trains one world per run folder with each stage alone on the GPU, a --budget, and resume. This
+script is kept unchanged as the provenance of the shipped world and of the figures of
+docs/benchmarks.md, section 1 (which ran several variants side by side on one GPU).
+
 This is how the shipped `coinrun` world and the figures in docs/benchmarks.md were made. It
 drives the `driftless` command only (so every figure has a command behind it), runs jobs that
 share a GPU side by side with wall-time budgets, records every command in `ROOT/commands.txt`,

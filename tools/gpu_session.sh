@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Run the CoinRun recipe on a lent GPU machine in chunks of one device call each.
+# SUPERSEDED with tools/coinrun_recipe.py by `driftless train world ... --max-minutes 9`, called
+# again until run.json says done (docs/training.md); kept as the provenance of docs/benchmarks.md, section 1.
 #   bash tools/gpu_session.sh start SECONDS   install Procgen wheels + GL libs, start the recipe
 #                                             detached, wait up to SECONDS, pack results to $OUT
 #   bash tools/gpu_session.sh wait SECONDS    wait for the detached recipe, pack results to $OUT

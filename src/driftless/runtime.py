@@ -53,6 +53,39 @@ def set_threads(device: str, threads: str | int | None) -> int:
     return torch.get_num_threads()
 
 
+def available_memory(device) -> int | None:
+    """Bytes a new allocation on `device` can still take, or None when unknown: free GPU memory
+    (plus what torch's cache holds unused) for CUDA; for the CPU the kernel's MemAvailable,
+    capped by the container's (cgroup) limit."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type != "cpu":
+        return None
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            cap = Path(limit).read_text().strip()
+            if cap != "max" and int(cap) < 1 << 60:
+                found.append(max(0, int(cap) - int(Path(usage).read_text().strip())))
+        except (OSError, ValueError):
+            continue
+    if not found:
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError, AttributeError):
+            return None
+    return min(found)
+
+
 # ---- run information -------------------------------------------------------------------------
 def git_commit() -> dict:
     """Commit of the source tree driftless runs from: the environment variable

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 # module name under driftless.cli -> registers these verbs
 VERB_MODULES = ["demo", "data", "train", "world", "evaluate", "bench", "play", "rollout"]
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    shown_as = warnings.formatwarning
+    warnings.formatwarning = _format_warning  # (pytest.warns and other recorders still see every warning)
     try:
         result = args.func(args)
     except KeyboardInterrupt:
@@ -57,4 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = shown_as
     return int(result or 0)
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as a user reads it: the message, not the source line of driftless that raised it."""
+    label = "warning" if category is UserWarning else f"warning ({category.__name__})"
+    return f"{label}: {message}\n"

@@ -1,11 +1,11 @@
-"""driftless eval WORLD --data DIR [--split test] [--json out.json] [--plots DIR]"""
+"""driftless eval WORLD --data DIR [--split test] [--size auto|quick|full | --full] [--json out.json] [--plots DIR]"""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from driftless.eval.evaluate import ACTION_MODES, PARTS, EvalConfig
+from driftless.eval.evaluate import ACTION_MODES, PARTS, QUICK, SIZES, EvalConfig
 from driftless.runtime import default_device
 
 EPILOG = """\
@@ -22,8 +22,14 @@ what is measured (see docs/benchmarks.md, "Evaluation"):
             right / jump); needs a world whose map or store names a Procgen game
   fvd       Frechet Video Distance, only with --i3d PATH (nothing is downloaded)
 
+sizes (--size): full is the protocol of every published figure (256 clips, 16 rollouts of 1000
+frames, ...); quick (16 clips, 2 rollouts of 200 frames, smaller drift bank) takes about 2 minutes
+for the shipped world on a 2-core CPU. auto (default) = full on CUDA, quick elsewhere; --full is
+--size full. A flag given explicitly (e.g. --clips 64) wins over the size.
+
 examples:
   driftless eval runs/world --data data/coinrun --split test --json eval.json --plots eval_plots
+  driftless eval runs/world --data data/coinrun-test --full                 (the full protocol on a CPU: ~1 h)
   driftless eval runs/world --data data/coinrun-test --clips 64 --drift-frames 200 --skip fvd
   driftless eval runs/world --data data/coinrun-test --i3d weights/i3d_torchscript.pt --device cuda --bf16
 """
@@ -71,18 +77,31 @@ def _summary(result: dict) -> list[str]:
     return lines
 
 
+def _sizes(cfg: EvalConfig) -> str:
+    return (f"{cfg.clips} clips, {cfg.recon_clips} reconstruction clips, {cfg.drift_rollouts} drift rollouts x "
+            f"{cfg.drift_frames} frames, {cfg.action_clips} action clips, {cfg.controls_starts} controls states")
+
+
+def _default(name: str) -> str:
+    """Help text for a flag whose default depends on --size."""
+    full = getattr(EvalConfig(), name)
+    return f"default {QUICK[name]} quick, {full} full" if name in QUICK else f"default {full}"
+
+
 def _run(args: argparse.Namespace) -> int:
     import torch
 
     from driftless.checkpoint import atomic_write_json
-    from driftless.eval.evaluate import evaluate, resolve_store
+    from driftless.eval.evaluate import evaluate, resolve_store, sized_config
     from driftless.world.world import load
 
     if args.threads:
         torch.set_num_threads(args.threads)
     skip = [s for s in (args.skip or "").split(",") if s]
     sampling = {k: v for k, v in (("steps", args.steps), ("cfg_scale", args.cfg_scale)) if v is not None}
-    cfg = EvalConfig(
+    device = default_device(args.device)
+    cfg = sized_config(
+        "full" if args.full else args.size, device,
         split=args.split, clips=args.clips, context=args.context, horizon=args.horizon, delta_t=args.delta_t,
         actions=args.actions, recon_clips=args.recon_clips, recon_len=args.recon_len,
         drift_frames=args.drift_frames, drift_rollouts=args.drift_rollouts, drift_bin=args.drift_bin,
@@ -91,8 +110,16 @@ def _run(args: argparse.Namespace) -> int:
         fvd_frames=args.fvd_frames, fvd_size=args.fvd_size,
         batch_size=args.batch_size, seed=args.seed,
         precision="bf16" if args.bf16 else "fp32", sampling=sampling, skip=skip, progress=not args.no_progress)
-    device = default_device(args.device)
+    print(f"eval: {cfg.size} protocol on {device} ({_sizes(cfg)}; --full for the full protocol)"
+          if cfg.size == "quick" else f"eval: {cfg.size} protocol on {device} ({_sizes(cfg)})")
     world = load(args.world, device=device)
+    if world.device.type == "cpu" and not args.threads and world.dynamics is not None:
+        from driftless.world.threads import tune_threads
+
+        # on a CPU shared with other work one thread can be many times faster than all cores
+        threads, timings = tune_threads(world, batch=2, sampling=sampling)
+        print(f"eval: {threads} CPU thread(s) ({', '.join(f'{n}: {t * 1000:.0f} ms' for n, t in timings.items())} "
+              f"per frame of 2 rollouts; --threads N to choose)")
     store, store_info = resolve_store(args.data, args.split)
     if not store_info["split_matches"]:
         print(f"warning: {store_info['path']} declares split {store_info['declared_split']!r}, "
@@ -135,29 +162,32 @@ def register(sub) -> None:
     p.add_argument("--json", help="write all results to this JSON file")
     p.add_argument("--plots", metavar="DIR", help="write PNG figures into DIR")
     p.add_argument("--print-json", action="store_true", help="print the full JSON when --json is not given")
+    p.add_argument("--size", choices=SIZES, default="auto",
+                   help="protocol size: quick (minutes on a CPU) or full (every published figure); auto (default): "
+                        "full on CUDA, quick elsewhere")
+    p.add_argument("--full", action="store_true", help="the full protocol whatever the device (= --size full)")
     g = p.add_argument_group("rollout protocol")
-    g.add_argument("--clips", type=int, default=d.clips, help=f"test clips (default {d.clips})")
+    g.add_argument("--clips", type=int, help=f"test clips ({_default('clips')})")
     g.add_argument("--context", type=int, default=d.context, help=f"context frames N (default {d.context})")
     g.add_argument("--horizon", type=int, default=d.horizon, help=f"generated frames scored (default {d.horizon})")
     g.add_argument("--delta-t", type=int, default=d.delta_t, help=f"headline t of Δ_t PSNR (default {d.delta_t})")
     g.add_argument("--actions", default=d.actions, choices=ACTION_MODES,
                    help="inferred: LAM actions from the real clip; true: the data's actions (dynamics trained on "
                         "true actions); auto: whichever the dynamics was trained on (default)")
-    g.add_argument("--recon-clips", type=int, default=d.recon_clips)
+    g.add_argument("--recon-clips", type=int, help=f"reconstruction clips ({_default('recon_clips')})")
     g.add_argument("--recon-len", type=int, default=d.recon_len, help="frames per reconstruction clip")
     g = p.add_argument_group("drift")
-    g.add_argument("--drift-frames", type=int, default=d.drift_frames,
-                   help=f"frames per rollout (default {d.drift_frames})")
-    g.add_argument("--drift-rollouts", type=int, default=d.drift_rollouts)
+    g.add_argument("--drift-frames", type=int, help=f"frames per rollout ({_default('drift_frames')})")
+    g.add_argument("--drift-rollouts", type=int, help=f"rollouts ({_default('drift_rollouts')})")
     g.add_argument("--drift-bin", type=int, default=d.drift_bin, help="frames per point of the drift curves")
     g.add_argument("--drift-window", type=int, default=d.drift_window, help="frames averaged for first/last figures")
     g.add_argument("--strip-every", type=int, default=d.strip_every, help="every k-th frame in the drift strip")
-    g.add_argument("--bank-size", type=int, default=d.bank_size, help="real frames in the drift measure's bank")
+    g.add_argument("--bank-size", type=int, help=f"real frames in the drift measure's bank ({_default('bank_size')})")
     g.add_argument("--bank-data", help="store for the bank (default: the evaluated store, disjoint episodes)")
     g = p.add_argument_group("actions and FVD")
-    g.add_argument("--action-clips", type=int, default=d.action_clips, help="16-frame clips for action-map accuracy")
-    g.add_argument("--controls-starts", type=int, default=d.controls_starts,
-                   help=f"held-out game states of the controls evaluation (default {d.controls_starts})")
+    g.add_argument("--action-clips", type=int, help=f"16-frame clips for action-map accuracy ({_default('action_clips')})")
+    g.add_argument("--controls-starts", type=int,
+                   help=f"held-out game states of the controls evaluation ({_default('controls_starts')})")
     g.add_argument("--controls-frames", type=int, default=d.controls_frames,
                    help=f"frames each control / latent action is held (default {d.controls_frames})")
     g.add_argument("--i3d", help="I3D weights (.safetensors state dict or TorchScript) for FVD; nothing is downloaded")
@@ -165,10 +195,11 @@ def register(sub) -> None:
     g.add_argument("--fvd-size", type=int, default=d.fvd_size, help="frames resized to this for I3D (reference: 224)")
     g = p.add_argument_group("execution")
     g.add_argument("--skip", help=f"comma-separated parts not to run: {','.join(PARTS)}")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="clips per forward pass")
+    g.add_argument("--batch-size", type=int, help=f"clips per forward pass ({_default('batch_size')})")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
-    g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--threads", type=int, help="torch CPU threads (default on a CPU: 1 or all cores, whichever "
+                                               "steps the world faster here)")
     g.add_argument("--steps", type=int, help="sampling steps per frame (default: the world's)")
     g.add_argument("--cfg-scale", type=float, help="classifier-free guidance on the action (default: the world's)")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
 
-        from driftless.serve.app import create_app
+        from driftless.serve.app import create_app, listen, make_server
     except ModuleNotFoundError as e:
         raise ValueError(f'`driftless play` needs the play extras ({e.name} is missing): '
                          f'pip install "driftless[play]"') from e
@@ -18,6 +21,8 @@ def _run(args: argparse.Namespace) -> int:
     from driftless.runtime import check_device, set_threads
     from driftless.world.threads import tune_threads
 
+    host = args.host
+    sock = listen(host, args.port)  # a busy port is an error now, before anything is loaded or printed
     device = check_device(args.device)
     threads = set_threads(device, args.threads)
     try:
@@ -36,22 +41,23 @@ def _run(args: argparse.Namespace) -> int:
         threads, timings = tune_threads(world, sampling=sampling)
         print("CPU threads: " + ", ".join(f"{n}: {1000 * s:.0f} ms/frame" for n, s in sorted(timings.items()))
               + f" -> using {threads}")
+    allowed = list(args.allow_host)
+    if host not in LOOPBACK:  # reachable from the network: players may use this machine's name
+        allowed.append(socket.gethostname())
     app = create_app(world, max_sessions=args.max_sessions, data=args.data, tick_fps=args.fps,
                      denoise_steps=args.denoise_steps, inference_workers=args.workers, seed=args.seed,
-                     max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+                     max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), allowed_hosts=tuple(allowed))
     cfg = app.state.config
-    host = args.host
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     url = f"http://{shown}:{args.port}/"
     print(f"driftless play: world {world.meta.get('name', args.world)!r} on {device} ({threads} CPU threads), "
           f"{world.num_actions} actions, up to {cfg.max_sessions} tabs")
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {host}: anyone who can reach this machine can play (and use its CPU/GPU)",
+    if host not in LOOPBACK:
+        print(f"warning: listening on {host}: anyone who can reach this machine can play (and use its CPU/GPU); "
+              f"players use its IP address, {socket.gethostname()!r} or a name given with --allow-host",
               file=sys.stderr)
     print(f"open {url} in your browser (Ctrl+C to stop)", flush=True)
-    # the protocol cap is above the app's own limit, so that oversized uploads get a clear error reply
-    uvicorn.run(app, host=host, port=args.port, log_level=args.log_level,
-                ws_max_size=4 * cfg.max_upload_bytes + 65536, ws_ping_interval=20, ws_ping_timeout=60)
+    make_server(app, log_level=args.log_level).run(sockets=[sock])
     return 0
 
 
@@ -69,6 +75,10 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: only this machine; 0.0.0.0: every interface)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a host name players may use in the URL besides localhost, IP addresses and (with a --host "
+                        "other than loopback) this machine's name; repeatable; '*' allows any (requests naming "
+                        "another host are refused, which stops DNS-rebinding pages)")
     p.add_argument("--data", help="an episode store: enables 'dataset clip' starts")
     p.add_argument("--max-sessions", type=int, default=4, help="browser tabs playing at once (default 4)")
     p.add_argument("--fps", type=float, default=15.0, help="target tick rate while playing (default 15)")

@@ -7,8 +7,10 @@ import json
 
 
 def _build(args: argparse.Namespace) -> int:
+    from driftless.checkpoint import refuse_overwrite
     from driftless.world.build import build_world, fit_world_action_map, world_bytes
 
+    refuse_overwrite(args.out, args.force, "world")
     action_map = None
     if args.action_data:
         if not args.lam:
@@ -109,6 +111,7 @@ def register(sub) -> None:
     b.add_argument("--lam", help="LAM checkpoint folder")
     b.add_argument("--dynamics", help="dynamics checkpoint folder")
     b.add_argument("--out", required=True, help="world folder to write")
+    b.add_argument("--force", action="store_true", help="replace a world already in --out")
     b.add_argument("--name", default="world")
     b.add_argument("--steps", type=int, help="default sampling steps per frame stored in world.json")
     b.add_argument("--action-data", help="a store: fit the keyboard action map with it (a Procgen store: by what "

@@ -14,7 +14,8 @@ transition frame t -> frame t+1 (the action taken after observing frame t and th
 received for it); the last entry of every episode is -1 / 0. An episode never spans shards.
 
 Writing: ``with store.writer(name) as w: w.add_episode(frames, actions, rewards, **info)``
-streams frames into ``<name>.tmp/``; a clean exit fsyncs the folder, renames it to
+(or, for an episode too long to hold in memory, ``w.write_frames(chunk)`` as often as needed,
+then ``w.end_episode(actions, rewards, **info)``) streams frames into ``<name>.tmp/``; a clean exit fsyncs the folder, renames it to
 ``<name>/`` and then lists it in store.json (atomic rewrite), all under a store lock, so
 several processes may write different shards at once and a crash never leaves a half shard
 listed. Leftover ``*.tmp`` folders of dead writers are removed the next time the store is
@@ -358,6 +359,7 @@ class ShardWriter:
         self._actions: list[np.ndarray] = []
         self._rewards: list[np.ndarray] = []
         self._n = 0
+        self._pending = 0  # frames written of an episode not yet ended (write_frames)
         self._file = None
         self._lock_fd: int | None = None
 
@@ -391,6 +393,45 @@ class ShardWriter:
         """Append one episode: frames uint8 (T, H, W, 3); actions (T,) ints (-1 unknown), or
         T-1 of them; rewards likewise (float). The last entry of each is stored as -1 / 0.
         `info` must be JSON-serialisable. Returns the episode's index inside the shard."""
+        if self._pending:
+            raise RuntimeError("an episode is being streamed: finish it with end_episode first")
+        frames = self._check_frames(frames)
+        t = frames.shape[0]
+        acts, rews = self._check_episode(t, actions, rewards, info)
+        self._write(frames)
+        return self._record(t, acts, rews, info)
+
+    def write_frames(self, frames) -> None:
+        """Stream frames uint8 (k, H, W, 3) of the current episode to disk (any number of calls);
+        `end_episode` then closes it. Memory holds none of them."""
+        frames = self._check_frames(frames)
+        self._write(frames)
+        self._pending += frames.shape[0]
+
+    def end_episode(self, actions=None, rewards=None, **info) -> int:
+        """Close the episode whose frames `write_frames` streamed (actions, rewards and info as in
+        `add_episode`); if they are invalid the episode's frames are discarded and the error raised."""
+        t = self._pending
+        if t == 0:
+            raise ValueError("no frames were written for this episode (write_frames first)")
+        try:
+            acts, rews = self._check_episode(t, actions, rewards, info)
+        except BaseException:
+            self.discard_episode()
+            raise
+        self._pending = 0
+        return self._record(t, acts, rews, info)
+
+    def discard_episode(self) -> None:
+        """Drop the frames streamed since the last finished episode (the shard keeps the others)."""
+        if self._file is None:
+            raise RuntimeError("use ShardWriter inside a `with` block")
+        h, w = self.store.resolution
+        self._file.seek(NPY_HEADER_BYTES + self._n * h * w * 3)
+        self._file.truncate()
+        self._pending = 0
+
+    def _check_frames(self, frames) -> np.ndarray:
         if self._file is None:
             raise RuntimeError("use ShardWriter inside a `with` block")
         frames = np.asarray(frames)
@@ -399,7 +440,12 @@ class ShardWriter:
             raise ValueError(f"frames must be uint8 (T, {h}, {w}, 3), got dtype {frames.dtype}")
         if frames.ndim != 4 or frames.shape[1:] != (h, w, 3) or frames.shape[0] < 1:
             raise ValueError(f"frames must have shape (T, {h}, {w}, 3) with T >= 1 for this store, got {frames.shape}")
-        t = frames.shape[0]
+        return frames
+
+    def _write(self, frames: np.ndarray) -> None:
+        self._file.write(memoryview(np.ascontiguousarray(frames)).cast("B"))
+
+    def _check_episode(self, t: int, actions, rewards, info: dict) -> tuple[np.ndarray, np.ndarray]:
         acts = self._per_frame(actions, t, "actions", np.int64, -1)
         if acts.size and (acts.min() < -1 or acts.max() > np.iinfo(np.int16).max):
             raise ValueError(f"actions must be integers in [-1, {np.iinfo(np.int16).max}] (-1 = unknown), "
@@ -415,7 +461,9 @@ class ShardWriter:
         except (TypeError, ValueError) as e:
             raise ValueError(f"episode info must be JSON-serialisable (str/int/float/bool/list/dict): {e}") from e
         acts[-1], rews[-1] = -1, 0.0
-        self._file.write(memoryview(np.ascontiguousarray(frames)).cast("B"))
+        return acts, rews
+
+    def _record(self, t: int, acts: np.ndarray, rews: np.ndarray, info: dict) -> int:
         self._actions.append(acts.astype(np.int16))
         self._rewards.append(rews.astype(np.float32))
         self._episodes.append({"offset": self._n, "length": t, **info})
@@ -447,8 +495,12 @@ class ShardWriter:
             self._lock_fd = None
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None or not self._episodes:
-            self._abort()  # an error, or nothing written: no shard
+        if exc_type is not None or not self._episodes or self._pending:
+            self._abort()  # an error, nothing written, or an episode left unfinished: no shard
+            if exc_type is None and self._pending:
+                self._pending = 0
+                raise RuntimeError(f"shard {self.name!r}: an episode was streamed but not ended (end_episode); "
+                                   f"nothing was stored")
             return False
         try:
             self._commit()

@@ -21,6 +21,11 @@
 
 Work is batched (`batch_size` clips per forward pass) and runs on the world's device; all
 randomness comes from `seed`.
+
+Two sizes of the protocol: `full` (the defaults of `EvalConfig`: 256 clips, 16 rollouts of 1000
+frames, ...; what every published figure uses) and `quick` (`QUICK`: a few minutes on a 2-core CPU,
+for a first look). `sized_config(size, device)` picks them; "auto" is full on CUDA and quick on a
+CPU, the default of `driftless eval` and `driftless train world`.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ from driftless.runtime import clean_json, run_info
 
 PARTS = ("recon", "rollout", "drift", "actions", "controls", "fvd")
 ACTION_MODES = ("auto", "inferred", "true")
+SIZES = ("auto", "quick", "full")
+# The quick protocol, what a CPU runs by default: the shipped world on a small test store takes
+# about 2 minutes on 2 cores (docs/evaluation.md, "Sizes"); everything not named is as in full.
+QUICK = {"clips": 16, "recon_clips": 32, "drift_frames": 200, "drift_rollouts": 2, "bank_size": 512,
+         "reference_size": 256, "action_clips": 128, "controls_starts": 16, "batch_size": 16}
 
 
 @dataclass
@@ -72,8 +82,11 @@ class EvalConfig:
     skip: list = field(default_factory=list)  # parts of PARTS not to run
     strip_clips: int = 4
     progress: bool = True
+    size: str = "full"  # which protocol size the numbers come from (recorded; `sized_config` sets it)
 
     def __post_init__(self) -> None:
+        if self.size not in ("quick", "full", "custom"):
+            raise ValueError(f"size must be quick, full or custom, got {self.size!r}")
         if self.actions not in ACTION_MODES:
             raise ValueError(f"actions must be one of {ACTION_MODES}, got {self.actions!r}")
         if self.context < 1 or self.horizon < 1:
@@ -88,6 +101,24 @@ class EvalConfig:
         for name in ("clips", "recon_clips", "drift_frames", "drift_rollouts", "batch_size", "recon_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def resolve_size(size: str, device) -> str:
+    """quick | full for a requested size: "auto" is full on CUDA and quick on any other device."""
+    if size not in SIZES:
+        raise ValueError(f"eval size must be one of {SIZES}, got {size!r}")
+    if size == "auto":
+        return "full" if torch.device(device).type == "cuda" else "quick"
+    return size
+
+
+def sized_config(size: str = "auto", device="cpu", **given) -> EvalConfig:
+    """The EvalConfig of a protocol size (see the module docstring) for `device`; values in `given`
+    that are not None win over the size's (they are recorded as given, with the size's name)."""
+    size = resolve_size(size, device)
+    values = dict(QUICK) if size == "quick" else {}
+    values.update({k: v for k, v in given.items() if v is not None})
+    return EvalConfig(size=size, **values)
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -188,13 +219,18 @@ def infer_codes(world, frames: np.ndarray, cfg: EvalConfig) -> np.ndarray:
 
 @torch.no_grad()
 def generate(world, frames: np.ndarray, context: int, actions: np.ndarray | None, n_gen: int, seed: int,
-             precision: str = "fp32", **sampling) -> np.ndarray:
+             precision: str = "fp32", on_frame=None, **sampling) -> np.ndarray:
     """Reset on frames[:, :context] (transition actions[:, :context-1]) and generate n_gen frames
-    with actions[:, context-1:context-1+n_gen]: uint8 (B, n_gen, H, W, 3)."""
+    with actions[:, context-1:context-1+n_gen]: uint8 (B, n_gen, H, W, 3). `on_frame(B)` is
+    called after each generated step (progress)."""
     ctx_actions = actions[:, :context - 1] if (actions is not None and context > 1) else None
+    out = []
     with _autocast(world, precision):
         world.reset(frames[:, :context], seed=seed, actions=ctx_actions, **sampling)
-        out = [world.step(None if actions is None else actions[:, context - 1 + i]) for i in range(n_gen)]
+        for i in range(n_gen):
+            out.append(world.step(None if actions is None else actions[:, context - 1 + i]))
+            if on_frame is not None:
+                on_frame(len(frames))
     return np.stack(out, axis=1)
 
 
@@ -224,12 +260,15 @@ def rollout_protocol(world, store, cfg: EvalConfig, i3d=None) -> tuple[dict, dic
     acc = {k: [] for k in ("psnr", "ssim", "rand_psnr", "rand_ssim", "copy_psnr", "copy_ssim")}
     fake_videos, strips = [], {}
     batches = list(_batches(len(frames), cfg.batch_size))
-    for bi, sl in enumerate(tqdm(batches, desc="eval rollout", disable=not cfg.progress)):
+    # one tick per generated frame of every clip (with random actions: the Delta_t rollouts too)
+    bar = tqdm(total=len(frames) * (n_gen + (horizon if mode != "none" else 0)), desc="eval rollout",
+               unit="frame", disable=not cfg.progress)
+    for bi, sl in enumerate(batches):
         real = frames[sl]
         target = torch.from_numpy(real[:, n_ctx:n_ctx + horizon]).to(world.device)
         acts = None if mode == "none" else (codes[sl] if mode == "inferred" else true_actions[sl])
         seed = cfg.seed * 100_003 + bi
-        gen = generate(world, real, n_ctx, acts, n_gen, seed, cfg.precision, **cfg.sampling)
+        gen = generate(world, real, n_ctx, acts, n_gen, seed, cfg.precision, bar.update, **cfg.sampling)
         g = torch.from_numpy(gen[:, :horizon]).to(world.device)
         acc["psnr"].append(psnr(g, target, reduce=False).cpu())
         acc["ssim"].append(ssim(g, target, reduce=False).cpu())
@@ -239,7 +278,7 @@ def rollout_protocol(world, store, cfg: EvalConfig, i3d=None) -> tuple[dict, dic
         if acts is not None:
             rand = acts.copy()
             rand[:, n_ctx - 1:n_ctx - 1 + n_gen] = rng.integers(0, world.num_actions, size=(len(real), n_gen))
-            gen_r = generate(world, real, n_ctx, rand, horizon, seed, cfg.precision, **cfg.sampling)
+            gen_r = generate(world, real, n_ctx, rand, horizon, seed, cfg.precision, bar.update, **cfg.sampling)
             gr = torch.from_numpy(gen_r).to(world.device)
             acc["rand_psnr"].append(psnr(gr, target, reduce=False).cpu())
             acc["rand_ssim"].append(ssim(gr, target, reduce=False).cpu())
@@ -251,6 +290,7 @@ def rollout_protocol(world, store, cfg: EvalConfig, i3d=None) -> tuple[dict, dic
                       "generated": np.concatenate([real[:k, :n_ctx], gen[:k, :horizon]], axis=1)}
             if acts is not None:
                 strips["random_actions"] = np.concatenate([real[:k, :n_ctx], gen_r[:k]], axis=1)
+    bar.close()
     mean_p, step_p, std_p = _per_step(acc["psnr"])
     mean_s, step_s, _ = _per_step(acc["ssim"])
     result = {"actions": mode, "context": n_ctx, "horizon": horizon, "clips": int(len(frames)),
@@ -300,8 +340,7 @@ def drift_protocol(world, store, cfg: EvalConfig, bank_store=None) -> tuple[dict
         raise ValueError("drift contexts need known true actions for a true-action world")
     t_total, chunk = cfg.drift_frames, 64
     measures, changes, strip_frames, strip_steps = [], [], [], []
-    n_batches = math.ceil(cfg.drift_rollouts / cfg.batch_size)
-    bar = tqdm(total=n_batches * t_total, desc="eval drift", unit="frame", disable=not cfg.progress)
+    bar = tqdm(total=cfg.drift_rollouts * t_total, desc="eval drift", unit="frame", disable=not cfg.progress)
     for bi, sl in enumerate(_batches(cfg.drift_rollouts, cfg.batch_size)):
         b = sl.stop - sl.start
         c_acts = ctx_acts[sl] if (mode == "true" and cfg.context > 1) else None
@@ -322,7 +361,7 @@ def drift_protocol(world, store, cfg: EvalConfig, bank_store=None) -> tuple[dict
             if len(buf) == chunk or t == t_total - 1:
                 batch_measures.append(quality.measure(torch.stack(buf, 1)))  # each (b, chunk)
                 buf = []
-            bar.update(1)
+            bar.update(b)
         measures.append({k: np.concatenate([m[k] for m in batch_measures], axis=1) for k in batch_measures[0]})
         changes.append(torch.stack(batch_change, 1).numpy())
         if bi == 0:

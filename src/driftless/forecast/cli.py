@@ -38,6 +38,9 @@ def cmd_train(args) -> int:
     from driftless.forecast.stage import forecaster_config
     from driftless.forecast.train import ForecastTrainConfig, save_forecaster, train_forecaster
 
+    from driftless.checkpoint import refuse_overwrite
+
+    refuse_overwrite(args.out, args.force, "checkpoint")
     ds = load_dataset(args.data)
     print(ds.summary())
     cfg = forecaster_config(preset(args.preset), ds, dataclass_from_args(ForecastOptions, args),
@@ -159,6 +162,7 @@ def register(sub) -> None:
     p = verbs.add_parser("train", help="train a forecaster on a dataset's training split")
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--force", action="store_true", help="replace a checkpoint already in --out")
     p.add_argument("--preset", default="small", help="debug | small | small_transformer | base | base_gru")
     add_dataclass_flags(p, ForecastOptions)
     p.add_argument("--train-steps", type=int, default=3000)

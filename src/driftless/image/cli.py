@@ -61,7 +61,7 @@ def _train(args) -> int:
                         save_every=args.save_every, max_minutes=args.max_minutes, time_budget=args.time_budget)
     run = StageArgs(kind="image", data=args.data, out=args.out, preset=args.preset, overrides=parse_overrides(args.set),
                     train=train, val_data=args.val_data, val_batches=args.val_batches, device=args.device,
-                    resume=args.resume, options=dataclass_from_args(ImageOptions, args))
+                    resume=args.resume, force=args.force, options=dataclass_from_args(ImageOptions, args))
     t0, c0 = time.time(), time.process_time()
     summary = run_stage(run)  # the image stage (image/stage.py): latents, config, validation
     summary.update(cpu_seconds=round(time.process_time() - c0, 1), wall_seconds=round(time.time() - t0, 1))
@@ -275,7 +275,9 @@ def register(sub) -> None:
     t.add_argument("--max-minutes", type=float, default=0.0, help="stop and save after this many minutes")
     t.add_argument("--time-budget", type=float, default=0.0,
                    help="train this many minutes with the cosine schedule laid over time (--steps: upper bound)")
-    t.add_argument("--resume", action="store_true")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--force", action="store_true",
+                   help="start over in an --out folder that already holds a run (overwriting it)")
     t.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     t.set_defaults(func=_train)
 

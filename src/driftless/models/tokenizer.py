@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from driftless.models.common import pixels_to_unit, unit_to_pixels
@@ -41,10 +42,16 @@ class TokenizerConfig:
     encoder: STConfig = field(default_factory=lambda: STConfig(dim=160, depth=2, heads=4))
     decoder: STConfig = field(default_factory=lambda: STConfig(dim=160, depth=4, heads=4))
     head_ratio: int = 2  # pixel readout: Linear(dim, ratio*dim) -> GELU -> Linear(.., p*p*3); 0 = linear
+    # > 0: the readout gives head_conv features per pixel instead of RGB, refined per frame at full
+    # resolution by a residual conv3x3-GELU-conv3x3 block and turned into RGB by a 1x1 conv (the
+    # patch seams a linear readout leaves are what it can fix); 0 = RGB straight from the readout
+    head_conv: int = 0
     latent_mean: list[float] | None = None  # per-channel statistics of training latents
     latent_std: list[float] | None = None
 
     def __post_init__(self) -> None:
+        if self.head_conv < 0:
+            raise ValueError(f"tokenizer head_conv must be >= 0 (0: no convolutional head), got {self.head_conv}")
         if self.bottleneck not in ("kl", "vq"):
             raise ValueError(f"tokenizer bottleneck must be 'kl' or 'vq', got {self.bottleneck!r}")
         h, w = self.resolution
@@ -104,11 +111,19 @@ class Tokenizer(nn.Module):
         self.register_buffer("pos_dec", sincos_2d(gh, gw, cfg.decoder.dim), persistent=False)
         self.decoder = STTransformer(cfg.decoder)
         d = cfg.decoder.dim
+        k = cfg.head_conv
+        out_dim = p * p * (k or 3)
         if cfg.head_ratio:
             self.head = nn.Sequential(nn.Linear(d, cfg.head_ratio * d), nn.GELU(approximate="tanh"),
-                                      nn.Linear(cfg.head_ratio * d, patch_dim))
+                                      nn.Linear(cfg.head_ratio * d, out_dim))
         else:
-            self.head = nn.Linear(d, patch_dim)
+            self.head = nn.Linear(d, out_dim)
+        if k:
+            self.refine = nn.Sequential(nn.Conv2d(k, k, 3, padding=1), nn.GELU(approximate="tanh"),
+                                        nn.Conv2d(k, k, 3, padding=1))
+            nn.init.zeros_(self.refine[2].weight)  # starts as the plain per-pixel readout
+            nn.init.zeros_(self.refine[2].bias)
+            self.to_rgb = nn.Conv2d(k, 3, 1)
         mean = torch.tensor(cfg.latent_mean) if cfg.latent_mean is not None else torch.zeros(c)
         std = torch.tensor(cfg.latent_std) if cfg.latent_std is not None else torch.ones(c)
         self.register_buffer("latent_mean", mean.float(), persistent=False)
@@ -137,7 +152,13 @@ class Tokenizer(nn.Module):
         tokens = self.from_latent(z) + self.pos_dec  # (b, t, s, d)
         tokens = self.decoder(tokens, start=start, caches=caches, commit=caches is not None, window=window)
         height, width = self.cfg.resolution
-        return unpatchify(self.head(tokens), self.cfg.patch, height, width)
+        out = unpatchify(self.head(tokens), self.cfg.patch, height, width)  # (b, t, h, w, k or 3)
+        if not self.cfg.head_conv:
+            return out
+        b = out.shape[0]
+        x = rearrange(out, "b t h w k -> (b t) k h w")
+        x = self.to_rgb(x + self.refine(x))  # (b*t, 3, h, w)
+        return rearrange(x, "(b t) c h w -> b t h w c", b=b)
 
     # ---- training ----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:

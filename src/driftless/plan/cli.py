@@ -25,8 +25,10 @@ EXAMPLES = """examples:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
+    from driftless.checkpoint import refuse_overwrite
     from driftless.plan.train import train_maze_model
 
+    refuse_overwrite(args.out, args.force, "checkpoint")
     torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = True
     info = train_maze_model(args.data, args.out, args.baseline, args.preset, args.steps, args.batch, args.lr,
@@ -103,6 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = ps.add_parser("train", help="train a sequence model on a maze dataset (from `driftless data maze`)")
     t.add_argument("--data", required=True, help=".npz maze dataset")
     t.add_argument("--out", required=True, help="checkpoint folder to write")
+    t.add_argument("--force", action="store_true", help="replace a checkpoint already in --out")
     add_dataclass_flags(t, SequenceOptions, only=("baseline",))
     t.add_argument("--preset", default="small", help="model size: debug | small | base (default small)")
     t.add_argument("--steps", type=int, default=4000, help="optimizer steps (default 4000)")

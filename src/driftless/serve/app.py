@@ -2,7 +2,7 @@
 WebSocket per browser tab.
 
     app = create_app("path/to/world", max_sessions=4)
-    uvicorn.run(app, host="127.0.0.1", port=8000)
+    make_server(app).run(sockets=[listen("127.0.0.1", 8000)])   # keepalive and limits from its PlayConfig
 
 The protocol itself (messages, checks, replies, sessions) lives in `serve.protocol`, which
 imports no web framework; this module only moves its messages: JSON objects as text, frames
@@ -12,8 +12,11 @@ as binary WebSocket messages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import logging
+import socket
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from driftless.serve.protocol import NotFound, PlayServer, Refused, Reply
+from driftless.serve.protocol import CLOSE_POLICY, Busy, NotFound, PlayServer, Refused, Reply, host_name
 from driftless.serve.session import LevelSource, PlayConfig
 
 log = logging.getLogger("driftless.serve")
@@ -58,7 +61,12 @@ def create_app(world_or_path, max_sessions: int = 4, data: str | Path | None = N
 
     @app.middleware("http")
     async def security_headers(request, call_next):
-        response = await call_next(request)
+        host = request.headers.get("host")
+        if not server.host_allowed(host):  # a DNS-rebinding page reaches us under its own name
+            response = JSONResponse({"error": f"this server does not answer to the name {host_name(host)[:80]!r}; "
+                                              f"start it with --allow-host NAME to allow it"}, status_code=421)
+        else:
+            response = await call_next(request)
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Cache-Control", "no-store")
@@ -87,6 +95,8 @@ def create_app(world_or_path, max_sessions: int = 4, data: str | Path | None = N
             data, media_type, name = await server.recording(sid, fmt)
         except NotFound as e:
             raise HTTPException(404, str(e)) from e
+        except Busy as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": "5"}) from e
         return Response(data, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @app.exception_handler(404)
@@ -114,19 +124,21 @@ def create_app(world_or_path, max_sessions: int = 4, data: str | Path | None = N
         except Exception:  # noqa: BLE001 - the client left during the handshake
             conn.close()
             raise
+        async def receive():
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return None
+            data = message.get("bytes")
+            return data if data is not None else message.get("text")
+
         try:
-            await conn.ready()
-            while True:
-                try:
-                    message = await asyncio.wait_for(ws.receive(), timeout=cfg.idle_timeout_s)
-                except asyncio.TimeoutError:
-                    await conn.idle()
-                    await ws.close(code=1000)
-                    break
-                if message["type"] == "websocket.disconnect":
-                    break
-                data = message.get("bytes")
-                await conn.receive(data if data is not None else message.get("text"))
+            ended = await conn.serve(receive)  # closes the session whatever happens
+            if ended == "idle":
+                await ws.close(code=1000)
+            elif ended == "slow":  # its session is gone already; the socket goes when the client does
+                with contextlib.suppress(TimeoutError):  # (the close frame may queue behind unread frames)
+                    async with asyncio.timeout(cfg.send_timeout_s):
+                        await ws.close(code=CLOSE_POLICY, reason="not reading")
         except WebSocketDisconnect:
             pass
         except Exception:  # noqa: BLE001 - e.g. sending on a socket the client just closed
@@ -136,3 +148,37 @@ def create_app(world_or_path, max_sessions: int = 4, data: str | Path | None = N
             conn.close()
 
     return app
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, or a ValueError saying why not (a port in use, above all)
+    before anything is printed or served."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ValueError(f"--host {host}: not an address of this machine ({e.strerror})") from e
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ValueError(f"port {port} on {host} is already in use (another driftless play or another server); "
+                             f"stop it or pick another port with --port") from e
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    sock.set_inheritable(True)
+    return sock
+
+
+def make_server(app, log_level: str = "warning"):
+    """A uvicorn server for `app` with its PlayConfig's transport settings: the WebSocket message
+    cap above the upload limit (so oversized uploads get a clear error reply) and the keepalive
+    pings that drop a tab that stopped answering. Run it with `.run(sockets=[listen(...)])`."""
+    import uvicorn
+
+    cfg = app.state.config
+    config = uvicorn.Config(app, log_level=log_level, ws_max_size=4 * cfg.max_upload_bytes + 65536,
+                            ws_ping_interval=cfg.ping_interval_s, ws_ping_timeout=cfg.ping_timeout_s)
+    return uvicorn.Server(config)

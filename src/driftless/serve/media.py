@@ -155,27 +155,84 @@ def encode_mp4(frames: Iterable[np.ndarray], fps: float = 15, scale: int = 4) ->
     return buf.getvalue()
 
 
-def encode_gif(frames: Iterable[np.ndarray], fps: float = 15, scale: int = 4) -> bytes:
-    """Frames -> looping animated GIF bytes (adaptive palette per frame, no dithering)."""
-    from PIL import Image
+class GifWriter:
+    """An animated GIF built one frame at a time: `add` does all the work of a frame (palette,
+    scale-up, LZW), `getvalue` only joins the encoded frames, so a recording can be encoded while it
+    is made and downloaded at once (and again) without encoding it anew.
 
-    if scale < 1:
-        raise ValueError(f"scale must be an integer >= 1, got {scale}")
-    images = []
-    for f in frames:
-        f = check_frame(f)
-        # palette from the small frame (16x less work than after scaling), then a nearest-neighbour
+    Each frame gets its own 256-colour palette (median cut, no dithering) and only the rectangle
+    that changed since the previous frame is stored (the rest is kept: disposal 1); a frame equal to
+    the previous one lengthens its display time instead.
+    """
+
+    def __init__(self, fps: float = 15, scale: int = 4):
+        if int(scale) < 1:
+            raise ValueError(f"scale must be an integer >= 1, got {scale}")
+        self.scale = int(scale)
+        # GIF delays are in hundredths of a second
+        self.delay_cs = max(2, int(round(100 / max(float(fps), 1e-3))))
+        self.added = 0  # frames given to `add`
+        self._frames: list[list] = []  # [delay in cs, image descriptor + palette + data]
+        self._size: tuple[int, int] | None = None  # (width, height) of the source frames
+        self._prev: np.ndarray | None = None
+
+    @property
+    def frames(self) -> int:
+        """Frames stored (equal neighbours merged)."""
+        return len(self._frames)
+
+    def add(self, frame: np.ndarray) -> None:
+        from PIL import GifImagePlugin, Image
+
+        f = check_frame(frame)
+        h, w = f.shape[:2]
+        if self._size is None:
+            self._size = (w, h)
+        elif self._size != (w, h):
+            raise ValueError(f"all frames of a GIF must share one size; got {w}x{h} after "
+                             f"{self._size[0]}x{self._size[1]}")
+        self.added += 1
+        x0, y0, x1, y1 = 0, 0, w, h
+        if self._prev is not None:
+            changed = np.any(f != self._prev, axis=2)  # (h, w)
+            rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+            if rows.size == 0:  # the same picture: show the previous one longer
+                self._frames[-1][0] += self.delay_cs
+                return
+            x0, y0, x1, y1 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+        self._prev = f.copy()
+        # palette from the small region (far less work than after scaling), then a nearest-neighbour
         # resize of the paletted image, which keeps the palette and the crisp pixels
-        im = Image.fromarray(f).quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-        images.append(im.resize((f.shape[1] * scale, f.shape[0] * scale), Image.Resampling.NEAREST))
-    if not images:
-        raise ValueError("cannot encode a GIF of zero frames")
-    # GIF delays are in hundredths of a second
-    duration = max(20, int(round(1000 / max(fps, 1e-3) / 10)) * 10)
-    buf = io.BytesIO()
-    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0,
-                   optimize=False, disposal=1)
-    return buf.getvalue()
+        im = Image.fromarray(np.ascontiguousarray(f[y0:y1, x0:x1])).quantize(
+            colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        s = self.scale
+        im = im.resize(((x1 - x0) * s, (y1 - y0) * s), Image.Resampling.NEAREST)
+        body = b"".join(GifImagePlugin.getdata(im, offset=(x0 * s, y0 * s), include_color_table=True))
+        self._frames.append([self.delay_cs, body])
+
+    def extend(self, frames: Iterable[np.ndarray]) -> None:
+        for f in frames:
+            self.add(f)
+
+    def getvalue(self) -> bytes:
+        """The GIF file: header, loop forever, each frame with its delay, trailer."""
+        if not self._frames:
+            raise ValueError("cannot encode a GIF of zero frames")
+        w, h = self._size[0] * self.scale, self._size[1] * self.scale
+        out = [b"GIF89a", w.to_bytes(2, "little"), h.to_bytes(2, "little"), b"\x00\x00\x00",  # no global palette
+               b"!\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"]  # loop forever
+        for delay, body in self._frames:
+            # graphic control extension: disposal 1 (keep the picture), the delay, no transparency
+            out += [b"!\xf9\x04\x04", min(delay, 0xFFFF).to_bytes(2, "little"), b"\x00\x00", body]
+        out.append(b";")
+        return b"".join(out)
+
+
+def encode_gif(frames: Iterable[np.ndarray], fps: float = 15, scale: int = 4) -> bytes:
+    """Frames -> looping animated GIF bytes (adaptive palette per frame, no dithering; see `GifWriter`)."""
+    writer = GifWriter(fps, scale)
+    writer.extend(frames)
+    return writer.getvalue()
 
 
 def encode_png(frame: np.ndarray, scale: int = 1, compress_level: int = 6) -> bytes:

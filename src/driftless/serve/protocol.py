@@ -25,15 +25,28 @@ server -> client: JSON messages "ready" (world, action map, limits), "started", 
 Model calls run in a thread pool (never on the event loop); a connection's messages are
 handled one after another, so a session never runs two model calls at once. Bad input of any
 kind is answered with an "error" message and the session carries on. The transport (the
-FastAPI app in `serve.app`) only reads messages, hands them to `PlayConnection.receive` and
+FastAPI app in `serve.app`) only reads messages, hands them to `PlayConnection.serve` and
 writes what `send` is given.
+
+What one client does cannot lock out the others:
+- a connection has at most one reply in flight, and a reply the client does not take within
+  `send_timeout_s` ends that client's session (`SlowClient`), freeing its place; the transport
+  drops tabs that stop answering its pings (`ping_interval_s`, `ping_timeout_s`);
+- recordings are encoded on their own single, low-priority media thread (GIFs while they are
+  recorded), never in the pools that start levels or run the model, and at most
+  `max_pending_encodes` downloads encode or wait at once (more are told to retry: `Busy`);
+- requests whose Host header names neither this machine (localhost, an IP address) nor one of
+  `allowed_hosts` are refused, so a DNS-rebinding page cannot reach the server under its own name.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -75,8 +88,56 @@ class NotFound(LookupError):
     """A download that does not exist (HTTP 404)."""
 
 
+class Busy(RuntimeError):
+    """Too many downloads are being encoded: try again shortly (HTTP 503)."""
+
+
+class SlowClient(ConnectionError):
+    """The client did not take a reply within `send_timeout_s`: its session ends."""
+
+
 def error_message(code: str, message: str, about: str | None = None) -> dict:
     return {"type": "error", "code": code, "message": message, "about": about}
+
+
+LOCAL_NAMES = ("localhost",)
+
+
+def host_name(host: str) -> str:
+    """The name of a Host header: lower case, without port, brackets or a trailing dot."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        return host[1:host.index("]")] if "]" in host else host[1:]
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+def host_allowed(host: str | None, allowed: tuple[str, ...] = ()) -> bool:
+    """Whether a request's Host header names this server: localhost, an IP address (which no DNS
+    rebinding can produce: the page's origin would be that address itself), or a name in
+    `allowed` ("*" allows any). No Host header: not a browser (scripts, tests)."""
+    if not host:
+        return True
+    if "*" in allowed:
+        return True
+    name = host_name(host)
+    if name in LOCAL_NAMES or name in allowed:
+        return True
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def _lower_priority() -> None:
+    """Run this worker thread at a lower CPU priority (Linux: a thread's own nice value), so that
+    encoding yields to generating frames."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
 
 
 def same_origin(origin: str | None, host: str) -> bool:
@@ -158,10 +219,38 @@ class PlayServer:
         self.clips = ClipSource(data, cfg.context_frames) if data else None
         self.manager = SessionManager(self.world, cfg)
         self.infer_pool = ThreadPoolExecutor(max_workers=cfg.inference_workers, thread_name_prefix="driftless-infer")
-        self.io_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="driftless-io")
+        self.io_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="driftless-io")  # start frames, uploads
+        # recordings: one thread of its own at a lower priority, so encoding never delays a player's frames
+        self.media_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftless-media",
+                                             initializer=_lower_priority)
+        self.encoding = 0  # downloads being encoded or waiting for the media thread (event loop only)
+
+    def host_allowed(self, host: str | None) -> bool:
+        return host_allowed(host, self.config.allowed_hosts)
 
     async def run_io(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.io_pool, fn, *args)
+
+    async def run_media(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.media_pool, fn, *args)
+
+    def encode_soon(self, session: PlaySession) -> None:
+        """Encode a session's newly recorded frames in the background (at most one queued pass each)."""
+        if session.encode_scheduled:
+            return
+        session.encode_scheduled = True
+
+        def encode() -> None:
+            session.encode_scheduled = False  # frames recorded from now on schedule another pass
+            try:
+                session.encode_recording()
+            except Exception:  # noqa: BLE001 - a download encodes again and reports the error
+                log.exception("session %s: encoding the recording failed", session.id[:6])
+
+        try:
+            self.media_pool.submit(encode)
+        except RuntimeError:  # shut down
+            session.encode_scheduled = False
 
     async def run_model(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.infer_pool, fn, *args)
@@ -174,6 +263,7 @@ class PlayServer:
     def shutdown(self) -> None:
         self.infer_pool.shutdown(wait=False, cancel_futures=True)
         self.io_pool.shutdown(wait=False, cancel_futures=True)
+        self.media_pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> PlayServer:
         return self
@@ -200,7 +290,11 @@ class PlayServer:
                 "sessions": {"used": len(self.manager), "max": self.config.max_sessions}}
 
     def open(self, send: Send, origin: str | None = None, host: str = "") -> PlayConnection:
-        """A session for a new tab, or `Refused` (another site's page, or every session in use)."""
+        """A session for a new tab, or `Refused` (a name this server does not answer to, another
+        site's page, or every session in use)."""
+        if not self.host_allowed(host):
+            raise Refused("host", f"this server does not answer to the name {host_name(host)[:80]!r} (start it with "
+                                  f"--allow-host NAME to allow it)", CLOSE_POLICY)
         if not same_origin(origin, host):
             raise Refused("origin", "connections are accepted only from this server's own page", CLOSE_POLICY)
         try:
@@ -216,12 +310,15 @@ class PlayServer:
         session = self.manager.get(sid)
         if session is None:
             raise NotFound("no such session (it ends when its tab closes)")
-        frames = session.recorded()
-        if not frames:
+        if not session.recorded():
             raise NotFound("nothing recorded yet: press Record, play a little, then download")
-        encode = media.encode_gif if fmt == "gif" else media.encode_mp4
-        cfg = self.config
-        data = await self.run_io(lambda: encode(frames, cfg.tick_fps, cfg.record_scale))
+        if self.encoding >= self.config.max_pending_encodes:
+            raise Busy(f"{self.encoding} recordings are being encoded; try again in a few seconds")
+        self.encoding += 1
+        try:
+            data = await self.run_media(session.recording_bytes, fmt)
+        finally:
+            self.encoding -= 1
         name = f"driftless-{self.info['name']}-{time.strftime('%Y%m%d-%H%M%S')}.{fmt}"
         return data, RECORDING_FORMATS[fmt], name
 
@@ -233,10 +330,18 @@ class PlayConnection:
         self.server, self.session, self._send = server, session, send
         self.config, self.world = server.config, server.world
         self.transport_failed = False
+        self.closed = False
 
     async def emit(self, reply: Reply) -> None:
+        """Send one reply; `SlowClient` if the client does not take it within `send_timeout_s` (a
+        client that stops reading loses its own session, and nobody else waits for it)."""
+        timeout = self.config.send_timeout_s
         try:
-            await self._send(reply)
+            async with asyncio.timeout(timeout):
+                await self._send(reply)
+        except TimeoutError as e:
+            self.transport_failed = True
+            raise SlowClient(f"session {self.session.id[:6]}: the client took no reply for {timeout:g} s") from e
         except BaseException:
             self.transport_failed = True  # the client is gone: not an error of the message being handled
             raise
@@ -259,7 +364,33 @@ class PlayConnection:
         """Tell the client it sent nothing for `idle_timeout_s` (the transport then closes)."""
         await self.error("idle", f"no input for {self.config.idle_timeout_s:.0f} s: session closed")
 
+    async def serve(self, receive: Callable[[], Awaitable[str | bytes | None]]) -> str:
+        """Run the connection: "ready", then each message `receive` returns (None: the client left)
+        until the client leaves, idles for `idle_timeout_s` or stops taking replies. Returns why it
+        ended: "closed", "idle" or "slow"; the session is closed in every case (and a failing
+        transport still raises)."""
+        try:
+            await self.ready()
+            while True:
+                try:
+                    async with asyncio.timeout(self.config.idle_timeout_s):
+                        message = await receive()
+                except TimeoutError:
+                    await self.idle()
+                    return "idle"
+                if message is None:
+                    return "closed"
+                await self.receive(message)
+        except SlowClient as e:
+            log.info("%s: session ended", e)
+            return "slow"
+        finally:
+            self.close()
+
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         manager = self.server.manager
         manager.close(self.session.id)
         log.info("session %s closed (%d/%d)", self.session.id[:6], len(manager), self.config.max_sessions)
@@ -382,6 +513,8 @@ class PlayConnection:
     async def send_frame(self, result: tuple[np.ndarray, bool, float], action: int | None, start: bool) -> None:
         frame, recorded, ms = result
         session = self.session
+        if recorded:
+            self.server.encode_soon(session)
         await self.emit(pack_frame(frame, session.index, action, ms, start, recorded))
         if session.record_stopped_by_limit and not session.recording:
             session.record_stopped_by_limit = False

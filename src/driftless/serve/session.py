@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from driftless.serve import media
 from driftless.serve.media import ImageLimits
 
 # binary frame message: kind, flags, height, width, action (-1: none), frame index, server ms
@@ -49,18 +50,27 @@ class PlayConfig:
     idle_timeout_s: float = 900.0  # a tab that sends nothing for this long is disconnected
     inference_workers: int = 1  # threads running model calls (sessions in parallel)
     seed: int | None = None  # base seed for start frames and sampling (None: random)
+    # names the server answers to besides localhost and IP addresses ("*": any); a DNS-rebinding page
+    # reaches the server under its own name, which is refused (Host header checked on every request)
+    allowed_hosts: tuple[str, ...] = ()
+    send_timeout_s: float = 10.0  # a reply the client does not take within this ends its session
+    ping_interval_s: float = 5.0  # the server pings every tab this often (WebSocket keepalive) ...
+    ping_timeout_s: float = 10.0  # ... and drops one that does not answer within this
+    max_pending_encodes: int = 2  # recording downloads encoding or waiting at once; more are told to retry
 
     def __post_init__(self) -> None:
+        self.allowed_hosts = tuple(str(h).strip().lower() for h in (self.allowed_hosts or ()) if str(h).strip())
         for name in ("max_sessions", "context_frames", "max_upload_bytes", "max_upload_pixels", "max_text_bytes",
-                     "max_record_frames", "record_scale", "inference_workers"):
+                     "max_record_frames", "record_scale", "inference_workers", "max_pending_encodes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)}")
         if not 0 < float(self.tick_fps) <= 240:
             raise ValueError(f"tick_fps must be in (0, 240], got {self.tick_fps}")
         if self.denoise_steps is not None and int(self.denoise_steps) < 1:
             raise ValueError(f"denoise_steps must be >= 1, got {self.denoise_steps}")
-        if float(self.idle_timeout_s) <= 0:
-            raise ValueError(f"idle_timeout_s must be > 0, got {self.idle_timeout_s}")
+        for name in ("idle_timeout_s", "send_timeout_s", "ping_interval_s", "ping_timeout_s"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
     @classmethod
     def build(cls, base: PlayConfig | None = None, **options) -> PlayConfig:
@@ -202,6 +212,10 @@ class PlaySession:
         self.recording = False
         self.record_frames: list[np.ndarray] = []
         self.record_stopped_by_limit = False
+        # the recording as a GIF, encoded as it is made (`encode_recording`, on the server's media thread)
+        self.gif = media.GifWriter(config.tick_fps, config.record_scale)
+        self.encode_scheduled = False  # an encode_recording call is queued (set and read on the event loop)
+        self._mp4: tuple | None = None  # (writer, frames) -> the last MP4 made, for repeated downloads
         self.created = time.time()
 
     @property
@@ -260,17 +274,40 @@ class PlaySession:
             if on and not self.recording:
                 self.record_frames = [] if self.frame is None else [self.frame]
                 self.record_stopped_by_limit = False
+                self.gif = media.GifWriter(self.config.tick_fps, self.config.record_scale)  # a new recording
             self.recording = bool(on)
 
     def recorded(self) -> list[np.ndarray]:
         with self._rec_lock:
             return list(self.record_frames)
 
+    # encoding (called on the server's one media thread, so never two at once)
+    def encode_recording(self) -> tuple[media.GifWriter, list[np.ndarray]]:
+        """Encode the recorded frames the GIF does not hold yet; -> (the GIF, the recorded frames)."""
+        with self._rec_lock:
+            gif, frames = self.gif, list(self.record_frames)
+        gif.extend(frames[gif.added:])
+        return gif, frames
+
+    def recording_bytes(self, fmt: str) -> bytes:
+        """The recording as GIF (mostly encoded already) or MP4 (encoded now, kept for a repeat)."""
+        gif, frames = self.encode_recording()
+        if not frames:
+            raise ValueError("nothing recorded")
+        if fmt == "gif":
+            return gif.getvalue()
+        key = (gif, len(frames))
+        if self._mp4 is None or self._mp4[0] != key:
+            self._mp4 = (key, media.encode_mp4(frames, self.config.tick_fps, self.config.record_scale))
+        return self._mp4[1]
+
     def close(self) -> None:
         """Forget the world state and recording (a model call still running keeps its own references)."""
         with self._rec_lock:
             self.recording = False
             self.record_frames = []
+            self.gif = media.GifWriter(self.config.tick_fps, self.config.record_scale)
+            self._mp4 = None
         self.world.end_session()  # drop the KV caches now rather than at garbage collection
         self.prompt = self.frame = None
 

@@ -62,6 +62,8 @@ class StageArgs:
                                       "on a GPU, when the store takes under a third of its free memory)")
     device: str | None = option(None, help="cpu | cuda | cuda:N (default: cuda when available)")
     resume: bool = option(False, help="continue from OUT/checkpoint if it exists")
+    force: bool = option(False, help="start over in an OUT folder that already holds a run, overwriting its "
+                                     "checkpoint and log (without --resume or --force such a folder is refused)")
     options: Any = None  # the stage's own options: an instance of its spec's `options` (None: defaults)
     stats_batches: int = 64  # tokenizer: batches used to fit latent normalisation statistics
     init_from: str | None = option(None, metavar="CKPT",

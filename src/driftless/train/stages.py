@@ -33,6 +33,7 @@ def run_stage(a: StageArgs) -> dict:
     if spec.data is None:
         raise ValueError(f"stage {a.kind!r} is trained by `{spec.verb}`, not by run_stage (it has no data stream)")
     a = spec.resolve(a)
+    _check_out(a)  # on every rank, before any of them writes (setup waits for all ranks)
     info = setup(a.device)
     torch.manual_seed(a.train.seed)  # identical initial weights on every rank
     cfg, clip_len = spec.with_clip_len(spec.configure(registry.preset(a.kind, a.preset), a), a.clip_len)
@@ -55,10 +56,17 @@ def run_stage(a: StageArgs) -> dict:
                 model_config = saved
         except checkpoint.CheckpointError:
             pass
-        resumed = trainer.resume()
+        try:
+            resumed = trainer.resume()
+        except checkpoint.CheckpointError as e:  # never start fresh over weights that are still there
+            raise checkpoint.CheckpointError(
+                f"cannot resume: {e}. Nothing was changed; repair or move {ckpt} away, or pass --force instead "
+                f"of --resume to start over (overwriting it)") from e
         if info.is_main:
             print(f"resumed from step {trainer.step}" if resumed else "no checkpoint to resume; starting fresh")
     (out).mkdir(parents=True, exist_ok=True)
+    if a.force and info.is_main:
+        (out / "metrics.jsonl").unlink(missing_ok=True)  # the log of the run being started over
     if info.is_main:
         checkpoint.atomic_write_json(out / "stage.json", {"kind": a.kind, "preset": a.preset, "data": a.data,
                                                           "overrides": a.overrides, "train": a.train.__dict__})
@@ -68,6 +76,24 @@ def run_stage(a: StageArgs) -> dict:
     barrier(info)
     summary["checkpoint"] = str(out / "checkpoint")
     return summary
+
+
+def _check_out(a: StageArgs) -> None:
+    """Refuse a run folder that already holds something unless --resume (continue it) or --force
+    (start it over): a fresh run would overwrite its checkpoint."""
+    if a.resume and a.force:
+        raise ValueError("--resume and --force contradict each other: --resume continues the run in --out, "
+                         "--force starts it over")
+    out = Path(a.out)
+    if a.force or a.resume or not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a run folder")
+    held = sorted(p.name for p in out.iterdir())
+    if held:
+        raise ValueError(f"{out} already holds a run ({', '.join(held[:6])}{', ...' if len(held) > 6 else ''}); "
+                         f"nothing was changed. Pass --resume to continue it, --force to start over (overwriting "
+                         f"it), or choose another --out")
 
 
 def _init_weights(model, path: str, kind: str) -> None:

@@ -218,12 +218,8 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load model, EMA, optimizer and step from out_dir/checkpoint if present."""
-        if self.ckpt_dir is None:
-            return False
-        try:
-            checkpoint.resolve(self.ckpt_dir)
-        except checkpoint.CheckpointError:
-            return False
+        if self.ckpt_dir is None or not checkpoint.stored(self.ckpt_dir):
+            return False  # nothing there; a checkpoint that is there but unreadable raises below
         header = checkpoint.read_header(self.ckpt_dir, self.kind)
         saved = header["config"]
         if dataclasses.is_dataclass(getattr(self.model, "cfg", None)):  # fields added since: defaults
@@ -350,8 +346,15 @@ class Trainer:
         t_last, step_last = t_start, self.step
         first_step = self.step
         stopped = "steps"
-        pbar = tqdm(total=cfg.steps, initial=self.step, disable=not (info.is_main and self.progress),
-                    desc=f"train {self.kind}", dynamic_ncols=True)
+        show = info.is_main and self.progress
+        budget_s = cfg.time_budget * 60
+        if cfg.time_budget:  # the bar runs over the time budget (its ETA is the budget's end), steps in the postfix
+            pbar = tqdm(total=round(budget_s), initial=min(round(t_offset), round(budget_s)), disable=not show,
+                        desc=f"train {self.kind}", unit="s", dynamic_ncols=True,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s of budget [{elapsed}<{remaining}{postfix}]")
+        else:
+            pbar = tqdm(total=cfg.steps, initial=self.step, disable=not show, desc=f"train {self.kind}",
+                        dynamic_ncols=True)
         self.model.train()
         self._step_counter.fill_(self.step)
         while self.step < cfg.steps:
@@ -368,7 +371,10 @@ class Trainer:
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             loss, metrics, grad_norm, ok = self.train_step(_to_device(next(it), info.device))
-            pbar.update(1)
+            if cfg.time_budget:
+                pbar.update(max(0, min(round(budget_s), round(t_offset + time.time() - t_start)) - pbar.n))
+            else:
+                pbar.update(1)
 
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:  # the loop's one regular sync
                 avg = all_reduce_mean({"loss": loss, "grad_norm": grad_norm, **metrics}, info)
@@ -388,7 +394,8 @@ class Trainer:
                     if info.device.type == "cuda":
                         record["max_mem_gb"] = torch.cuda.max_memory_allocated(info.device) / 2**30
                     self._log(record)
-                    pbar.set_postfix(loss=f"{avg['loss']:.4f}", fps=f"{fps:.0f}")
+                    pbar.set_postfix(**({"step": self.step} if cfg.time_budget else {}), loss=f"{avg['loss']:.4f}",
+                                     fps=f"{fps:.0f}")
             if cfg.val_every and self.step % cfg.val_every == 0:
                 self.validate(val_batches or [])
                 self.model.train()

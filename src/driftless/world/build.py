@@ -59,9 +59,7 @@ def build_world(out: str | Path, tokenizer: str | Path, dynamics: str | Path | N
     from driftless.world.world import load
 
     load(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    checkpoint.swap_in(tmp, out)  # a crash leaves the old world (at OUT.old, which `load` reads) or the new one
     return meta
 
 

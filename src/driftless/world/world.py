@@ -8,21 +8,51 @@
 A world folder holds `world.json` (sampler defaults, action map) and the `tokenizer/`, `lam/`
 and `dynamics/` checkpoint folders. Sessions are batched (leading axis) and deterministic for a
 seed: all sampling noise comes from one generator seeded at `reset`.
+
+Every input is checked on the host before anything runs on the device: frames, actions and
+sampling options (finite, in range) give a ValueError saying what was expected, and a batch of
+sessions that would not fit the device's free memory is refused up front (`session_bytes`).
+A frame whose latents come out non-finite raises `NonFiniteError` and ends the session, instead of
+turning every later frame black. Stateless calls (`encode`, `decode`, `infer_actions`) run large
+batches in chunks of at most `CHUNK_FRAMES` frames.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from driftless.models.common import as_tensor, check_video
+from driftless import checkpoint, runtime
+from driftless.models.common import as_int_tensor, as_tensor, check_video
 from driftless.models.registry import load_model
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+MAX_STEPS = 1000  # sampling steps per frame; more than the diffusion levels adds nothing
+MAX_GUIDANCE = 100.0  # cfg_scale; far beyond any useful guidance, and finite in bfloat16 products
+MAX_TEMPERATURE = 100.0  # a noise or softmax scale beyond this gives noise, then overflow
+CHUNK_FRAMES = 256  # frames of one chunk of encode / decode / infer_actions on a large batch
+TRANSIENT_FACTOR = 1.25  # peak over KV caches: 15 MB per session over 13.9 MB of caches (shipped world, CPU)
+MEMORY_HEADROOM = 0.8  # the share of free memory a batch of sessions may plan to use
+
+
+class NonFiniteError(ValueError):
+    """The model produced NaN or infinite values: the session that did is ended."""
+
+
+def _check_number(name: str, value, lo: float, hi: float, integer: bool = False) -> None:
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"sampling option {name} must be {'an integer' if integer else 'a number'} in [{lo:g}, {hi:g}], "
+                         f"got {type(value).__name__} {str(value)[:40]!r}")
+    if not math.isfinite(float(value)) or not lo <= value <= hi:
+        raise ValueError(f"sampling option {name} must be {'an integer' if integer else 'a finite number'} in "
+                         f"[{lo:g}, {hi:g}], got {value!r}")
 
 
 @dataclass
@@ -35,6 +65,17 @@ class SamplingOptions:
     eta: float = 0.0  # DDIM stochasticity (forcing only)
     window: int | None = None  # frames of context attended (None: the model's training window)
     temperature: float = 1.0  # initial noise scale (forcing), head noise (mar), softmax temperature (maskgit)
+
+    def __post_init__(self) -> None:
+        """Finite and in range (a NaN temperature once turned every later frame of a session black)."""
+        _check_number("steps", self.steps, 1, MAX_STEPS, integer=True)
+        _check_number("cfg_scale", self.cfg_scale, 0.0, MAX_GUIDANCE)
+        _check_number("eta", self.eta, 0.0, 1.0)
+        _check_number("temperature", self.temperature, 0.0, MAX_TEMPERATURE)
+        if self.context_level is not None:
+            _check_number("context_level", self.context_level, 0, MAX_STEPS * 1000, integer=True)
+        if self.window is not None:
+            _check_number("window", self.window, 1, 1 << 20, integer=True)
 
     def updated(self, **kwargs) -> "SamplingOptions":
         unknown = sorted(set(kwargs) - set(asdict(self)))
@@ -55,6 +96,7 @@ class _Session:
     history: list = field(default_factory=list)
     static: bool = False  # static KV caches: steps may be replayed as a CUDA graph
     graph: object = None  # the FrameGraph of the current sampling options
+    finite: torch.Tensor | None = None  # 0-d bool on the device: every latent generated so far was finite
 
 
 class World:
@@ -70,6 +112,7 @@ class World:
         self.device = torch.device(device)
         self.sampling = SamplingOptions(**self.meta.get("sampling", {}))
         self._session: _Session | None = None
+        self._per_session_bytes: int | None = None  # measured on first need (session_bytes)
         if dynamics is not None:
             dynamics.frame.check_tokenizer(tokenizer)  # latent_dim; maskgit: a VQ tokenizer of its codebook
 
@@ -96,10 +139,20 @@ class World:
         t = t if batched else t.unsqueeze(0)
         return t.to(self.device), batched
 
+    @staticmethod
+    def _chunked(fn, x: torch.Tensor) -> torch.Tensor:
+        """fn over a batch (b, t, ...) in chunks of whole items of at most CHUNK_FRAMES frames (one
+        call when it fits), each result brought to the CPU: memory stays bounded for any batch."""
+        b, t = x.shape[0], max(1, x.shape[1])
+        items = max(1, CHUNK_FRAMES // t)
+        if b <= items:
+            return fn(x).cpu()
+        return torch.cat([fn(x[i:i + items]).cpu() for i in range(0, b, items)])
+
     def encode(self, frames) -> np.ndarray:
         """uint8 (..., T, H, W, 3) -> normalised latents float32 (..., T, tokens, channels)."""
         video, batched = self._video(frames, "frames")
-        z = self.tokenizer.encode(video).float().cpu().numpy()
+        z = self._chunked(lambda v: self.tokenizer.encode(v).float(), video).numpy()
         return z if batched else z[0]
 
     def decode(self, latents) -> np.ndarray:
@@ -108,9 +161,14 @@ class World:
         s, c = self.tokenizer.cfg.tokens_per_frame, self.tokenizer.cfg.latent_dim
         if z.dim() not in (3, 4) or tuple(z.shape[-2:]) != (s, c):
             raise ValueError(f"latents must have shape (T, {s}, {c}) or (B, T, {s}, {c}), got {tuple(z.shape)}")
+        if z.shape[-3] < 1 or (z.dim() == 4 and z.shape[0] < 1):
+            raise ValueError(f"latents need at least one frame and one batch item, got shape {tuple(z.shape)}")
+        if not bool(torch.isfinite(z).all()):
+            bad = int((~torch.isfinite(z)).sum())
+            raise ValueError(f"latents must be finite: {bad} of {z.numel()} values are NaN or infinite")
         batched = z.dim() == 4
-        z = (z if batched else z.unsqueeze(0)).to(self.device)
-        out = self.tokenizer.decode(z).cpu().numpy()
+        z = z if batched else z.unsqueeze(0)
+        out = self._chunked(lambda x: self.tokenizer.decode(x.to(self.device)), z).numpy()
         return out if batched else out[0]
 
     def infer_actions(self, video) -> np.ndarray:
@@ -118,7 +176,7 @@ class World:
         if self.lam is None:
             raise ValueError("this world has no latent action model")
         v, batched = self._video(video, "video", min_frames=2)
-        acts = self.lam.infer_actions(v).cpu().numpy().astype(np.int64)
+        acts = self._chunked(self.lam.infer_actions, v).numpy().astype(np.int64)
         return acts if batched else acts[0]
 
     # ---- what the dynamics model reads and writes (its frame model decides) -----------------------
@@ -141,10 +199,7 @@ class World:
             if action is not None:
                 raise ValueError("this world's dynamics model is unconditioned: pass action=None")
             return None
-        a = as_tensor(np.asarray(action) if not isinstance(action, torch.Tensor) else action, "action")
-        if a.dtype.is_floating_point or a.dtype == torch.bool:
-            raise ValueError(f"actions must be integers in [0, {self.num_actions}), got dtype {a.dtype}")
-        a = a.long().reshape(-1)
+        a = as_int_tensor(action, "actions", f" in [0, {self.num_actions})").reshape(-1)
         if a.numel() == 1 and batch > 1:
             a = a.expand(batch)
         if a.numel() != batch:
@@ -166,11 +221,57 @@ class World:
         """
         return self._reset(context, seed, actions, static=self._graphs_on(), **sampling)
 
-    def _reset(self, context, seed: int, actions, static: bool, **sampling) -> np.ndarray:
+    def _options(self, base: SamplingOptions, sampling: dict) -> SamplingOptions:
+        """`base` updated by per-call options, checked (on the host, before anything is launched)."""
+        opts = base.updated(**sampling)
+        levels = getattr(getattr(self.dynamics.cfg, "diffusion", None), "levels", None)
+        if opts.context_level is not None and levels is not None and opts.context_level > levels:
+            raise ValueError(f"sampling option context_level must be in [0, {levels}], got {opts.context_level}")
+        return opts
+
+    def session_bytes(self, batch: int, frames: int = 1, extra_frames: int = 0) -> int:
+        """Estimated peak memory of a session of `batch` items from `frames` context frames (plus
+        `extra_frames` generated and returned, as by `rollout`): its KV caches, measured once on a
+        batch of one, times TRANSIENT_FACTOR for the activations, plus the frames themselves."""
+        if self._per_session_bytes is None:
+            saved = self._session, getattr(self, "_session_opts", None)
+            h, w = self.resolution
+            try:
+                self._reset(np.zeros((1, 1, h, w, 3), np.uint8), 0, None, static=False)
+                self._per_session_bytes = _tensor_bytes(self._session.dyn_state, self._session.dec_caches)
+            finally:
+                self._session, self._session_opts = saved
+        h, w = self.resolution
+        window = self.sampling.window or self.dynamics.cfg.context_window
+        pixels = h * w * 3
+        return int(batch * (TRANSIENT_FACTOR * self._per_session_bytes + min(frames, window) * pixels * 4
+                            + extra_frames * pixels * 2))
+
+    def _check_memory(self, context, extra_frames: int = 0) -> None:
+        """Refuse a batch of sessions that would not fit the device's free memory (before any work)."""
+        shape = getattr(context, "shape", None)
+        if shape is None or len(shape) != 5 or shape[0] <= 1:
+            return  # one session: its size is the model's, whatever the input
+        free = runtime.available_memory(self.device)
+        if free is None:
+            return
+        b = int(shape[0])
+        need = self.session_bytes(b, int(shape[1]), extra_frames)
+        budget = MEMORY_HEADROOM * free
+        if need > budget:
+            each = need / b
+            most = int(budget // each)
+            raise ValueError(f"a batch of {b} sessions needs about {need / 1e9:.1f} GB ({each / 1e6:.1f} MB each) but "
+                             f"{free / 1e9:.1f} GB of {self.device.type} memory is free; use batches of at most "
+                             f"{most} (several calls)" if most >= 1 else
+                             f"not even one session fits the {free / 1e9:.2f} GB of free {self.device.type} memory")
+
+    def _reset(self, context, seed: int, actions, static: bool, extra_frames: int = 0, **sampling) -> np.ndarray:
         self._need_dynamics()
+        opts = self._options(self.sampling, sampling)
+        self._check_memory(context, extra_frames)
         video, batched = self._video(context, "context")
         b, t0 = video.shape[:2]
-        opts = self.sampling.updated(**sampling)
         window = opts.window or self.dynamics.cfg.context_window
         if t0 > window:
             video = video[:, -window:]
@@ -198,7 +299,8 @@ class World:
             self.tokenizer.decode_step(z, dec_caches, 0, window=self._decoder_window(window))
             dec_pos = t0
         self._session = _Session(batch=b, batched=batched, generator=g, dyn_state=dyn_state, dec_caches=dec_caches,
-                                 dec_pos=dec_pos, last_frame=video[:, -1], static=static)
+                                 dec_pos=dec_pos, last_frame=video[:, -1], static=static,
+                                 finite=torch.ones((), dtype=torch.bool, device=self.device))
         self._session_opts = opts
         last = video[:, -1].cpu().numpy()
         return last if batched else last[0]
@@ -207,7 +309,7 @@ class World:
         return max(1, window - 1)
 
     def _transition_actions(self, actions, b: int, t0: int) -> torch.Tensor:
-        a = as_tensor(np.asarray(actions) if not isinstance(actions, torch.Tensor) else actions, "actions").long()
+        a = as_int_tensor(actions, "context actions", f" in [0, {self.num_actions})")
         a = a.reshape(b, -1) if a.dim() <= 1 and b == 1 else a
         if tuple(a.shape) != (b, t0 - 1):
             raise ValueError(f"context actions must have shape ({b}, {t0 - 1}), got {tuple(a.shape)}")
@@ -231,7 +333,7 @@ class World:
         if self._session is None:
             raise ValueError("no session: call world.reset(context_frames) first")
         s = self._session
-        opts = self._session_opts.updated(**sampling)
+        opts = self._options(self._session_opts, sampling)
         a = self._actions(action, s.batch)
         if s.static and self.device.type == "cuda":
             frame = self._graph(s, opts, a)(a)
@@ -239,7 +341,15 @@ class World:
             frame = self._frame(s, opts, a)
         s.last_frame = frame
         out = frame.cpu().numpy()
+        if not bool(s.finite):  # (read after the frame: no extra wait for the device)
+            self._nonfinite()
         return out if s.batched else out[0]
+
+    def _nonfinite(self):
+        self._session = None  # its caches hold the NaNs: every later frame would be broken too
+        raise NonFiniteError("the model produced NaN or infinite latents, so this frame would be black; the "
+                             "session was ended (call reset to start again). Likely causes: extreme sampling "
+                             "options, or damaged or diverged weights")
 
     def _frame(self, s: _Session, opts: SamplingOptions, a: torch.Tensor | None) -> torch.Tensor:
         """One frame of the session for actions `a` (b,): sample, extend the caches, decode ->
@@ -248,6 +358,7 @@ class World:
             s.dyn_state, a, steps=opts.steps, cfg_scale=opts.cfg_scale, eta=opts.eta,
             context_level=opts.context_level, temperature=opts.temperature, generator=s.generator,
             batch=s.batch, device=self.device))
+        s.finite.logical_and_(torch.isfinite(z).all())  # on the device, in place: capturable, no sync
         window = opts.window or self.dynamics.cfg.context_window
         frame = self.tokenizer.decode_step(z, s.dec_caches, s.dec_pos, window=self._decoder_window(window))[:, 0]
         s.dec_pos += 1  # (in place for a device counter)
@@ -277,10 +388,11 @@ class World:
         denoise `chunk` frames together following a Diffusion-Forcing scheduling matrix, then
         slide on to the next chunk: unbounded either way."""
         self._need_dynamics()
+        self._options(self.sampling, sampling)  # checked before anything runs
         video, batched = self._video(context, "context")
         acts = None
         if self.dynamics.cfg.num_actions:
-            acts = as_tensor(np.asarray(actions) if not isinstance(actions, torch.Tensor) else actions, "actions")
+            acts = as_int_tensor(actions, "actions", f" in [0, {self.num_actions})")
             acts = acts if batched else acts.unsqueeze(0)
             if acts.dim() != 2 or acts.shape[0] != video.shape[0]:
                 raise ValueError(f"actions must have shape (N,) or (B, N) matching the context batch "
@@ -290,7 +402,7 @@ class World:
             n = int(actions) if np.isscalar(actions) else len(actions)
         # scheduling-matrix chunks attend several frames at once: not with static caches
         self._reset(video, seed, context_actions, static=self._graphs_on() and schedule == "autoregressive",
-                    **sampling)
+                    extra_frames=n, **sampling)
         frames = [video.cpu()]
         steps = range(n)
         if progress:
@@ -322,6 +434,8 @@ class World:
                 s.dyn_state, a, schedule=schedule, steps=opts.steps, uncertainty=uncertainty,
                 cfg_scale=opts.cfg_scale, eta=opts.eta, context_level=opts.context_level,
                 temperature=opts.temperature, generator=s.generator, batch=s.batch, device=self.device, horizon=h)
+            if not bool(torch.isfinite(z).all()):
+                self._nonfinite()
             video = self.tokenizer.decode_step(z, s.dec_caches, s.dec_pos, window=self._decoder_window(window))
             s.dec_pos += h
             s.last_frame = video[:, -1]
@@ -340,9 +454,33 @@ class World:
         return a.to(self.device)
 
 
+def _tensor_bytes(*objs) -> int:
+    """Bytes of the tensors reachable from `objs` (lists, dicts, objects' attributes), each
+    storage counted once."""
+    seen, storages, total, stack = set(), set(), 0, list(objs)
+    while stack:
+        o = stack.pop()
+        if isinstance(o, torch.Tensor):
+            st = o.untyped_storage()
+            if st.data_ptr() not in storages:
+                storages.add(st.data_ptr())
+                total += st.nbytes()
+            continue
+        if id(o) in seen or isinstance(o, (torch.nn.Module, type, str, bytes, int, float)) or o is None:
+            continue
+        seen.add(id(o))
+        if isinstance(o, (list, tuple, set)):
+            stack.extend(o)
+        elif isinstance(o, dict):
+            stack.extend(o.values())
+        elif hasattr(o, "__dict__"):
+            stack.extend(vars(o).values())
+    return total
+
+
 def _load_component(path: Path, meta: dict, kind: str, device):
     name = meta.get(kind, kind)
-    if name is None or not (path / name / "config.json").exists():
+    if name is None or checkpoint.find(path / name) is None:
         return None
     return load_model(path / name, device, kind=kind)
 
@@ -352,6 +490,11 @@ def load(name_or_path: str | Path = "coinrun", device="cpu", threads: int | None
     """Load a world folder (or the shipped world by name, or a lone tokenizer checkpoint).
     `cuda_graphs`: see `World` (default: on with CUDA)."""
     path = Path(name_or_path)
+    # a crash between the two renames of a save leaves the previous copy at PATH.old (as --resume knows)
+    for marker in ("world.json", "config.json"):
+        if (checkpoint.recover(path, marker) / marker).exists():
+            path = checkpoint.recover(path, marker)
+            break
     if not path.exists():
         shipped = ASSETS / str(name_or_path)
         if shipped.exists():

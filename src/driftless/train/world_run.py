@@ -1,0 +1,524 @@
+"""`driftless train world`: from an episode store (or a Procgen game) to a built and evaluated
+world in one command, in one run folder OUT:
+
+    data/{train,val,test}   (--game only) random-agent episodes of a Procgen game
+    tokenizer/              run_stage("tokenizer"): checkpoint/, metrics.jsonl, val/
+    lam/                    run_stage("lam")
+    latents/{train,val}     the stores encoded once with the tokenizer and the LAM
+    dynamics/               run_stage("dynamics") on the latent cache
+    world/                  the three EMA checkpoints in fp16, the action map fitted on val
+    eval.json, eval-plots/  `driftless eval` on the test store, sized to the device
+    run.json                what is done, where the current stage is, minutes spent (atomic)
+    init/                   (--init-from only) the checkpoints each stage starts from
+
+Budget. `--budget` minutes of the one device (GPU-minutes on a GPU) cover the whole run except
+making the data: `--reserve` of it is kept for the latent cache, the world build and the
+evaluation, the rest is split over tokenizer / LAM / dynamics by `--shares`, and each stage
+trains for its share with the cosine schedule laid over time (`TrainConfig.time_budget`). A
+stage starting afresh gets its share of what is left (`WorldRun._replan`), so what earlier
+stages spent outside their training loops (building, loading data, statistics) comes off later
+stages instead of being added to the run.
+`--budget 0` trains each stage a fixed number of steps instead (the preset's, or --*-steps):
+exactly reproducible, the default of the debug preset.
+
+Resume. run.json is written atomically after every stage and at every stop; running the same
+command again skips finished stages and continues the current one from its last checkpoint
+(`run_stage(resume=True)`: model, EMA, optimizer, step, data position). `--max-minutes` (a time
+limit for this invocation) and `--stop-after STAGE[:STEPS]` stop cleanly with a checkpoint at
+the stop; a crash or kill loses the steps since the stage's last checkpoint (`save_every`)
+and restarts the latent cache, world build or evaluation it interrupted. Step-based runs end
+with the same world as an uninterrupted run, bit for bit on a CPU (the trainer's
+resume is exact, and the later stages are deterministic functions of the checkpoints);
+time-budgeted runs resume at the same stage and step with the time already spent counted, but
+how many steps a minute holds is not reproducible. A run folder belongs to one configuration:
+a command with different settings is refused, naming the difference (`--force` starts over).
+
+This module sits above world/ and eval/ (it builds and evaluates the world it trains); it is
+the one module of train/ that does, and only the CLI imports it (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from driftless import checkpoint
+from driftless.config import to_dict
+from driftless.runtime import default_device
+from driftless.train.world_plan import (RESERVED, STAGES, TRAINED, WorldRunConfig, differences, identity, make_plan,
+                                        stage_overrides, stop_rule)
+
+RUN_FILE = "run.json"
+FORMAT = "driftless-train-world"
+# what a run writes in OUT (and --force removes); anything else there is left alone
+OUTPUTS = (RUN_FILE, "data", "init", "tokenizer", "lam", "latents", "dynamics", "world", "world.tmp", "eval.json",
+           "eval-plots")
+
+
+class RunStopped(Exception):
+    """This invocation stops here (time limit or --stop-after); the run continues next time."""
+
+
+class RunFailed(RuntimeError):
+    """A stage failed for good (non-finite losses): the run needs other settings."""
+
+
+# ---- data and init sources -------------------------------------------------------------------------
+def _is_store(path: Path) -> bool:
+    from driftless.data.store import STORE_FILE
+
+    return (path / STORE_FILE).exists()
+
+
+def find_split(train: str, split: str) -> str | None:
+    """The `split` store beside a training store: DATA/../<split> for DATA/train, X-<split> for
+    X-train, else None."""
+    p = Path(train)
+    candidates = [p.parent / split] if p.name == "train" else []
+    if p.name.endswith("-train"):
+        candidates.append(p.with_name(p.name[: -len("train")] + split))
+    return next((str(c) for c in candidates if _is_store(c)), None)
+
+
+def _init_sources(path: str) -> dict[str, Path]:
+    """The checkpoint each stage starts from: the full checkpoints of an earlier run folder, or
+    the components of a world folder (a shipped world by name)."""
+    p = Path(path)
+    if not p.exists():
+        from driftless.world.world import ASSETS
+
+        if not (ASSETS / path / "world.json").exists():
+            raise FileNotFoundError(f"--init-from {path}: no such world folder, run folder or shipped world")
+        p = ASSETS / path
+    if (p / RUN_FILE).exists():
+        found = {s: p / s / "checkpoint" for s in TRAINED if (p / s / "checkpoint" / "config.json").exists()}
+    elif (p / "world.json").exists():
+        meta = json.loads((p / "world.json").read_text())
+        found = {s: p / meta[s] for s in TRAINED if meta.get(s)}
+    else:
+        raise ValueError(f"--init-from {path}: neither a world folder (world.json) nor a train-world run folder "
+                         f"({RUN_FILE})")
+    if not found:
+        raise ValueError(f"--init-from {path}: it holds no tokenizer, LAM or dynamics checkpoint")
+    return found
+
+
+def _fit_init(args, source: Path) -> tuple[Any, dict, list[str]]:
+    """(this stage's model config, its state dict holding the weights of `source`, the names left
+    fresh) for `args` (the stage's StageArgs); refuses, naming tensors, when `source` was a model
+    of another shape. Only a LAM's decoder may be missing (a world drops it at build)."""
+    from driftless.models import registry
+    from driftless.train.specs import get_stage
+    from driftless.world.build import LAM_DECODER_PREFIXES
+
+    spec = get_stage(args.kind)
+    a = spec.resolve(args)
+    cfg, _ = spec.with_clip_len(spec.configure(registry.preset(a.kind, a.preset), a), a.clip_len)
+    torch.manual_seed(a.train.seed)
+    state = registry.build(a.kind, cfg).state_dict()
+    header = checkpoint.read_header(source, a.kind)
+    weights = checkpoint.read_weights(source, ema=True)
+    shape = [f"{k} {tuple(v.shape)} (here {tuple(state[k].shape)})" for k, v in weights.items()
+             if k in state and v.shape != state[k].shape]
+    unexpected = [k for k in weights if k not in state]
+    fresh = [k for k in state if k not in weights]
+    missing = [k for k in fresh if not (a.kind == "lam" and k.startswith(LAM_DECODER_PREFIXES))]
+    if shape or unexpected or missing:
+        was = header.get("meta", {}).get("preset")
+        parts = [f"shapes differ: {', '.join(shape[:2])}" if shape else "",
+                 f"unexpected: {', '.join(unexpected[:2])}" if unexpected else "",
+                 f"missing: {', '.join(missing[:2])}" if missing else ""]
+        raise ValueError(f"--init-from: the {a.kind} at {source} (preset {was!r}) does not fit this run's {a.kind} "
+                         f"(preset {a.preset!r}, --set {a.overrides or {}}): " + "; ".join(p for p in parts if p))
+    state.update({k: v.float() for k, v in weights.items()})
+    return cfg, state, fresh
+
+
+def init_checkpoint(args, source: Path, dest: Path) -> str:
+    """Write the checkpoint a stage starts from (`_fit_init`) to `dest`; returns its path."""
+    cfg, state, fresh = _fit_init(args, source)
+    header = checkpoint.read_header(source, args.kind)
+    checkpoint.save(dest, args.kind, to_dict(cfg), state,
+                    meta={"source": str(source), "fresh": fresh, "preset": header.get("meta", {}).get("preset")})
+    return str(dest)
+
+
+def _minutes(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+def _last_val(metrics: Path) -> dict:
+    last = {}
+    if metrics.exists():
+        for line in metrics.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                r = json.loads(line)
+                if r.get("split") == "val":
+                    last = r
+    return last
+
+
+# ---- the run -------------------------------------------------------------------------------------
+class WorldRun:
+    """One invocation on a run folder: opens (or starts) it, then runs what is left."""
+
+    def __init__(self, cfg: WorldRunConfig):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("driftless train world runs on one device (each stage alone on it); for DDP use the "
+                             "per-stage commands of docs/training.md under torchrun")
+        if bool(cfg.data) == bool(cfg.game):
+            raise ValueError("give either --data STORE or --game NAME (to generate the data)")
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.device = default_device(cfg.device)
+        self.t0 = time.time()
+        self.stop = stop_rule(cfg.stop_after)
+        self.overrides = stage_overrides(cfg)
+        self.ident = identity(cfg)
+        self.init = _init_sources(cfg.init_from) if cfg.init_from else {}
+        self.workers = cfg.workers if cfg.workers is not None else (4 if self.device.startswith("cuda") else 0)
+        self.paths = self._data_paths()
+        self.status = self._open()
+        self.plan = self.status["plan"]
+        for stage in ("tokenizer", "lam"):  # fail before any training when an --init-from part does not fit
+            ckpt = self.out / stage / "checkpoint" / "config.json"
+            if stage in self.init and not ckpt.exists():
+                _fit_init(self._train_args(stage), self.init[stage])
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._write()
+
+    # -- run folder
+    def _open(self) -> dict:
+        """The run's status: run.json of OUT when its settings are this run's, else a new one
+        (written by the caller once the run can start)."""
+        cfg, out = self.cfg, self.out
+        run_file = out / RUN_FILE
+        if cfg.force and out.exists():
+            if not run_file.exists() and any(p.name not in OUTPUTS for p in out.iterdir()):
+                raise ValueError(f"--force: {out} is not a train-world run folder (no {RUN_FILE}); not removing it")
+            generated = run_file.exists() and bool(json.loads(run_file.read_text()).get("config", {}).get("game"))
+            for name in OUTPUTS:
+                if name == "data" and not generated:  # data/ that the earlier run did not make is not ours
+                    continue
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        if run_file.exists():
+            status = json.loads(run_file.read_text())
+            if status.get("format") != FORMAT:
+                raise ValueError(f"{run_file} is not a {FORMAT} status file")
+            diff = differences(status["config"], self.ident)
+            if diff:
+                raise ValueError(f"{out} holds a run with other settings ({'; '.join(diff)}): run the same command "
+                                 f"as before to continue it, choose another --out, or add --force to start over "
+                                 f"(removes its stages)")
+        elif out.exists() and any(out.iterdir()):
+            raise ValueError(f"{out} is not empty and holds no {RUN_FILE}: choose another --out (or --force, which "
+                             f"removes only what a run writes)")
+        else:
+            from driftless.eval.evaluate import resolve_size
+
+            plan = make_plan(self.cfg, self.device)
+            plan["eval"]["size"] = resolve_size(plan["eval"]["size"], self.device)  # auto: by this device
+            status = {"format": FORMAT, "version": 1, "config": self.ident, "plan": plan, "state": "running",
+                      "stages": {}, "current": None, "minutes": 0.0, "invocations": []}
+        active = [s for s in STAGES if s != "data" or self.cfg.game]
+        for s in active:
+            status["stages"].setdefault(s, {"state": "pending", "minutes": 0.0})
+        status["invocations"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": self.device,
+                                      "max_minutes": self.cfg.max_minutes, "stop_after": self.cfg.stop_after})
+        return status
+
+    def _write(self, status: dict | None = None) -> None:
+        status = status or self.status
+        status["minutes"] = round(sum(s["minutes"] for s in status["stages"].values()), 4)
+        checkpoint.atomic_write_json(self.out / RUN_FILE, status)
+
+    def _data_paths(self) -> dict[str, str | None]:
+        cfg = self.cfg
+        if cfg.game:
+            return {s: str(self.out / "data" / s) for s in ("train", "val", "test")}
+        train = cfg.data
+        if not _is_store(Path(train)) and _is_store(Path(train) / "train"):
+            train = str(Path(train) / "train")  # a folder holding train/ val/ test/
+        if not _is_store(Path(train)):
+            raise FileNotFoundError(f"--data {cfg.data}: not an episode store (no store.json)")
+        val = cfg.val_data or find_split(train, "val")
+        test = cfg.test_data or find_split(train, "test")
+        for name, path in (("--val-data", val), ("--test-data", test)):
+            if path and not _is_store(Path(path)):
+                raise FileNotFoundError(f"{name} {path}: not an episode store (no store.json)")
+        return {"train": train, "val": val, "test": test}
+
+    # -- progress
+    def _elapsed_s(self) -> float:
+        return time.time() - self.t0
+
+    def _remaining_minutes(self) -> float | None:
+        if not self.cfg.max_minutes:
+            return None
+        return self.cfg.max_minutes - self._elapsed_s() / 60
+
+    def _say(self, text: str) -> None:
+        if self.cfg.progress:
+            print(f"[train world] {text}", flush=True)
+
+    def eta_minutes(self) -> float | None:
+        """Budget minutes still planned (None for a step-based run)."""
+        if not self.plan["budget"]:
+            return None
+        st = self.status["stages"]
+        left = sum(max(0.0, self.plan["stages"][s]["time_budget"] - st[s]["minutes"]) for s in TRAINED
+                   if st[s]["state"] != "done")
+        reserved = sum(st[s]["minutes"] for s in RESERVED)
+        pending = any(st[s]["state"] != "done" for s in RESERVED)
+        return left + (max(0.0, self.plan["reserve_minutes"] - reserved) if pending else 0.0)
+
+    def _announce(self, stage: str) -> None:
+        active = self.active
+        st = self.status["stages"]
+        spent = sum(st[s]["minutes"] for s in active if s != "data")
+        head = f"{active.index(stage) + 1}/{len(active)} {stage}"
+        if stage in TRAINED:
+            p = self.plan["stages"][stage]
+            what = (f"{p['time_budget']:.2f} min" if p["time_budget"] else f"{p['steps']} steps") + \
+                   f", batch {p['batch_size']}"
+            head += f" ({what})"
+        eta = self.eta_minutes()
+        if eta is None:
+            tail = f"run time {spent:.2f} min so far; step-based, each stage's bar shows its ETA"
+        else:
+            tail = f"{spent:.2f} of {self.plan['budget']:g} budget minutes spent, ETA {_minutes(eta * 60)}"
+        self._say(f"{head} | {tail}")
+
+    @property
+    def active(self) -> list[str]:
+        """This run's stages, in order (run.json keeps its keys sorted)."""
+        return [s for s in STAGES if s in self.status["stages"]]
+
+    # -- stages
+    def run(self) -> dict:
+        try:
+            for stage in self.active:
+                entry = self.status["stages"][stage]
+                if entry["state"] in ("done", "skipped"):
+                    self._check_stop(stage)
+                    continue
+                remaining = self._remaining_minutes()
+                if remaining is not None and remaining <= 0:
+                    raise RunStopped(f"time limit (--max-minutes {self.cfg.max_minutes:g}) reached before {stage}")
+                if stage in TRAINED:
+                    self._replan(stage)
+                self._announce(stage)
+                entry["state"] = "running"
+                self.status["current"] = {"stage": stage, "step": entry.get("step")}
+                self._write()
+                t = time.time()
+                try:
+                    outcome = getattr(self, f"_stage_{stage}")(entry)
+                finally:
+                    entry["minutes"] = round(entry["minutes"] + (time.time() - t) / 60, 4)
+                    self._write()
+                if outcome == "stopped":
+                    entry["state"] = "stopped"
+                    raise RunStopped(f"{stage} stopped at step {entry.get('step')} ({entry.get('stopped')})")
+                entry["state"] = "done"
+                self.status["current"] = None
+                self._write()
+                self._check_stop(stage)
+        except RunStopped as stop:
+            self.status["state"] = "stopped"
+            self.status["invocations"][-1]["ended"] = str(stop)
+            self._write()
+            self._say(f"stopped: {stop}; the same command continues the run")
+            return {"state": "stopped", "reason": str(stop), "run": str(self.out), **self._summary()}
+        self.status["state"] = "done"
+        self.status["invocations"][-1]["ended"] = "done"
+        self._write()
+        self._say(f"done in {self.status['minutes']:.2f} min: world {self.out / 'world'}, evaluation "
+                  f"{self.out / 'eval.json'}; play it: driftless play {self.out / 'world'}")
+        return {"state": "done", "run": str(self.out), **self._summary()}
+
+    def _summary(self) -> dict:
+        return {"world": str(self.out / "world") if (self.out / "world" / "world.json").exists() else None,
+                "eval": str(self.out / "eval.json") if (self.out / "eval.json").exists() else None,
+                "minutes": self.status["minutes"],
+                "stages": {s: {k: v for k, v in self.status["stages"][s].items() if k in ("state", "step", "minutes")}
+                           for s in self.active}}
+
+    def _check_stop(self, stage: str) -> None:
+        if self.stop and self.stop[0] == stage and self.stop[1] is None and stage != self.active[-1]:
+            raise RunStopped(f"--stop-after {stage}")
+
+    def _stage_data(self, entry: dict) -> str:
+        from driftless.data.coinrun import generate
+
+        d = self.plan["data"]
+        for split, n in d["episodes"].items():
+            generate(self.paths[split], n, split=split, workers=os.cpu_count() or 1, envs_per_worker=min(16, n),
+                     seed=self.cfg.seed, max_frames_per_episode=d["max_frames_per_episode"] or None,
+                     game=d["game"], verbose=self.cfg.progress)
+        return "done"
+
+    def _train_args(self, stage: str):
+        from driftless.train.specs import StageArgs, get_stage
+        from driftless.train.trainer import TrainConfig
+
+        p = self.plan["stages"][stage]
+        remaining = self._remaining_minutes()
+        stop_steps = self.stop[1] if self.stop and self.stop[0] == stage and self.stop[1] else 0
+        train = TrainConfig(steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"], warmup=p["warmup"],
+                            seed=self.cfg.seed, log_every=p["log_every"], val_every=p["val_every"],
+                            save_every=p["save_every"], time_budget=p["time_budget"],
+                            max_minutes=max(remaining, 1e-3) if remaining is not None else 0.0, stop_after=stop_steps)
+        if stage == "dynamics":
+            data = str(self.out / "latents" / "train")
+            val = self.out / "latents" / "val"
+            val = str(val) if (val / "cache.json").exists() else None
+        else:
+            data, val = self.paths["train"], self.paths["val"]
+        spec = get_stage(stage)
+        return StageArgs(kind=stage, data=data, val_data=val, out=str(self.out / stage), preset=self.cfg.preset,
+                         overrides=dict(self.overrides[stage]), train=train, workers=self.workers,
+                         device=self.device, resume=(self.out / stage).exists(),
+                         stats_batches=self.plan["stats_batches"],
+                         options=spec.options() if spec.options is not None else None)
+
+    def _replan(self, stage: str) -> None:
+        """A budgeted stage that starts afresh gets its share of what is left of the budget (what
+        earlier stages spent beyond their time budgets, building models, loading data, fitting
+        statistics, comes off the stages still to run), at least a tenth of its planned share;
+        recorded in run.json so that a resumed stage keeps its budget."""
+        p = self.plan["stages"][stage]
+        if not self.plan["budget"] or (self.out / stage / "checkpoint" / "config.json").exists():
+            return
+        st = self.status["stages"]
+        p.setdefault("planned_time_budget", p["time_budget"])
+        later = TRAINED[TRAINED.index(stage):]
+        planned = sum(self.plan["stages"][s].get("planned_time_budget", self.plan["stages"][s]["time_budget"])
+                      for s in later)
+        spent = sum(st[s]["minutes"] for s in self.active if s != "data")
+        reserve_left = max(0.0, self.plan["reserve_minutes"] - sum(st[s]["minutes"] for s in RESERVED))
+        available = self.plan["budget"] - spent - reserve_left
+        p["time_budget"] = round(max(p["planned_time_budget"] * available / planned, 0.1 * p["planned_time_budget"]), 4)
+        self._write()
+
+    def _train(self, stage: str, entry: dict) -> str:
+        from driftless.train.stages import run_stage
+
+        args = self._train_args(stage)
+        ckpt = self.out / stage / "checkpoint"
+        if stage in self.init and not (ckpt / "config.json").exists():
+            args = dataclasses.replace(args, init_from=init_checkpoint(args, self.init[stage],
+                                                                          self.out / "init" / stage))
+            entry["init_from"] = str(self.init[stage])
+        summary = run_stage(args)
+        entry.update(step=summary["step"], stopped=summary["stopped"], checkpoint=summary["checkpoint"])
+        self.status["current"] = {"stage": stage, "step": summary["step"]}
+        if summary["stopped"] == "nonfinite":
+            entry["state"] = "failed"
+            self.status["state"] = "failed"
+            self._write()
+            raise RunFailed(f"{stage} stopped on non-finite losses at step {summary['step']}; see "
+                               f"{self.out / stage / 'metrics.jsonl'} (its last good checkpoint is kept)")
+        if summary["stopped"] in ("steps", "time_budget"):
+            entry["val"] = {k: v for k, v in _last_val(self.out / stage / "metrics.jsonl").items()
+                            if k not in ("split",)}
+            return "done"
+        return "stopped"
+
+    def _stage_tokenizer(self, entry: dict) -> str:
+        return self._train("tokenizer", entry)
+
+    def _stage_lam(self, entry: dict) -> str:
+        return self._train("lam", entry)
+
+    def _stage_dynamics(self, entry: dict) -> str:
+        return self._train("dynamics", entry)
+
+    def _stage_latents(self, entry: dict) -> str:
+        from driftless.data.latents import build_latent_cache
+        from driftless.data.store import EpisodeStore
+        from driftless.models.registry import load_model
+
+        tok_path, lam_path = self.out / "tokenizer" / "checkpoint", self.out / "lam" / "checkpoint"
+        tok = load_model(tok_path, self.device, kind="tokenizer")
+        lam = load_model(lam_path, self.device, kind="lam")
+        cuda = self.device.startswith("cuda")
+        for split in ("train", "val"):
+            dest = self.out / "latents" / split
+            if self.paths[split] is None or (dest / "cache.json").exists():
+                continue
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda) if cuda else contextlib.nullcontext():
+                build_latent_cache(EpisodeStore(self.paths[split]), tok, dest, lam=lam,
+                                   batch_size=self.plan["latent_batch"], device=self.device,
+                                   tokenizer_path=str(tok_path), lam_path=str(lam_path))
+        return "done"
+
+    def _stage_world(self, entry: dict) -> str:
+        from driftless.world.build import build_world, fit_world_action_map
+
+        ck = {s: self.out / s / "checkpoint" for s in TRAINED}
+        source = self.paths["val"] or self.paths["train"]
+        action_map = None
+        try:
+            action_map = fit_world_action_map(ck["lam"], source, device=self.device,
+                                              max_clips=self.plan["action_clips"])
+            entry["action_map_accuracy"] = action_map["accuracy"]
+        except ValueError as e:  # a store without true actions (videos): no keyboard map
+            entry["action_map"] = f"not fitted: {e}"
+        sampling = {"steps": self.cfg.sampling_steps} if self.cfg.sampling_steps else {}
+        name = self.cfg.game or Path(self.paths["train"]).name.removesuffix("-train")
+        build_world(self.out / "world", ck["tokenizer"], ck["dynamics"], ck["lam"], fp16=True, sampling=sampling,
+                    action_map=action_map, name=name,
+                    extra={"trained_by": {"command": "driftless train world", "run": str(self.out.resolve()),
+                                          "config": self.ident, "plan": self.plan}})
+        return "done"
+
+    def _stage_eval(self, entry: dict) -> str:
+        from driftless.data.store import EpisodeStore
+        from driftless.eval.evaluate import evaluate, sized_config
+        from driftless.eval.plots import write_all
+        from driftless.world.world import load
+
+        test = self.paths["test"] or self.paths["val"] or self.paths["train"]
+        note = {self.paths["test"]: "test store", self.paths["val"]: "no test store: the validation store"}.get(
+            test, "no test or validation store: the training store (the figures are not held-out ones)")
+        world = load(self.out / "world", device=self.device)
+        e = self.plan["eval"]
+        cfg = sized_config(e["size"], self.device, seed=self.cfg.seed, progress=self.cfg.progress,
+                           **{k: v for k, v in e.items() if k != "size"})
+        store = EpisodeStore(test)
+        torch.manual_seed(self.cfg.seed)
+        result, artifacts = evaluate(world, store, cfg)
+        result["data"] = {"path": test, "which": note, "episodes": store.num_episodes, "frames": store.num_frames}
+        result["world_path"] = str(self.out / "world")
+        if self.plan["plots"]:
+            result["plots"] = write_all(result, artifacts, self.out / "eval-plots")
+        checkpoint.atomic_write_json(self.out / "eval.json", result)
+        entry["size"] = cfg.size
+        for key, path in (("rollout_psnr", ("rollout", "psnr")), ("delta_psnr", ("delta", "delta_psnr")),
+                          ("recon_psnr", ("reconstruction", "psnr"))):
+            node: Any = result
+            for k in path:
+                node = node.get(k) if isinstance(node, dict) else None
+            if node is not None:
+                entry[key] = node
+        return "done"
+
+
+def train_world(cfg: WorldRunConfig) -> dict:
+    """Run (or continue) `driftless train world`; returns {"state": "done" | "stopped", "run",
+    "world", "eval", "minutes", "stages"}."""
+    return WorldRun(cfg).run()

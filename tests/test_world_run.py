@@ -1,0 +1,196 @@
+"""`driftless train world`: the whole pipeline on the debug preset, its resume, its run folder."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from driftless.cli import main
+from driftless.train.world_plan import PLANS, TRAINED, WorldRunConfig, identity, make_plan, stop_rule
+from driftless.train.world_run import RUN_FILE, _fit_init, init_checkpoint
+
+from conftest import make_store
+
+COMPONENTS = ("tokenizer", "lam", "dynamics")
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """A training store with its -val and -test siblings (found by train world)."""
+    root = tmp_path_factory.mktemp("stores")
+    make_store(root / "toy-train", episodes=6, length=20, seed=0)
+    make_store(root / "toy-val", episodes=3, length=20, seed=1)
+    make_store(root / "toy-test", episodes=3, length=20, seed=2)
+    return root
+
+
+def _train_world(stores, out, *extra):
+    rc = main(["train", "world", "--data", str(stores / "toy-train"), "--out", str(out), "--preset", "debug",
+               "--device", "cpu", "--no-progress", *extra])
+    return rc, json.loads((out / RUN_FILE).read_text())
+
+
+def _world_weights(out):
+    return {c: load_file(str(out / "world" / c / "model.safetensors")) for c in COMPONENTS}
+
+
+@pytest.mark.slow
+def test_train_world_end_to_end_and_resume_gives_the_same_world(stores, tmp_path):
+    """Uninterrupted, and stopped twice mid-stage (mid-tokenizer, before its latent statistics are
+    fitted; mid-dynamics) then continued by the same command: the same world, bit for bit, and
+    the same evaluation."""
+    a = tmp_path / "straight"
+    rc, status = _train_world(stores, a)
+    assert rc == 0 and status["state"] == "done" and status["current"] is None
+    assert [s for s in status["stages"]] == sorted(["tokenizer", "lam", "latents", "dynamics", "world", "eval"])
+    assert all(e["state"] == "done" for e in status["stages"].values())
+    assert {status["stages"][s]["step"] for s in TRAINED} == {4} and status["minutes"] > 0
+    for path in ("tokenizer/checkpoint/config.json", "lam/checkpoint/config.json", "latents/train/cache.json",
+                 "latents/val/cache.json", "dynamics/checkpoint/config.json", "world/world.json", "eval.json"):
+        assert (a / path).exists(), path
+    world_meta = json.loads((a / "world" / "world.json").read_text())
+    assert world_meta["name"] == "toy" and world_meta["action_map"]["keys"]
+    assert world_meta["trained_by"]["config"]["preset"] == "debug"
+    result = json.loads((a / "eval.json").read_text())
+    assert result["data"]["path"].endswith("toy-test") and result["config"]["size"] == "quick"
+    assert {"reconstruction", "rollout", "delta", "drift", "latent_actions"} <= set(result)
+
+    b = tmp_path / "interrupted"
+    rc, status = _train_world(stores, b, "--stop-after", "tokenizer:2")
+    assert rc == 0 and status["state"] == "stopped" and status["current"] == {"stage": "tokenizer", "step": 2}
+    assert status["stages"]["tokenizer"]["state"] == "stopped" and status["stages"]["lam"]["state"] == "pending"
+    rc, status = _train_world(stores, b, "--stop-after", "dynamics:1")
+    assert status["state"] == "stopped" and status["current"] == {"stage": "dynamics", "step": 1}
+    assert [status["stages"][s]["state"] for s in ("tokenizer", "lam", "latents")] == ["done"] * 3
+    rc, status = _train_world(stores, b)
+    assert rc == 0 and status["state"] == "done" and len(status["invocations"]) == 3
+    wa, wb = _world_weights(a), _world_weights(b)
+    for c in COMPONENTS:
+        assert wa[c].keys() == wb[c].keys() and all(torch.equal(wa[c][k], wb[c][k]) for k in wa[c]), c
+    ra, rb = (json.loads((x / "eval.json").read_text()) for x in (a, b))
+    for key in ("reconstruction", "rollout", "delta", "drift", "latent_actions", "action_map"):
+        assert ra[key] == rb[key], key
+    # a finished run: the same command again does nothing more
+    rc, again = _train_world(stores, b)
+    assert rc == 0 and again["state"] == "done" and again["stages"] == status["stages"]
+
+
+def test_a_run_folder_belongs_to_one_configuration(stores, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, status = _train_world(stores, out, "--stop-after", "tokenizer:1")
+    assert rc == 0 and status["state"] == "stopped"
+    assert main(["train", "world", "--data", str(stores / "toy-train"), "--out", str(out), "--preset", "debug",
+                 "--device", "cpu", "--seed", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "other settings (seed 0 -> 3)" in err and "--force" in err
+    # this invocation's settings (device, time limit, stop) are not the run's
+    rc, status = _train_world(stores, out, "--stop-after", "tokenizer:1", "--max-minutes", "5")
+    assert status["stages"]["tokenizer"]["step"] == 2
+    rc, status = _train_world(stores, out, "--seed", "3", "--force", "--stop-after", "tokenizer:1")
+    assert rc == 0 and status["config"]["seed"] == 3 and status["stages"]["tokenizer"]["step"] == 1
+    assert len(status["invocations"]) == 1
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    for extra in ([], ["--force"]):
+        assert main(["train", "world", "--data", str(stores / "toy-train"), "--out", str(other), "--preset", "debug",
+                     *extra]) == 1
+    assert (other / "notes.txt").exists() and "not" in capsys.readouterr().err
+
+
+def test_a_spent_time_limit_stops_before_the_next_stage(stores, tmp_path):
+    out = tmp_path / "run"
+    _, status = _train_world(stores, out, "--max-minutes", "1e-9")
+    assert status["state"] == "stopped" and "time limit" in status["invocations"][-1]["ended"]
+    assert all(e["state"] == "pending" for e in status["stages"].values())
+
+
+def test_plan_budget_batches_and_flags():
+    small = WorldRunConfig(out="o", game="coinrun", budget=30)
+    gpu, cpu = make_plan(small, "cuda"), make_plan(small, "cpu")
+    assert [gpu["stages"][s]["batch_size"] for s in TRAINED] == [192, 96, 256]
+    assert [cpu["stages"][s]["batch_size"] for s in TRAINED] == [16, 8, 16]
+    assert [gpu["stages"][s]["time_budget"] for s in TRAINED] == pytest.approx([10.8, 5.4, 10.8])
+    assert gpu["reserve_minutes"] == pytest.approx(3.0)
+    assert cpu["eval"]["size"] == "auto" and gpu["data"]["episodes"] == {"train": 700, "val": 44, "test": 175}
+    assert gpu["stages"]["lam"]["steps"] > 10**8  # a budget: steps do not bound it
+    base = make_plan(WorldRunConfig(out="o", data="d", preset="base"), "cuda")
+    assert base["budget"] == 240 and base["stages"]["tokenizer"]["batch_size"] == 48
+    debug = make_plan(WorldRunConfig(out="o", data="d", preset="debug", lam_steps=7), "cpu")
+    assert debug["budget"] == 0 and debug["stages"]["lam"]["steps"] == 7
+    assert debug["stages"]["tokenizer"]["time_budget"] == 0
+    # the preset's defaults written out are the same run as left out
+    assert identity(WorldRunConfig(out="a", data="d", budget=60)) == identity(WorldRunConfig(out="b", data="d"))
+    assert identity(WorldRunConfig(out="a", data="d", device="cuda", max_minutes=3)) == identity(
+        WorldRunConfig(out="a", data="d"))
+    with pytest.raises(ValueError, match="shares"):
+        make_plan(WorldRunConfig(out="o", data="d", shares="1,0,1"), "cpu")
+    assert stop_rule("lam:5") == ("lam", 5) and stop_rule("world") == ("world", None)
+    for bad in ("nope", "latents:3", "lam:x"):
+        with pytest.raises(ValueError, match="stop-after"):
+            stop_rule(bad)
+    assert set(PLANS) == {"debug", "small", "base"}
+
+
+def test_init_from_a_world_starts_each_stage_from_its_weights(debug_world, tmp_path):
+    """A world's LAM has no decoder (dropped at build): it starts fresh; other weights are the
+    world's. A world of another size is refused, naming the tensors."""
+    from driftless import checkpoint
+    from driftless.train.specs import StageArgs
+    from driftless.train.trainer import TrainConfig
+
+    world_lam = json.loads((debug_world / "lam" / "config.json").read_text())["config"]
+    args = StageArgs(kind="lam", data="d", out="o", preset="debug", train=TrainConfig(),
+                     overrides={"num_actions": world_lam["num_actions"]})
+    path = init_checkpoint(args, debug_world / "lam", tmp_path / "lam")
+    header = checkpoint.read_header(path, "lam")
+    fresh = header["meta"]["fresh"]
+    assert fresh and all(k.startswith(("dec_embed.", "dec_pos", "action_in.", "decoder.", "head.")) for k in fresh)
+    got, src = checkpoint.read_weights(path), checkpoint.read_weights(debug_world / "lam")
+    assert all(torch.equal(got[k], src[k].float()) for k in src)
+    tok = StageArgs(kind="tokenizer", data="d", out="o", preset="debug", train=TrainConfig())
+    _fit_init(tok, debug_world / "tokenizer")
+    with pytest.raises(ValueError, match="does not fit this run's tokenizer"):
+        _fit_init(StageArgs(kind="tokenizer", data="d", out="o", preset="small", train=TrainConfig()),
+                  debug_world / "tokenizer")
+
+
+@pytest.mark.slow
+def test_train_world_on_another_procgen_game(tmp_path):
+    pytest.importorskip("procgen")
+    out = tmp_path / "ninja"
+    assert main(["train", "world", "--game", "ninja", "--out", str(out), "--preset", "debug", "--device", "cpu",
+                 "--episodes", "4", "--max-frames-per-episode", "24", "--no-progress"]) == 0
+    status = json.loads((out / RUN_FILE).read_text())
+    assert status["state"] == "done" and status["stages"]["data"]["state"] == "done"
+    from driftless.data.store import EpisodeStore
+
+    train = EpisodeStore(out / "data" / "train")
+    assert train.meta["source"] == "procgen:ninja" and train.num_episodes == 4
+    assert EpisodeStore(out / "data" / "test").meta["split"] == "test"
+    assert json.loads((out / "world" / "world.json").read_text())["name"] == "ninja"
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["data"]["path"].endswith("test")
+    # the controls evaluation branches the run's own game (the debug plan: 4 states of 4 frames)
+    assert ev["controls"]["available"] and ev["controls"]["game"] == "ninja" and ev["controls"]["starts"] == 4
+
+
+@pytest.mark.slow
+def test_a_budgeted_run_stops_each_stage_on_time_and_resumes_with_its_clock(stores, tmp_path):
+    """--budget: each stage trains for its share (the cosine schedule over time) and a stage that
+    starts later gets its share of what is left; stopped mid-LAM, the same command resumes it at
+    its step with the minutes already spent counted."""
+    out = tmp_path / "run"
+    rc, status = _train_world(stores, out, "--budget", "0.1", "--stop-after", "lam:2")
+    assert status["state"] == "stopped" and status["current"] == {"stage": "lam", "step": 2}
+    assert status["stages"]["tokenizer"]["stopped"] == "time_budget"
+    rc, status = _train_world(stores, out, "--budget", "0.1")
+    assert rc == 0 and status["state"] == "done" and len(status["invocations"]) == 2
+    plan = status["plan"]
+    assert plan["budget"] == 0.1 and plan["reserve_minutes"] == pytest.approx(0.01)
+    for s in TRAINED:
+        entry = status["stages"][s]
+        assert entry["stopped"] == "time_budget" and entry["step"] >= (2 if s == "lam" else 1), (s, entry)
+        assert 0 < plan["stages"][s]["time_budget"] <= plan["stages"][s]["planned_time_budget"] + 1e-9
+    assert sum(plan["stages"][s]["planned_time_budget"] for s in TRAINED) == pytest.approx(0.09)

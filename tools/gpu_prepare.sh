@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Prepare what a GPU machine lacks, here (with network), before a device session:
+#   .whl/  cp312 wheels of Procgen and what it needs (the device has Python 3.12, no network)
+#   .gl/   Debian packages of libGL and friends (Procgen renders with OpenGL)
+# Both folders are git-ignored; name them in the device call's `carry`. On the device:
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+#   mkdir -p /tmp/gl && for f in .gl/*.deb; do dpkg -x $f /tmp/gl; done
+#   export PYTHONPATH=/tmp/site:src LD_LIBRARY_PATH=/tmp/gl/usr/lib/x86_64-linux-gnu:/tmp/gl/lib/x86_64-linux-gnu
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .whl .gl
+plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
+      --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" \
+    -d .whl procgen-mirror==0.10.7 gym3==0.3.3 gym-notices cffi pycparser
+python3 -m pip wheel -q --no-deps -w .whl gym==0.26.2
+o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+mkdir -p /tmp/amd64/partial
+apt-get $o update -qq
+(cd .gl && apt-get $o download libgl1 libglx0 libglvnd0 libx11-6 libx11-data libxcb1 libxau6 libxdmcp6 libbsd0 \
+    libmd0 libglib2.0-0 libpcre2-8-0 2>/dev/null)
+ls -la .whl .gl
+du -sh .whl .gl
