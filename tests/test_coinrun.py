@@ -163,3 +163,63 @@ def test_streaming_clips(tmp_path):
     assert not torch.equal(b[0]["frames"], b[1]["frames"])
     r1 = first_batch(1, 0)
     assert not torch.equal(first_batch(0, 0)[0]["frames"], r1[0]["frames"])
+
+
+def _runs(actions: np.ndarray) -> np.ndarray:
+    """Lengths of the runs of equal consecutive actions in each column of (T, n)."""
+    lengths = []
+    for col in actions.T:
+        cut = np.flatnonzero(np.diff(col) != 0) + 1
+        bounds = np.concatenate([[0], cut, [len(col)]])
+        lengths.append(np.diff(bounds)[1:-1])  # drop the runs cut by the window's edges
+    return np.concatenate(lengths)
+
+
+def test_held_action_policy_statistics():
+    """The held agent: uniform actions, each held for a geometric number of frames of the asked mean;
+    the uniform agent draws a new action every frame, exactly as the per-frame agent always did."""
+    from driftless.data.coinrun import AgentPolicy, RandomAgent
+
+    for mean in (4.0, 8.0):
+        agent = RandomAgent(64, np.random.default_rng(0), AgentPolicy("held", mean))
+        acts = np.stack([agent() for _ in range(3000)])  # (T, envs)
+        # a new draw repeats the old action with probability 1/15: runs last mean * 15/14 frames
+        runs = _runs(acts)
+        assert abs(runs.mean() - mean * 15 / 14) < 0.04 * mean, (mean, runs.mean())
+        # runs are geometric too (a geometric number of geometric holds): P(run of 1 frame) = 1/mean * 14/15
+        assert abs((runs == 1).mean() - (1 / mean) * 14 / 15) < 0.01
+        freq = np.bincount(acts.reshape(-1), minlength=15) / acts.size
+        assert np.abs(freq - 1 / 15).max() < 0.01 and acts.min() >= 0 and acts.max() < 15
+        change = (np.diff(acts, axis=0) != 0).mean()
+        assert abs(change - (1 / mean) * 14 / 15) < 0.01
+    uniform = RandomAgent(4, np.random.default_rng(3), AgentPolicy("uniform"))
+    ref = np.random.default_rng(3)
+    for _ in range(5):
+        np.testing.assert_array_equal(uniform(), ref.integers(0, 15, size=4).astype(np.int32))
+    change = (np.diff(np.stack([uniform() for _ in range(2000)]), axis=0) != 0).mean()
+    assert abs(change - 14 / 15) < 0.02
+    with pytest.raises(ValueError, match="policy"):
+        AgentPolicy("greedy")
+    with pytest.raises(ValueError, match="hold_mean"):
+        AgentPolicy("held", 0.5)
+
+
+def test_generate_held_and_uniform_stores(tmp_path):
+    """Held actions are the default and show in the stored true actions; a store keeps one policy;
+    the uniform agent writes the stores it always wrote (same shard settings string)."""
+    from driftless.data.coinrun import UNIFORM, AgentPolicy
+
+    generate(tmp_path / "held", 2, split="val", seed=1, **{**TINY, "max_frames_per_episode": 60})
+    held = EpisodeStore(tmp_path / "held")
+    assert held.meta["policy"] == {"kind": "held", "hold_mean": 6.0} and held.info(0)["gen"].endswith("-h6")
+    acts = np.concatenate([held.actions(i)[:-1] for i in range(2)])
+    assert (np.diff(acts) != 0).mean() < 0.35  # about 1/6 * 14/15, not 14/15
+    with pytest.raises(ValueError, match="policy"):
+        generate(tmp_path / "held", 3, split="val", seed=1, policy=UNIFORM, **{**TINY, "max_frames_per_episode": 60})
+    generate(tmp_path / "uni", 2, split="val", seed=1, policy=UNIFORM, **{**TINY, "max_frames_per_episode": 60})
+    uni = EpisodeStore(tmp_path / "uni")
+    assert uni.info(0)["gen"] == "e2-p1-m60" and uni.meta["policy"] == {"kind": "uniform"}
+    acts = np.concatenate([uni.actions(i)[:-1] for i in range(2)])
+    assert (np.diff(acts) != 0).mean() > 0.8
+    generate(tmp_path / "h4", 1, split="val", seed=1, policy=AgentPolicy("held", 4), **TINY)
+    assert EpisodeStore(tmp_path / "h4").info(0)["gen"] == "e2-p1-m30-h4"

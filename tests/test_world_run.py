@@ -170,7 +170,10 @@ def test_train_world_on_another_procgen_game(tmp_path):
     assert train.meta["source"] == "procgen:ninja" and train.num_episodes == 4
     assert EpisodeStore(out / "data" / "test").meta["split"] == "test"
     assert json.loads((out / "world" / "world.json").read_text())["name"] == "ninja"
-    assert json.loads((out / "eval.json").read_text())["data"]["path"].endswith("test")
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["data"]["path"].endswith("test")
+    # the controls evaluation branches the run's own game (the debug plan: 4 states of 4 frames)
+    assert ev["controls"]["available"] and ev["controls"]["game"] == "ninja" and ev["controls"]["starts"] == 4
 
 
 @pytest.mark.slow

@@ -11,8 +11,11 @@ examples:
   driftless data coinrun --out data/coinrun-val --episodes 500 --split val --workers 4
 
 Re-running the same command resumes: shards already written are skipped. Episode content
-depends on --seed, --envs-per-worker, --episodes-per-shard and --max-frames-per-episode, not
-on --workers. Use one --out folder per split. A hard-mode random-agent episode averages
+depends on --seed, --envs-per-worker, --episodes-per-shard, --max-frames-per-episode and the
+agent (--policy, --hold-mean), not on --workers. Use one --out folder per split. The default
+agent holds each random action for 6 frames on average, so that what an action does shows in
+the frames; --policy uniform draws a new action every frame (Genie's setting; stores made
+before the option are uniform). A hard-mode random-agent episode averages
 about 620 frames (12 KiB each at 64x64), so 10000 episodes take about 80 GB."""
 
 _EPILOG_VIDEOS = """\
@@ -52,6 +55,12 @@ def register(sub) -> argparse._SubParsersAction:
     c.add_argument("--game", choices=PROCGEN_GAMES, default="coinrun",
                    help="another Procgen game instead of CoinRun (default: coinrun; see docs/architecture.md for "
                         "what else a new game needs)")
+    c.add_argument("--policy", choices=["held", "uniform"], default="held",
+                   help="the random agent: held (default, for world training) holds each action for a random "
+                        "number of frames, geometric with mean --hold-mean; uniform draws a new action every frame "
+                        "(Genie's setting)")
+    c.add_argument("--hold-mean", type=float, default=None,
+                   help="mean frames an action is held by the held agent (default: 6)")
     c.set_defaults(func=_coinrun)
 
     v = dsub.add_parser("videos", help="ingest a folder of video files",
@@ -75,12 +84,16 @@ def register(sub) -> argparse._SubParsersAction:
 
 
 def _coinrun(args) -> int:
-    from driftless.data.coinrun import DEFAULT_EPISODES_PER_SHARD, generate
+    from driftless.data.coinrun import DEFAULT_EPISODES_PER_SHARD, DEFAULT_HOLD_MEAN, AgentPolicy, generate
 
+    if args.policy == "uniform" and args.hold_mean is not None:
+        raise ValueError("--hold-mean applies to --policy held only")
+    policy = AgentPolicy(args.policy, args.hold_mean or DEFAULT_HOLD_MEAN)
     generate(args.out, args.episodes, split=args.split, workers=args.workers or os.cpu_count(),
              envs_per_worker=args.envs_per_worker, seed=args.seed, distribution_mode=args.mode,
              max_frames_per_episode=args.max_frames_per_episode,
-             episodes_per_shard=args.episodes_per_shard or DEFAULT_EPISODES_PER_SHARD, game=args.game)
+             episodes_per_shard=args.episodes_per_shard or DEFAULT_EPISODES_PER_SHARD, game=args.game,
+             policy=policy)
     return 0
 
 

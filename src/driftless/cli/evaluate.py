@@ -17,6 +17,9 @@ what is measured (see docs/benchmarks.md, "Evaluation"):
   drift     --drift-rollouts rollouts of --drift-frames frames with random actions, scored by a
             model-independent realism measure against a bank of real frames
   actions   latent-action usage and perplexity; action-map accuracy where true actions exist
+  controls  from --controls-starts held-out game states (Procgen), the real game's branch for each
+            control vs the world's branch for its key: per-key accuracy (chance 1/3 for left /
+            right / jump); needs a world whose map or store names a Procgen game
   fvd       Frechet Video Distance, only with --i3d PATH (nothing is downloaded)
 
 sizes (--size): full is the protocol of every published figure (256 clips, 16 rollouts of 1000
@@ -61,6 +64,13 @@ def _summary(result: dict) -> list[str]:
         lines.append(f"action map  refit accuracy {m['refit']['accuracy']:.3f} (majority "
                      f"{m['refit']['majority_baseline']:.3f})"
                      + (f", shipped map {ship:.3f}" if ship is not None else ""))
+    c = result.get("controls")
+    if c and c.get("available"):
+        a = c["accuracy"]
+        per = ", ".join(f"{k} {v:.2f}" for k, v in a["controls"].items() if v is not None)
+        lines.append(f"controls    {per}; mean " + (f"{a['mean']:.3f}" if a["mean"] is not None else "–")
+                     + f" (chance {a['chance']:.3f}; best one-to-one map {c['best_accuracy']['mean']:.3f}; "
+                       f"{c['starts']} states, {c['frames']} frames)")
     f = result.get("fvd")
     if f and f.get("fvd") is not None:
         lines.append(f"fvd         {f['fvd']:.2f} ({f['real_clips']} clips of {f['frames']} frames)")
@@ -69,7 +79,7 @@ def _summary(result: dict) -> list[str]:
 
 def _sizes(cfg: EvalConfig) -> str:
     return (f"{cfg.clips} clips, {cfg.recon_clips} reconstruction clips, {cfg.drift_rollouts} drift rollouts x "
-            f"{cfg.drift_frames} frames, {cfg.action_clips} action clips")
+            f"{cfg.drift_frames} frames, {cfg.action_clips} action clips, {cfg.controls_starts} controls states")
 
 
 def _default(name: str) -> str:
@@ -96,7 +106,8 @@ def _run(args: argparse.Namespace) -> int:
         actions=args.actions, recon_clips=args.recon_clips, recon_len=args.recon_len,
         drift_frames=args.drift_frames, drift_rollouts=args.drift_rollouts, drift_bin=args.drift_bin,
         drift_window=args.drift_window, strip_every=args.strip_every, bank_size=args.bank_size,
-        action_clips=args.action_clips, fvd_frames=args.fvd_frames, fvd_size=args.fvd_size,
+        action_clips=args.action_clips, controls_starts=args.controls_starts, controls_frames=args.controls_frames,
+        fvd_frames=args.fvd_frames, fvd_size=args.fvd_size,
         batch_size=args.batch_size, seed=args.seed,
         precision="bf16" if args.bf16 else "fp32", sampling=sampling, skip=skip, progress=not args.no_progress)
     print(f"eval: {cfg.size} protocol on {device} ({_sizes(cfg)}; --full for the full protocol)"
@@ -140,7 +151,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     d = EvalConfig()
-    p = sub.add_parser("eval", help="measure a world: reconstruction, rollout PSNR/SSIM, Δ_t PSNR, drift, actions, FVD",
+    p = sub.add_parser("eval", help="measure a world: reconstruction, rollout PSNR/SSIM, Δ_t PSNR, drift, actions, "
+                                    "controls, FVD",
                        description="Evaluate a world on held-out clips of an episode store; write every number "
                                    "(with the config, device, commit and date) as JSON and the figures as PNG.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,6 +186,10 @@ def register(sub) -> None:
     g.add_argument("--bank-data", help="store for the bank (default: the evaluated store, disjoint episodes)")
     g = p.add_argument_group("actions and FVD")
     g.add_argument("--action-clips", type=int, help=f"16-frame clips for action-map accuracy ({_default('action_clips')})")
+    g.add_argument("--controls-starts", type=int,
+                   help=f"held-out game states of the controls evaluation ({_default('controls_starts')})")
+    g.add_argument("--controls-frames", type=int, default=d.controls_frames,
+                   help=f"frames each control / latent action is held (default {d.controls_frames})")
     g.add_argument("--i3d", help="I3D weights (.safetensors state dict or TorchScript) for FVD; nothing is downloaded")
     g.add_argument("--fvd-frames", type=int, default=d.fvd_frames, help="frames per FVD clip (context + generated)")
     g.add_argument("--fvd-size", type=int, default=d.fvd_size, help="frames resized to this for I3D (reference: 224)")

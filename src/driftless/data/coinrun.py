@@ -1,6 +1,12 @@
-"""Procgen CoinRun episodes from a uniform random agent: to disk (`generate`) or live
+"""Procgen CoinRun episodes from a random agent: to disk (`generate`) or live
 (`StreamingClips`). `generate` and `make_env` take any other Procgen game (`PROCGEN_GAMES`) with
 `game=`; CoinRun is the default and the game the rest of the package is tuned on.
+
+The agent (`AgentPolicy`) is random either way. "held" (the default for world training) holds
+each action for a geometric number of frames (mean `hold_mean`, 6 by default), so that an
+action lasts long enough for its effect to show despite the game's momentum; "uniform" draws a
+new uniform action every frame (Genie's setting, kept for comparisons; its stores are the same
+as before the policy option existed). The true action of every transition is stored either way.
 
 Levels are split by level seed into disjoint ranges (`SPLITS`). gym3's observe/act loop
 gives (reward, obs, first): `first` marks the first frame of a new episode, and the reward
@@ -34,6 +40,7 @@ import sys
 import time
 import traceback
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -59,6 +66,61 @@ DEFAULT_EPISODES_PER_SHARD = 64
 _SPLIT_ID = {"train": 0, "val": 1, "test": 2}
 _MODE_ID = {"hard": 0, "easy": 1}
 _SHARD_TAG, _STREAM_TAG = 0, 1
+POLICIES = ("held", "uniform")
+DEFAULT_HOLD_MEAN = 6.0  # frames an action is held on average by the "held" agent
+
+
+@dataclass(frozen=True)
+class AgentPolicy:
+    """The random agent that plays the game: "held" holds a uniformly drawn action for a
+    geometric number of frames (support 1, 2, ...; mean `hold_mean`), "uniform" draws a new
+    action every frame (Genie's setting)."""
+
+    kind: str = "held"
+    hold_mean: float = DEFAULT_HOLD_MEAN
+
+    def __post_init__(self) -> None:
+        if self.kind not in POLICIES:
+            raise ValueError(f"unknown agent policy {self.kind!r}: expected one of {list(POLICIES)}")
+        if not float(self.hold_mean) >= 1.0:
+            raise ValueError(f"hold_mean must be >= 1 frame, got {self.hold_mean}")
+
+    @property
+    def tag(self) -> str:
+        """Its part of a shard's settings string ("" for uniform: stores made before the option)."""
+        return "" if self.kind == "uniform" else f"-h{float(self.hold_mean):g}"
+
+    def to_meta(self) -> dict:
+        return {"kind": self.kind} if self.kind == "uniform" else asdict(self)
+
+
+UNIFORM = AgentPolicy("uniform")
+HELD = AgentPolicy("held")
+
+
+class RandomAgent:
+    """Actions of `n` envs, one call per frame: uniform per frame, or each env holding its
+    action for a geometric number of frames (then a new uniform action and hold length)."""
+
+    def __init__(self, n: int, rng: np.random.Generator, policy: AgentPolicy = HELD, num_actions: int = NUM_ACTIONS,
+                 weights: np.ndarray | None = None):
+        """`weights`: probabilities of the held agent's action draws (default uniform)."""
+        self.n, self.rng, self.policy, self.num_actions = int(n), rng, policy, int(num_actions)
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
+        self.actions = np.zeros(self.n, dtype=np.int32)
+        self.left = np.zeros(self.n, dtype=np.int64)  # frames the current action is still held
+
+    def __call__(self) -> np.ndarray:
+        if self.policy.kind == "uniform":  # the same draws as the per-frame agent always made
+            return self.rng.integers(0, self.num_actions, size=self.n).astype(np.int32)
+        new = self.left <= 0
+        k = int(new.sum())
+        if k:
+            self.actions[new] = (self.rng.integers(0, self.num_actions, size=k) if self.weights is None
+                                 else self.rng.choice(self.num_actions, size=k, p=self.weights))
+            self.left[new] = self.rng.geometric(1.0 / float(self.policy.hold_mean), size=k)
+        self.left -= 1
+        return self.actions.copy()
 
 
 class DiskSpaceError(ValueError):
@@ -109,12 +171,13 @@ def _seeds(*key: int) -> tuple[int, np.random.Generator]:
     return env_seed, np.random.default_rng(np.random.SeedSequence([*key, 1]))
 
 
-def run_episodes(env, rng: np.random.Generator, want: int | None = None, max_frames: int | None = None
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, dict]]:
-    """Drive `env` with uniform random actions; yield (frames (T,H,W,3) uint8, actions (T,)
+def run_episodes(env, rng: np.random.Generator, want: int | None = None, max_frames: int | None = None,
+                 policy: AgentPolicy = HELD) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, dict]]:
+    """Drive `env` with a random agent (`policy`); yield (frames (T,H,W,3) uint8, actions (T,)
     int64, rewards (T,) float32, info) for each kept episode as it finishes. Keeps the first
     `want` episodes started (all if None), cutting each at `max_frames` frames."""
     n = env.num
+    agent = RandomAgent(n, rng, policy)
     slots: list[dict | None] = [None] * n  # the episode each env is recording, or None
     started = 0
     while True:
@@ -145,7 +208,7 @@ def run_episodes(env, rng: np.random.Generator, want: int | None = None, max_fra
                     slots[i] = None  # ignore this env until its next episode starts
         if want is not None and started >= want and all(s is None for s in slots):
             return
-        acts = rng.integers(0, NUM_ACTIONS, size=n).astype(np.int32)
+        acts = agent()
         for i in range(n):
             if slots[i] is not None:
                 slots[i]["last"] = int(acts[i])
@@ -176,8 +239,10 @@ def _shard_job(out: str, job: dict, on_episode=None) -> tuple[int, int, int]:
         store.remove_shard(job["name"])
     env_seed, rng = _seeds(job["seed"], _SPLIT_ID[job["split"]], _MODE_ID[job["mode"]], _SHARD_TAG, job["g"])
     env = make_env(job["envs"], job["split"], env_seed, job["mode"], job["game"])
+    policy = AgentPolicy(**job["policy"])
     with store.writer(job["name"]) as w:
-        for frames, actions, rewards, info in run_episodes(env, rng, want=job["count"], max_frames=job["max_frames"]):
+        for frames, actions, rewards, info in run_episodes(env, rng, want=job["count"], max_frames=job["max_frames"],
+                                                           policy=policy):
             w.add_episode(frames, actions, rewards, source=f"procgen:{job['game']}", split=job["split"],
                           distribution_mode=job["mode"], gen=job["gen"], **info)
             if on_episode is not None:
@@ -242,9 +307,11 @@ def _run_parallel(out: str, jobs: list[dict], workers: int, bar) -> tuple[int, i
 
 def generate(out, episodes: int, split: str = "train", workers: int | None = None, envs_per_worker: int = 16,
              seed: int = 0, distribution_mode: str = "hard", max_frames_per_episode: int | None = None,
-             episodes_per_shard: int = DEFAULT_EPISODES_PER_SHARD, verbose: bool = True, game: str = "coinrun") -> dict:
+             episodes_per_shard: int = DEFAULT_EPISODES_PER_SHARD, verbose: bool = True, game: str = "coinrun",
+             policy: AgentPolicy = HELD) -> dict:
     """Write `episodes` random-agent episodes of `split` of a Procgen game (CoinRun by default)
-    into the store at `out`.
+    into the store at `out`, played by `policy` (held actions by default; `UNIFORM` for a new
+    action every frame). A store holds one policy: extending it with another is refused.
 
     Parallel over `workers` processes (1: in this process); resumable (existing shards are
     skipped); refuses with DiskSpaceError when the estimate exceeds free space. Returns
@@ -263,9 +330,9 @@ def generate(out, episodes: int, split: str = "train", workers: int | None = Non
         raise ValueError(f"max_frames_per_episode must be >= 1, got {max_frames_per_episode}")
     import_procgen()  # fail early with the install hint
     out = Path(out)
-    gen = f"e{envs}-p{per_shard}-m{max_frames or 0}"
+    gen = f"e{envs}-p{per_shard}-m{max_frames or 0}{policy.tag}"
     meta = {"source": f"procgen:{game}", "split": split, "distribution_mode": distribution_mode,
-            "levels": list(SPLITS[split]), "num_actions": NUM_ACTIONS}
+            "levels": list(SPLITS[split]), "num_actions": NUM_ACTIONS, "policy": policy.to_meta()}
 
     store = EpisodeStore(out) if (out / "store.json").exists() else None
     if store is not None:
@@ -273,17 +340,23 @@ def generate(out, episodes: int, split: str = "train", workers: int | None = Non
             if store.meta.get(key) != meta[key]:
                 raise ValueError(f"{out} holds a store with {key}={store.meta.get(key)!r}, not {meta[key]!r}; "
                                  f"use a separate --out per split and mode")
+        had = store.meta.get("policy", UNIFORM.to_meta())  # stores made before the option: uniform
+        if had != meta["policy"]:
+            raise ValueError(f"{out} holds episodes of the agent policy {had}, not {meta['policy']}; "
+                             f"use the same --policy/--hold-mean or another --out")
     jobs, skipped = [], 0
     for g in range(-(-episodes // per_shard)):
         job = {"name": shard_name(split, distribution_mode, seed, g, game), "g": g, "seed": int(seed), "split": split,
                "mode": distribution_mode, "game": game, "envs": envs, "max_frames": max_frames, "gen": gen,
+               "policy": asdict(policy),
                "count": min(per_shard, episodes - g * per_shard)}
         if store is not None and store.has_shard(job["name"]):
             have = store.shard_episodes(job["name"])
             old_gen = store.info(have[0]).get("gen")
             if old_gen != gen:
                 raise ValueError(f"shard {job['name']} in {out} was made with settings {old_gen} "
-                                 f"(e=envs_per_worker, p=episodes_per_shard, m=max_frames_per_episode), this run "
+                                 f"(e=envs_per_worker, p=episodes_per_shard, m=max_frames_per_episode, "
+                                 f"h=hold_mean of the held-action agent), this run "
                                  f"asks for {gen}: re-run with the same settings, or use another --seed or --out")
             if len(have) >= job["count"]:
                 skipped += 1
@@ -330,7 +403,8 @@ def generate(out, episodes: int, split: str = "train", workers: int | None = Non
 
 # ------------------------------------------------------------------------------ streaming
 class StreamingClips(IterableDataset):
-    """Endless clips from live CoinRun envs (no disk): the same items as ClipDataset.
+    """Endless clips from live CoinRun envs (no disk) played by `policy` (held actions by
+    default): the same items as ClipDataset.
 
     Each DataLoader worker of each rank runs `num_envs` envs with its own seeds; clips are
     cut from finished episodes every `stride` frames (random phase), never across an
@@ -339,7 +413,8 @@ class StreamingClips(IterableDataset):
     """
 
     def __init__(self, clip_len: int = 16, split: str = "train", num_envs: int = 8, seed: int = 0, rank: int = 0,
-                 distribution_mode: str = "hard", stride: int | None = None, shuffle_buffer: int = 256):
+                 distribution_mode: str = "hard", stride: int | None = None, shuffle_buffer: int = 256,
+                 policy: AgentPolicy = HELD):
         split_range(split)
         _check_mode(distribution_mode)
         if int(clip_len) < 1 or int(num_envs) < 1:
@@ -348,6 +423,7 @@ class StreamingClips(IterableDataset):
         self.seed, self.rank, self.mode = int(seed), int(rank), distribution_mode
         self.stride = int(stride or clip_len)
         self.shuffle_buffer = max(1, int(shuffle_buffer))
+        self.policy = policy
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
 
@@ -358,7 +434,7 @@ class StreamingClips(IterableDataset):
         env = make_env(self.num_envs, self.split, env_seed, self.mode)
         buf: list[dict] = []
         L = self.clip_len
-        for k, (frames, actions, rewards, _info) in enumerate(run_episodes(env, rng)):
+        for k, (frames, actions, rewards, _info) in enumerate(run_episodes(env, rng, policy=self.policy)):
             t = len(frames)
             if t < L:
                 continue

@@ -15,6 +15,8 @@
   actions, measured frame by frame with the model-independent measure of `drift.py`.
 * Latent actions: usage and perplexity of the LAM's codes on the evaluated clips; action-map
   accuracy against true actions where the store has them (world/action_map.py).
+* Controls (controls.py): from held-out game states, the real game's branch for each control
+  against the world's branch for its key: how often they match (chance 1/3 for left/right/jump).
 * FVD when I3D weights are given (fvd.py), on real vs generated clips of `fvd_frames` frames.
 
 Work is batched (`batch_size` clips per forward pass) and runs on the world's device; all
@@ -40,13 +42,13 @@ from tqdm import tqdm
 from driftless.eval.metrics import psnr, ssim
 from driftless.runtime import clean_json, run_info
 
-PARTS = ("recon", "rollout", "drift", "actions", "fvd")
+PARTS = ("recon", "rollout", "drift", "actions", "controls", "fvd")
 ACTION_MODES = ("auto", "inferred", "true")
 SIZES = ("auto", "quick", "full")
 # The quick protocol, what a CPU runs by default: the shipped world on a small test store takes
 # about 2 minutes on 2 cores (docs/evaluation.md, "Sizes"); everything not named is as in full.
 QUICK = {"clips": 16, "recon_clips": 32, "drift_frames": 200, "drift_rollouts": 2, "bank_size": 512,
-         "reference_size": 256, "action_clips": 128, "batch_size": 16}
+         "reference_size": 256, "action_clips": 128, "controls_starts": 16, "batch_size": 16}
 
 
 @dataclass
@@ -68,6 +70,8 @@ class EvalConfig:
     reference_size: int = 1024  # held-out real frames calibrating it
     drift_size: int = 32  # resolution of the nearest-neighbour search
     action_clips: int = 512  # 16-frame clips for action-map accuracy
+    controls_starts: int = 32  # held-out game states of the controls evaluation (eval/controls.py)
+    controls_frames: int = 8  # frames each control / latent action is held there
     fvd_frames: int = 16
     fvd_size: int = 224  # frames are resized to this for I3D (the reference FVD: 224)
     fvd_batch: int = 16
@@ -422,6 +426,13 @@ def evaluate(world, store, cfg: EvalConfig, bank_store=None, i3d_path: str | Non
             codes = infer_codes(world, clips, cfg)
         result["latent_actions"] = action_usage(codes, world.lam.cfg.num_actions)
         result["action_map"] = action_map_accuracy(world, store, cfg)
+    if "controls" in run:
+        from driftless.eval.controls import controls_protocol
+
+        result["controls"], art = controls_protocol(
+            world, store, starts=cfg.controls_starts, frames=cfg.controls_frames, split=cfg.split, seed=cfg.seed,
+            batch_size=cfg.batch_size, progress=cfg.progress, **cfg.sampling)
+        artifacts.update(art)
     if i3d is not None:
         from driftless.eval.fvd import fvd
 

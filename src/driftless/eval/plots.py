@@ -3,7 +3,7 @@
     psnr_vs_horizon(result, path)       rollout PSNR/SSIM per step, random actions, copy-last, Delta_t
     drift_vs_horizon(result, path)      drift measures vs frame index, real reference bands
     frame_strip(rows, labels, path)     rows of frames side by side (real / generated ...)
-    write_all(result, artifacts, dir)   every figure an evaluation has data for
+    write_all(result, artifacts, dir)   every figure an evaluation has data for (controls strips: eval/controls.py)
 """
 
 from __future__ import annotations
@@ -155,4 +155,8 @@ def write_all(result: dict, artifacts: dict, out_dir: str | Path) -> list[str]:
             written.append(frame_strip(list(strip), [f"rollout {i}" for i in range(len(strip))],
                                        out / "drift_strip.png", col_labels=cols,
                                        title="long rollouts with random actions (frame index above)"))
+    if result.get("controls", {}).get("available"):
+        from driftless.eval.controls import write_strips
+
+        written += write_strips(result, artifacts, out)
     return [str(p) for p in written]

@@ -82,6 +82,13 @@ def create_app(world_or_path, max_sessions: int = 4, data: str | Path | None = N
     async def api_info():
         return server.status()
 
+    @app.get("/api/actions/{action}.png")
+    async def action_preview(action: int):
+        try:
+            return Response(server.preview(action), media_type="image/png")
+        except NotFound as e:
+            raise HTTPException(404, str(e)) from e
+
     @app.get("/api/sessions/{sid}/recording.{fmt}")
     async def download(sid: str, fmt: str):
         try:

@@ -164,16 +164,41 @@ def world_info(world, config: PlayConfig) -> dict:
     groups = {k: int(v) for k, v in (am.get("groups") or {}).items()
               if isinstance(v, int) and 0 <= v < world.num_actions}
     acc = am.get("accuracy")
+    held = am.get("heldout") or {}
     return {
         "name": world.meta.get("name", "world"),
         "resolution": list(world.resolution),
         "num_actions": int(world.num_actions),
         "action_map": {"keys": keys, "groups": groups,
                        "accuracy": float(acc) if isinstance(acc, (int, float)) else None,
-                       "majority_baseline": am.get("majority_baseline")},
+                       "majority_baseline": am.get("majority_baseline"),
+                       # what keys do (world/controls.py): how the map was fitted, per-key accuracy, what
+                       # each latent action looks like; previews are added by PlayServer
+                       "method": am.get("method", "cooccurrence" if keys else None),
+                       "key_accuracy": am.get("key_accuracy") or {}, "effects": am.get("effects") or {},
+                       "motion": am.get("motion") or [], "game": (am.get("fit") or {}).get("game"),
+                       "heldout_starts": held.get("starts"),
+                       "previous_accuracy": (held.get("previous_accuracy") or {}).get("mean"),
+                       "previews": {}},
         "noop": noop_action({"keys": keys, "groups": groups}) if world.num_actions else 0,
         "denoise_steps": int(config.denoise_steps or world.sampling.steps),
     }
+
+
+def action_previews(world, max_bytes: int = 1 << 20) -> dict[int, bytes]:
+    """The preview strips the action map lists (`world refit-actions` writes them), read once."""
+    folder = getattr(world, "path", None)
+    spec = (world.action_map or {}).get("previews") or {}
+    out = {}
+    if folder is None or not isinstance(spec.get("files"), dict):
+        return out
+    base = (Path(folder) / str(spec.get("folder", "previews"))).resolve()
+    for code, name in spec["files"].items():
+        path = (base / str(name)).resolve()
+        if (str(code).isdigit() and int(code) < world.num_actions and path.parent == base and path.is_file()
+                and path.stat().st_size <= max_bytes):
+            out[int(code)] = path.read_bytes()
+    return out
 
 
 def _is_int(x) -> bool:
@@ -188,6 +213,8 @@ class PlayServer:
         self.config = cfg = config or PlayConfig()
         self.world = load_world(world_or_path, device)
         self.info = world_info(self.world, cfg)
+        self.previews = action_previews(self.world)  # {latent action: PNG bytes}
+        self.info["action_map"]["previews"] = {str(a): f"/api/actions/{a}.png" for a in sorted(self.previews)}
         self.levels = level_source or LevelSource()
         self.clips = ClipSource(data, cfg.context_frames) if data else None
         self.manager = SessionManager(self.world, cfg)
@@ -243,6 +270,12 @@ class PlayServer:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+    def preview(self, action: int) -> bytes:
+        """The preview strip (PNG) of a latent action, or `NotFound`."""
+        if action not in self.previews:
+            raise NotFound(f"no preview of latent action {action}")
+        return self.previews[action]
 
     def sources(self) -> dict:
         levels, clips = self.levels, self.clips

@@ -52,7 +52,8 @@ PLANS: dict[str, PresetPlan] = {
         log_every=2, val_every=4, save_every=2, latent_batch={"cuda": 64, "cpu": 8}, action_clips=8,
         eval={"clips": 2, "horizon": 3, "delta_t": 2, "recon_clips": 2, "recon_len": 4, "drift_frames": 8,
               "drift_rollouts": 2, "drift_bin": 4, "drift_window": 4, "strip_every": 4, "bank_size": 32,
-              "reference_size": 16, "action_clips": 4, "batch_size": 4}, plots=False, stats_batches=4),
+              "reference_size": 16, "action_clips": 4, "controls_starts": 4, "controls_frames": 4, "batch_size": 4},
+        plots=False, stats_batches=4),
     # the shipped world's size; GPU batches measured on an H200 (docs/benchmarks.md, section 5)
     "small": PresetPlan(
         budget=60, steps={"tokenizer": 20000, "lam": 20000, "dynamics": 20000},

@@ -516,4 +516,6 @@ def load(name_or_path: str | Path = "coinrun", device="cpu", threads: int | None
         raise FileNotFoundError(f"{path} has no tokenizer checkpoint")
     lam = _load_component(path, meta, "lam", device)
     dyn = _load_component(path, meta, "dynamics", device)
-    return World(tok, lam, dyn, meta, device, cuda_graphs=cuda_graphs)
+    world = World(tok, lam, dyn, meta, device, cuda_graphs=cuda_graphs)
+    world.path = path  # the world folder: the action map's preview strips live there
+    return world

@@ -98,17 +98,30 @@
       if (seen.has(id)) continue;
       seen.add(id);
       const same = mapped.filter((j) => w.action_map.keys[j] === a && (CONTROL[j] || j) === ctl);
+      const kacc = (w.action_map.key_accuracy || {})[k];
       rows.push([`${same.map((j) => `<kbd>${keyLabel(j)}</kbd>`).join(" ")} <span class="dim">${ctl}</span>`,
-        `action ${a + 1}`]);
+        `action ${a + 1}` + (kacc != null ? ` <span class="dim">${Math.round(100 * kacc)}%</span>` : "")]);
     }
     $("legend").tBodies[0].innerHTML = rows.map(([a, b]) => `<tr><td>${a}</td><td>${b}</td></tr>`).join("");
-    const acc = w.action_map.accuracy;
+    const am = w.action_map, acc = am.accuracy;
     const pct = (x) => `${(100 * x).toFixed(1)}%`;
-    $("accuracy").textContent = !Object.keys(w.action_map.keys).length
-      ? "This world has no action map: play with the number keys."
-      : `Arrow keys use an action map learned from the true CoinRun actions: ` +
+    const game = am.game || "CoinRun";
+    let text;
+    if (!Object.keys(am.keys).length) text = "This world has no action map: play with the number keys.";
+    else if (am.method === "effect")
+      text = `Keys are mapped by what each latent action does: ` + (acc == null ? "accuracy not measured." :
+        `from ${am.heldout_starts || "held-out"} held-out ${game} states, a key's action moves the world like the ` +
+        `real game's control ${pct(acc)} of the time (chance ${pct(am.majority_baseline ?? 1 / 3)})` +
+        (am.previous_accuracy != null ? `; the map fitted from co-occurrence: ${pct(am.previous_accuracy)}.` : "."));
+    else if (am.method === "motion")
+      text = "Keys are mapped by the scene motion of each latent action (the camera follows the player: " +
+        "right moves the scene left, jump moves it down); not measured against a game.";
+    else
+      text = `Arrow keys use an action map learned from the true ${game} actions: ` +
         (acc == null ? "accuracy not measured." : `${pct(acc)} accurate on held-out transitions` +
-          (w.action_map.majority_baseline != null ? ` (majority guess ${pct(w.action_map.majority_baseline)}).` : "."));
+          (am.majority_baseline != null ? ` (majority guess ${pct(am.majority_baseline)}).` : "."));
+    $("accuracy").textContent = text;
+    palette(w, byAction);
     const src = ready.sources;
     $("btn-level").disabled = !src.level; $("btn-level").title = src.level ? "a random CoinRun test level (L)" : src.level_reason;
     $("btn-clip").disabled = !src.clip; $("btn-clip").title = src.clip ? "a clip of the dataset (C)" : src.clip_reason;
@@ -116,6 +129,34 @@
     if (src.level || src.clip) start("auto");
     else overlay("No built-in start frames here (" + (src.level_reason || "no procgen") +
                  "). Upload a PNG or JPEG to begin.", "Upload image", () => $("file").click());
+  }
+
+  // one entry per latent action: its number and keys, what it looks like, its preview strip
+  function palette(w, byAction) {
+    const am = w.action_map, effects = am.effects || {}, motion = am.motion || [], previews = am.previews || {};
+    const NAMES = { left: "left", right: "right", jump: "jump", none: "no-op" };
+    const box = $("palette");
+    box.innerHTML = "";
+    for (let a = 0; a < w.num_actions; a++) {
+      const e = document.createElement("div");
+      e.className = "entry"; e.id = `palette-${a}`;
+      const keys = (byAction[a] || []).map((k) => `<kbd>${keyLabel(k)}</kbd>`).join(" ");
+      const like = Object.keys(effects).filter((c) => effects[c][a] != null)
+        .sort((x, y) => effects[y][a] - effects[x][a]).slice(0, 2)
+        .map((c) => `${NAMES[c] || c} ${Math.round(100 * effects[c][a])}%`).join(", ");
+      const m = motion[a], moves = [];
+      if (m) {
+        if (Math.abs(m[0]) >= 0.5) moves.push(`${m[0] > 0 ? "↓" : "↑"}${Math.abs(m[0]).toFixed(1)}`);
+        if (Math.abs(m[1]) >= 0.5) moves.push(`${m[1] > 0 ? "→" : "←"}${Math.abs(m[1]).toFixed(1)}`);
+      }
+      const what = [like && `like the game's ${like}`, m && `scene ${moves.length ? moves.join(" ") + " px" : "still"}`]
+        .filter(Boolean).join(" · ");
+      e.innerHTML = `<div class="head"><span><b>${a + 1}</b> ${keys}</span></div>` +
+        (previews[a] ? `<img src="${previews[a]}" alt="latent action ${a + 1} held from a start frame">` : "") +
+        (what ? `<div class="what">${what}</div>` : "");
+      box.appendChild(e);
+    }
+    $("palette-hint").classList.toggle("hidden", !Object.keys(previews).length && !Object.keys(effects).length);
   }
 
   // ------------------------------------------------------------------ sending
