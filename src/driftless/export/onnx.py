@@ -42,7 +42,6 @@ loads the graph, so the arithmetic is float32 either way.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
@@ -59,17 +58,21 @@ from driftless.checkpoint import atomic_write_json
 from driftless.diffusion.gaussian import NoiseTape
 from driftless.models.dynamics import RolloutState
 from driftless.nn.attention import StaticKVCache
+from driftless.world.onnx_play import (  # noqa: F401
+    FORMAT,
+    MANIFEST,
+    NP_DTYPES,
+    OnnxPlayer,
+    initial_state,
+)
 from driftless.world.world import SamplingOptions, World, load
 
-FORMAT = "driftless-onnx"
-MANIFEST = "manifest.json"
 OPSET = 18
 WEIGHTS = ("auto", "fp16", "fp32")
 FP16_MIN_SIZE = 1024  # `fp16` stores float weights of at least this many values in float16
 INPUTS = ("action", "start", "given", "noise")  # then the state (`state_names`)
 OUTPUTS = ("frame", "latents")  # then the state after the frame, `<name>_out`
 
-NP_DTYPES = {"float32": np.float32, "int64": np.int64, "bool": np.bool_, "uint8": np.uint8}
 
 
 # ---------------------------------------------------------------------------------- the graphs
@@ -182,13 +185,6 @@ def state_shapes(world: World, opts: SamplingOptions, batch: int = 1) -> dict[st
             out.update({f"{prefix}_k{i}": (tuple(c.k.shape), "float32"), f"{prefix}_v{i}": (tuple(c.v.shape), "float32")})
     assert tuple(out) == state_names(len(state.caches), len(dec))
     return out
-
-
-def initial_state(manifest: dict) -> dict[str, np.ndarray]:
-    """The state inputs of a fresh session: zeros (position 0, empty ring buffers)."""
-    step = manifest["graphs"]["step"]
-    spec = {i["name"]: i for i in step["inputs"]}
-    return {name: np.zeros(spec[name]["shape"], NP_DTYPES[spec[name]["dtype"]]) for name in step["state"]}
 
 
 def _example_inputs(world: World, opts: SamplingOptions, batch: int) -> tuple[torch.Tensor, ...]:
@@ -382,65 +378,6 @@ def export_onnx(world: World | str | Path, out: str | Path, steps: int | None = 
 
 
 # ---------------------------------------------------------------------------------- playing them
-class OnnxPlayer:
-    """Plays an exported folder with ONNX Runtime (CPU): the same calls the web page makes."""
-
-    def __init__(self, folder: str | Path, threads: int = 1, seed: int = 0):
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise ImportError('playing an ONNX export in Python needs onnxruntime: pip install "driftless[export]"') \
-                from e
-        folder = Path(folder)
-        self.manifest = json.loads((folder / MANIFEST).read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise ValueError(f"{folder} is not a driftless ONNX export (no {MANIFEST} of format {FORMAT!r})")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        graphs = self.manifest["graphs"]
-        self.encoder = ort.InferenceSession(str(folder / graphs["encoder"]["file"]), so,
-                                            providers=["CPUExecutionProvider"])
-        self.session = ort.InferenceSession(str(folder / graphs["step"]["file"]), so, providers=["CPUExecutionProvider"])
-        self.rng = np.random.default_rng(seed)
-        self.state: dict[str, np.ndarray] | None = None
-        spec = {i["name"]: i for i in graphs["step"]["inputs"]}
-        self.outputs = [o["name"] for o in graphs["step"]["outputs"]]
-        self.noise_shape = tuple(spec["noise"]["shape"])
-        self.batch = self.manifest["batch"]
-
-    def encode(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 (b, 1, H, W, 3) -> normalised latents (b, 1, s, c)."""
-        return self.encoder.run(None, {"frames": np.ascontiguousarray(frames, dtype=np.uint8)})[0]
-
-    def noise(self) -> np.ndarray:
-        return self.rng.standard_normal(self.noise_shape).astype(np.float32)
-
-    def run(self, action, start: bool, given: np.ndarray, noise: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """One call of the step graph; carries the state over. -> (frame (b, H, W, 3), latents)."""
-        if self.state is None:
-            raise ValueError("no session: call reset(frame) first")
-        feed = {"action": np.broadcast_to(np.asarray(action, dtype=np.int64), (self.batch,)).copy(),
-                "start": np.array(start), "given": given.astype(np.float32),
-                "noise": self.noise() if noise is None else np.asarray(noise, dtype=np.float32), **self.state}
-        out = dict(zip(self.outputs, self.session.run(self.outputs, feed)))
-        self.state = {name: out[out_name] for name, out_name in self.manifest["graphs"]["step"]["state"].items()}
-        return out["frame"], out["latents"]
-
-    def reset(self, frame: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
-        """Start from a uint8 frame (H, W, 3) or (b, H, W, 3); -> its normalised latents."""
-        frame = np.asarray(frame, dtype=np.uint8)
-        frames = np.broadcast_to(frame if frame.ndim == 4 else frame[None], (self.batch,) + frame.shape[-3:])
-        given = self.encode(frames[:, None])
-        self.state = initial_state(self.manifest)
-        self.run(self.manifest["world"]["null_action"], True, given, noise)
-        return given
-
-    def step(self, action, noise: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """-> (the next frame uint8 (b, H, W, 3), its latents (b, 1, s, c))."""
-        s = self.noise_shape
-        return self.run(action, False, np.zeros((s[1],) + s[2:], np.float32), noise)
-
-
 # ---------------------------------------------------------------------------------- the check
 def replayed_noise(generator: torch.Generator, manifest: dict, start: bool) -> np.ndarray:
     """The `noise` input that makes the step graph draw what `World.reset` (start) or `World.step`

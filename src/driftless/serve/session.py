@@ -57,6 +57,10 @@ class PlayConfig:
     ping_interval_s: float = 5.0  # the server pings every tab this often (WebSocket keepalive) ...
     ping_timeout_s: float = 10.0  # ... and drops one that does not answer within this
     max_pending_encodes: int = 2  # recording downloads encoding or waiting at once; more are told to retry
+    # a `driftless export onnx` folder of this world: sessions play through ONNX Runtime on the CPU
+    # (world/onnx_play.py) with onnx_threads threads per graph call; None: the PyTorch world
+    onnx: str | None = None
+    onnx_threads: int = 1
 
     def __post_init__(self) -> None:
         self.allowed_hosts = tuple(str(h).strip().lower() for h in (self.allowed_hosts or ()) if str(h).strip())
@@ -345,6 +349,12 @@ class SessionManager:
         self._seeds = np.random.SeedSequence(config.seed)
         self.opened = 0
         self.closed = 0
+        self._graphs = None  # the ONNX Runtime sessions every OnnxWorld shares (config.onnx)
+        if config.onnx:
+            from driftless.world.onnx_play import OnnxPlayer, OnnxWorld
+
+            self._graphs = OnnxPlayer(config.onnx, threads=int(config.onnx_threads))
+            OnnxWorld(base_world, graphs=self._graphs)  # refuses an export of another world now, not per tab
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -362,7 +372,12 @@ class SessionManager:
                 raise SessionsFull(f"the server is full: {len(self._sessions)} of {self.config.max_sessions} "
                                    f"sessions are in use. Close another tab or try again later.")
             b = self.base
-            world = World(b.tokenizer, b.lam, b.dynamics, b.meta, b.device, cuda_graphs=b.cuda_graphs)
+            if self._graphs is not None:
+                from driftless.world.onnx_play import OnnxWorld
+
+                world = OnnxWorld(b, graphs=self._graphs)
+            else:
+                world = World(b.tokenizer, b.lam, b.dynamics, b.meta, b.device, cuda_graphs=b.cuda_graphs)
             sid = secrets.token_urlsafe(16)
             seed = int(self._seeds.spawn(1)[0].generate_state(1)[0])
             session = PlaySession(sid, world, self.config, seed)
