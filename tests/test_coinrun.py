@@ -163,3 +163,32 @@ def test_streaming_clips(tmp_path):
     assert not torch.equal(b[0]["frames"], b[1]["frames"])
     r1 = first_batch(1, 0)
     assert not torch.equal(first_batch(0, 0)[0]["frames"], r1[0]["frames"])
+
+
+def test_same_level_episodes_keep_one_level_across_restarts(tmp_path):
+    """--same-level-frames: each episode is one test level played for exactly N frames; Procgen
+    restarts the level (at the latest at its 1000-frame time limit), and every restart shows the
+    level's first screen again."""
+    from driftless.cli import main
+
+    out = tmp_path / "test"
+    generate(out, 1, split="test", seed=3, **{**TINY, "max_frames_per_episode": None})  # an ordinary episode beside
+    assert main(["data", "coinrun", "--out", str(out), "--episodes", "1", "--split", "test", "--seed", "3",
+                 "--workers", "1", "--same-level-frames", "1050"]) == 0
+    store = EpisodeStore(out)
+    assert store.num_episodes == 2
+    long = [i for i in range(2) if store.info(i).get("same_level")]
+    assert len(long) == 1 and any("-L1050-" in n for n in store.shard_names)
+    ep = store.episode(long[0])
+    info, frames = ep["info"], ep["frames"]
+    lo, hi = SPLITS["test"]
+    assert frames.shape == (1050, 64, 64, 3) and lo <= info["level_seed"] < hi
+    assert info["resets"] and info["plays"] == len(info["resets"]) + 1  # the time limit forces a restart
+    for r in info["resets"]:
+        np.testing.assert_array_equal(frames[r], frames[0])  # the same level's first screen
+        assert 0 <= ep["actions"][r - 1] < 15  # the transition into a restart keeps its real action
+    assert ep["actions"][-1] == -1
+    with pytest.raises(ValueError, match="combine"):
+        generate(tmp_path / "x", 1, split="test", same_level_frames=10, **TINY)
+    with pytest.raises(ValueError, match="not in the test split"):
+        coinrun.make_env(1, "test", level=5)
