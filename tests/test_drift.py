@@ -6,10 +6,10 @@ import pytest
 
 pytest.importorskip("procgen")
 
-from driftless.data.coinrun import generate  # noqa: E402
-from driftless.data.store import EpisodeStore  # noqa: E402
-from driftless.eval.drift import (DriftConfig, quality_from_store, same_level_measures,  # noqa: E402
-                                  same_level_reference, same_level_summary)
+from driftless.data.coinrun import generate
+from driftless.data.store import EpisodeStore
+from driftless.eval.drift import (DriftConfig, quality_from_store, same_level_measures, same_level_reference,
+                                  same_level_summary)
 
 HORIZON = 200
 
@@ -74,7 +74,8 @@ def test_collapse_flag_calibrated_to_about_zero_real_frames(tmp_path):
     calibrated, ref_eps = quality_from_store(store, DriftConfig(), bank_size=512, reference_size=600, seed=0)
     old, _ = quality_from_store(store, DriftConfig(collapse_rule="quantile"), bank_size=512, reference_size=600,
                                 seed=0)
-    assert calibrated.reference["collapse_rate"] <= 0.005 < 0.02 <= old.reference["collapse_rate"]
+    assert calibrated.reference["collapse_rate"] <= 0.005
+    assert old.reference["collapse_rate"] >= 0.02
     assert calibrated.reference["collapse_rule"] == "calibrated"
     # the rate on unseen episodes is reported, and the new limits lower it too
     assert calibrated.reference["collapse_rate_holdout"] < old.reference["collapse_rate_holdout"]
