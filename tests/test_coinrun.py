@@ -223,3 +223,30 @@ def test_generate_held_and_uniform_stores(tmp_path):
     assert (np.diff(acts) != 0).mean() > 0.8
     generate(tmp_path / "h4", 1, split="val", seed=1, policy=AgentPolicy("held", 4), **TINY)
     assert EpisodeStore(tmp_path / "h4").info(0)["gen"] == "e2-p1-m30-h4"
+def test_same_level_episodes_keep_one_level_across_restarts(tmp_path):
+    """--same-level-frames: each episode is one test level played for exactly N frames; Procgen
+    restarts the level (at the latest at its 1000-frame time limit), and every restart shows the
+    level's first screen again."""
+    from driftless.cli import main
+
+    out = tmp_path / "test"
+    generate(out, 1, split="test", seed=3, **{**TINY, "max_frames_per_episode": None})  # an ordinary episode beside
+    assert main(["data", "coinrun", "--out", str(out), "--episodes", "1", "--split", "test", "--seed", "3",
+                 "--workers", "1", "--same-level-frames", "1050"]) == 0
+    store = EpisodeStore(out)
+    assert store.num_episodes == 2
+    long = [i for i in range(2) if store.info(i).get("same_level")]
+    assert len(long) == 1 and any("-L1050-" in n for n in store.shard_names)
+    ep = store.episode(long[0])
+    info, frames = ep["info"], ep["frames"]
+    lo, hi = SPLITS["test"]
+    assert frames.shape == (1050, 64, 64, 3) and lo <= info["level_seed"] < hi
+    assert info["resets"] and info["plays"] == len(info["resets"]) + 1  # the time limit forces a restart
+    for r in info["resets"]:
+        np.testing.assert_array_equal(frames[r], frames[0])  # the same level's first screen
+        assert 0 <= ep["actions"][r - 1] < 15  # the transition into a restart keeps its real action
+    assert ep["actions"][-1] == -1
+    with pytest.raises(ValueError, match="combine"):
+        generate(tmp_path / "x", 1, split="test", same_level_frames=10, **TINY)
+    with pytest.raises(ValueError, match="not in the test split"):
+        coinrun.make_env(1, "test", level=5)

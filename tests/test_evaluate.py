@@ -290,6 +290,29 @@ def test_drift_protocol_on_healthy_and_collapsing_worlds(sprites, tmp_path):
     assert fading["summary"]["drift_db"] > healthy["summary"]["drift_db"] + 10
     assert frozen["summary"]["collapse_rate_last"] <= 0.2 and frozen["summary"]["frozen_rate"] == 1
     assert art["drift_strip"].shape == (2, 5, RES, RES, 3) and art["drift_strip_steps"] == [0, 10, 20, 30, 40]
+    # same level: 40-frame store episodes cannot cover 40 generated frames after a context frame
+    assert healthy["same_level"]["available"] and healthy["same_level"]["summary"]["same_level_score"] is None
+    assert "--same-level-frames" in healthy["same_level"]["summary"]["reason"]
+    assert len(healthy["same_level"]["curves"]["palette_tv"]["mean"]) == 4
+
+
+def test_drift_protocol_same_level_catches_a_world_that_switches_levels(sprites, tmp_path):
+    """The replay world ignores its context and plays an episode drawn in palette 0: rollouts
+    started in a palette-1 episode (another "level") are morphed, the others are not; a frozen
+    world keeps its level exactly; a fading one leaves it."""
+    cfg = EvalConfig(drift_frames=30, drift_rollouts=4, drift_bin=10, drift_window=5, strip_every=10,
+                     bank_size=400, drift_size=16, batch_size=4, progress=False)  # one batch: all 4 in the strip
+    unseen = np.asarray(sprite_store(tmp_path / "other", episodes=1, length=40, seed=9).frames(0))
+    replay, art = drift_protocol(toy_world("replay", noise=0.0, replay=unseen), sprites, cfg)
+    frozen, _ = drift_protocol(toy_world("ignore", noise=0.0), sprites, cfg)
+    fading, _ = drift_protocol(toy_world("fade", noise=0.0), sprites, cfg)
+    s = replay["same_level"]["summary"]
+    other_level = np.abs(art["drift_strip"][:, 0].astype(int) - unseen[0].astype(int)).mean((1, 2, 3)) > 30  # sky colour
+    assert s["morphed_rate"] == pytest.approx(other_level.mean()) and 0 < s["morphed_rate"] < 1
+    assert replay["summary"]["same_level_score"] == s["same_level_score"] == pytest.approx(1 - other_level.mean())
+    assert frozen["summary"]["same_level_score"] == 1.0 and frozen["summary"]["morphed_rate"] == 0.0
+    assert fading["summary"]["same_level_score"] == 0.0 and fading["summary"]["morphed_rate"] == 1.0
+    assert art["drift_real_strip"].shape == (4, RES, RES, 3)  # context + frames 10, 20, 30 of a real episode
 
 
 # ---- end to end ---------------------------------------------------------------------------------

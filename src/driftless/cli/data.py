@@ -9,6 +9,9 @@ _EPILOG_COINRUN = """\
 examples:
   driftless data coinrun --out data/coinrun-train --episodes 10000 --split train
   driftless data coinrun --out data/coinrun-val --episodes 500 --split val --workers 4
+  driftless data coinrun --out data/coinrun-test --episodes 8 --split test --same-level-frames 1100
+      (8 long episodes, each one test level played for 1100 frames across its restarts: the
+       real reference of `driftless eval`'s same-level drift measure)
 
 Re-running the same command resumes: shards already written are skipped. Episode content
 depends on --seed, --envs-per-worker, --episodes-per-shard, --max-frames-per-episode and the
@@ -52,6 +55,10 @@ def register(sub) -> argparse._SubParsersAction:
     c.add_argument("--mode", choices=["hard", "easy"], default="hard", help="procgen distribution mode (default: hard)")
     c.add_argument("--max-frames-per-episode", type=int, default=None,
                    help="cut episodes to at most this many frames (default: keep whole episodes, at most 1000)")
+    c.add_argument("--same-level-frames", type=int, default=None, metavar="N",
+                   help="make long episodes instead: each plays one level for exactly N frames, the level "
+                        "restarting when the agent dies or finishes (restart frames in the episode's info, "
+                        "'resets'); they sit beside ordinary episodes in the same store")
     c.add_argument("--game", choices=PROCGEN_GAMES, default="coinrun",
                    help="another Procgen game instead of CoinRun (default: coinrun; see docs/architecture.md for "
                         "what else a new game needs)")
@@ -93,7 +100,7 @@ def _coinrun(args) -> int:
              envs_per_worker=args.envs_per_worker, seed=args.seed, distribution_mode=args.mode,
              max_frames_per_episode=args.max_frames_per_episode,
              episodes_per_shard=args.episodes_per_shard or DEFAULT_EPISODES_PER_SHARD, game=args.game,
-             policy=policy)
+             policy=policy, same_level_frames=args.same_level_frames)
     return 0
 
 

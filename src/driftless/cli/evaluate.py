@@ -15,7 +15,9 @@ what is measured (see docs/benchmarks.md, "Evaluation"):
             actions the LAM infers from the real clip (or true actions); PSNR/SSIM per step;
             Delta_t PSNR against uniformly random actions with the same seed (t = --delta-t)
   drift     --drift-rollouts rollouts of --drift-frames frames with random actions, scored by a
-            model-independent realism measure against a bank of real frames
+            model-independent realism measure against a bank of real frames, and by their palette
+            distance to their own context ("same level") against real long episodes of the store
+            (driftless data coinrun --same-level-frames 1100 adds them)
   actions   latent-action usage and perplexity; action-map accuracy where true actions exist
   controls  from --controls-starts held-out game states (Procgen), the real game's branch for each
             control vs the world's branch for its key: per-key accuracy (chance 1/3 for left /
@@ -54,7 +56,19 @@ def _summary(result: dict) -> list[str]:
         s = d["summary"]
         lines.append(f"drift       NN-PSNR {s['nn_psnr_first']:.2f} -> {s['nn_psnr_last']:.2f} dB over {s['frames']} "
                      f"frames (real {d['reference']['nn_psnr_mean']:.2f}); collapsed at end "
-                     f"{s['collapse_rate_last']:.1%} (real frames {d['reference']['collapse_rate']:.1%})")
+                     f"{s['collapse_rate_last']:.1%} (real frames {d['reference']['collapse_rate']:.1%}"
+                     + (f", unseen episodes {d['reference']['collapse_rate_holdout']:.1%}"
+                        if d["reference"].get("collapse_rate_holdout") is not None else "") + ")")
+        sl = d.get("same_level") or {}
+        ss = sl.get("summary", {})
+        if ss.get("same_level_score") is not None:
+            lines.append(f"same level  score {ss['same_level_score']:.2f} (last {sl['window']} frames inside the real "
+                         f"long episodes' p{sl['percentile']:g}; real play ~{sl['percentile'] / 100:.2f}); palette "
+                         f"distance to the context {ss['palette_tv_first']:.3f} -> {ss['palette_tv_last']:.3f} (real "
+                         f"median {ss['palette_tv_real_median_last']:.3f}, p{sl['percentile']:g} "
+                         f"{ss['palette_tv_real_limit_last']:.3f}); morphed rollouts {ss['morphed_rate']:.0%}")
+        elif sl:
+            lines.append(f"same level  not scored: {sl.get('reason') or ss.get('reason')}")
     a = result.get("latent_actions")
     if a:
         lines.append(f"actions     usage {a['usage']:.2f}  perplexity {a['perplexity']:.2f}")

@@ -26,6 +26,16 @@ episodes (the last one possibly fewer). Each shard has its own procgen rand_seed
 RNG derived from (seed, split, mode, g), so its content depends on (seed, envs_per_worker,
 episodes_per_shard, max_frames_per_episode) and NOT on the number of workers, and an
 interrupted run resumes by making only the missing shards.
+
+Long same-level episodes (`same_level_frames=N`, `driftless data coinrun --same-level-frames N`):
+each stored episode plays ONE level (an env with num_levels=1, start_level=<its seed>) for
+exactly N frames. Procgen restarts the level when the agent dies, finishes or hits the time
+limit, so consecutive plays of one level are joined into one stored episode; the frame index
+where each new play starts is kept in the episode's info (`resets`), the transition into it
+carries the action really taken (the play's `final_action`) and its reward. They are the real
+reference for long rollouts (eval/drift.py, "same level"): what a level looks like 1000 frames
+after its first frames. Their shards are named `{game}-{split}-{mode}-s{seed}-L{N}-{g:05d}`, so
+they sit beside ordinary episodes in one store.
 """
 
 from __future__ import annotations
@@ -65,7 +75,7 @@ EST_FRAMES_PER_EPISODE = 700
 DEFAULT_EPISODES_PER_SHARD = 64
 _SPLIT_ID = {"train": 0, "val": 1, "test": 2}
 _MODE_ID = {"hard": 0, "easy": 1}
-_SHARD_TAG, _STREAM_TAG = 0, 1
+_SHARD_TAG, _STREAM_TAG, _LONG_TAG = 0, 1, 2
 POLICIES = ("held", "uniform")
 DEFAULT_HOLD_MEAN = 6.0  # frames an action is held on average by the "held" agent
 
@@ -155,11 +165,16 @@ def check_game(game: str) -> None:
 
 
 def make_env(num: int, split: str = "train", rand_seed: int = 0, distribution_mode: str = "hard",
-             game: str = "coinrun"):
-    """A gym3 vector env of `num` envs of a Procgen game (CoinRun by default) drawing levels from `split`."""
+             game: str = "coinrun", level: int | None = None):
+    """A gym3 vector env of `num` envs of a Procgen game (CoinRun by default) drawing levels from
+    `split`; with `level` (a seed inside the split), every env plays that one level again and again."""
     lo, hi = split_range(split)
     _check_mode(distribution_mode)
     check_game(game)
+    if level is not None:
+        if not lo <= int(level) < hi:
+            raise ValueError(f"level {level} is not in the {split} split [{lo}, {hi})")
+        lo, hi = int(level), int(level) + 1
     env_cls = import_procgen()
     return env_cls(num=int(num), env_name=game, start_level=lo, num_levels=hi - lo,
                    distribution_mode=distribution_mode, rand_seed=int(rand_seed), num_threads=0)
@@ -215,6 +230,46 @@ def run_episodes(env, rng: np.random.Generator, want: int | None = None, max_fra
         env.act(acts)
 
 
+def same_level_episode(split: str, level: int, frames: int, rand_seed: int, rng: np.random.Generator,
+                       distribution_mode: str = "hard", game: str = "coinrun",
+                       policy: AgentPolicy = HELD
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """One level played by the random agent for exactly `frames` frames, across the level's
+    restarts: (frames (T,H,W,3) uint8, actions (T,), rewards (T,), info) as `run_episodes`, with
+    info["resets"] the frame indices where a new play of the level starts (0 excluded)."""
+    if int(frames) < 1:
+        raise ValueError(f"a same-level episode needs frames >= 1, got {frames}")
+    env = make_env(1, split, rand_seed, distribution_mode, game, level=level)
+    parts, acts, rews, resets, completed = [], [], [], [], 0
+    total = 0
+    try:
+        for f, a, r, info in run_episodes(env, rng, policy=policy):
+            if info["level_seed"] != int(level):  # cannot happen with num_levels=1; guards the claim
+                raise RuntimeError(f"procgen played level {info['level_seed']}, not {level}")
+            a, r = a.copy(), r.copy()
+            if info.get("final_action") is not None:  # the transition into the next play
+                a[-1], r[-1] = info["final_action"], info["final_reward"]
+            completed += bool(info.get("level_complete"))
+            if total:
+                resets.append(total)
+            parts.append(f)
+            acts.append(a)
+            rews.append(r)
+            total += len(f)
+            if total >= frames:
+                break
+    finally:
+        env.close()
+    frames_ = np.concatenate(parts)[:frames]
+    actions = np.concatenate(acts)[:frames]
+    rewards = np.concatenate(rews)[:frames]
+    actions[-1], rewards[-1] = -1, 0.0  # the store convention: the last transition is not observed
+    info = {"level_seed": int(level), "same_level": True, "resets": [int(x) for x in resets if x < frames],
+            "plays": 1 + sum(1 for x in resets if x < frames), "levels_completed": int(completed),
+            "truncated": True, "episode_return": float(rewards.sum())}
+    return frames_, actions, rewards, info
+
+
 def _finish(cur: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     frames = np.stack(cur["frames"])  # (T, H, W, 3)
     t = len(frames)
@@ -228,8 +283,9 @@ def _finish(cur: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
 
 
 # ------------------------------------------------------------------------------ generate
-def shard_name(split: str, mode: str, seed: int, g: int, game: str = "coinrun") -> str:
-    return f"{game}-{split}-{mode}-s{seed}-{g:05d}"
+def shard_name(split: str, mode: str, seed: int, g: int, game: str = "coinrun", same_level_frames: int = 0) -> str:
+    long = f"-L{same_level_frames}" if same_level_frames else ""
+    return f"{game}-{split}-{mode}-s{seed}{long}-{g:05d}"
 
 
 def _shard_job(out: str, job: dict, on_episode=None) -> tuple[int, int, int]:
@@ -237,6 +293,8 @@ def _shard_job(out: str, job: dict, on_episode=None) -> tuple[int, int, int]:
     store = EpisodeStore(out)
     if store.has_shard(job["name"]):  # a shorter copy from a smaller earlier run: replace it
         store.remove_shard(job["name"])
+    if job.get("same_level_frames"):
+        return _same_level_shard(store, job, on_episode)
     env_seed, rng = _seeds(job["seed"], _SPLIT_ID[job["split"]], _MODE_ID[job["mode"]], _SHARD_TAG, job["g"])
     env = make_env(job["envs"], job["split"], env_seed, job["mode"], job["game"])
     policy = AgentPolicy(**job["policy"])
@@ -249,6 +307,25 @@ def _shard_job(out: str, job: dict, on_episode=None) -> tuple[int, int, int]:
                 on_episode(len(frames))
     env.close()
     nbytes = sum(p.stat().st_size for p in (Path(out) / job["name"]).iterdir())
+    return w.num_episodes, w.num_frames, nbytes
+
+
+def _same_level_shard(store: EpisodeStore, job: dict, on_episode=None) -> tuple[int, int, int]:
+    """A shard of same-level episodes: `count` levels of the split, each played for
+    `same_level_frames` frames (levels drawn without replacement within the shard)."""
+    env_seed, rng = _seeds(job["seed"], _SPLIT_ID[job["split"]], _MODE_ID[job["mode"]], _LONG_TAG, job["g"])
+    lo, hi = split_range(job["split"])
+    levels = lo + rng.choice(hi - lo, size=min(job["count"], hi - lo), replace=False)
+    with store.writer(job["name"]) as w:
+        for k, level in enumerate(levels):
+            frames, actions, rewards, info = same_level_episode(
+                job["split"], int(level), job["same_level_frames"], (env_seed + k) % (2**31 - 1), rng,
+                job["mode"], job["game"], AgentPolicy(**job["policy"]))
+            w.add_episode(frames, actions, rewards, source=f"procgen:{job['game']}", split=job["split"],
+                          distribution_mode=job["mode"], gen=job["gen"], **info)
+            if on_episode is not None:
+                on_episode(len(frames))
+    nbytes = sum(p.stat().st_size for p in (Path(store.root) / job["name"]).iterdir())
     return w.num_episodes, w.num_frames, nbytes
 
 
@@ -308,10 +385,13 @@ def _run_parallel(out: str, jobs: list[dict], workers: int, bar) -> tuple[int, i
 def generate(out, episodes: int, split: str = "train", workers: int | None = None, envs_per_worker: int = 16,
              seed: int = 0, distribution_mode: str = "hard", max_frames_per_episode: int | None = None,
              episodes_per_shard: int = DEFAULT_EPISODES_PER_SHARD, verbose: bool = True, game: str = "coinrun",
-             policy: AgentPolicy = HELD) -> dict:
+             policy: AgentPolicy = HELD, same_level_frames: int | None = None) -> dict:
     """Write `episodes` random-agent episodes of `split` of a Procgen game (CoinRun by default)
     into the store at `out`, played by `policy` (held actions by default; `UNIFORM` for a new
-    action every frame). A store holds one policy: extending it with another is refused.
+    action every frame). A store holds one policy: extending it with another is refused. With
+    `same_level_frames=N`, each episode instead plays one level of the split for exactly N frames
+    across its restarts (the module docstring; one env per level, `envs_per_worker` and
+    `max_frames_per_episode` do not apply).
 
     Parallel over `workers` processes (1: in this process); resumable (existing shards are
     skipped); refuses with DiskSpaceError when the estimate exceeds free space. Returns
@@ -328,9 +408,15 @@ def generate(out, episodes: int, split: str = "train", workers: int | None = Non
     max_frames = None if max_frames_per_episode in (None, 0) else int(max_frames_per_episode)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames_per_episode must be >= 1, got {max_frames_per_episode}")
+    long = int(same_level_frames or 0)
+    if long < 0:
+        raise ValueError(f"same_level_frames must be >= 1 (or 0/None for ordinary episodes), got {same_level_frames}")
+    if long and max_frames is not None:
+        raise ValueError("same_level_frames and max_frames_per_episode do not combine: a same-level episode is "
+                         "exactly same_level_frames long")
     import_procgen()  # fail early with the install hint
     out = Path(out)
-    gen = f"e{envs}-p{per_shard}-m{max_frames or 0}{policy.tag}"
+    gen = (f"L{long}-p{per_shard}" if long else f"e{envs}-p{per_shard}-m{max_frames or 0}") + policy.tag
     meta = {"source": f"procgen:{game}", "split": split, "distribution_mode": distribution_mode,
             "levels": list(SPLITS[split]), "num_actions": NUM_ACTIONS, "policy": policy.to_meta()}
 
@@ -346,10 +432,10 @@ def generate(out, episodes: int, split: str = "train", workers: int | None = Non
                              f"use the same --policy/--hold-mean or another --out")
     jobs, skipped = [], 0
     for g in range(-(-episodes // per_shard)):
-        job = {"name": shard_name(split, distribution_mode, seed, g, game), "g": g, "seed": int(seed), "split": split,
-               "mode": distribution_mode, "game": game, "envs": envs, "max_frames": max_frames, "gen": gen,
-               "policy": asdict(policy),
-               "count": min(per_shard, episodes - g * per_shard)}
+        job = {"name": shard_name(split, distribution_mode, seed, g, game, long), "g": g, "seed": int(seed),
+               "split": split, "mode": distribution_mode, "game": game, "envs": envs, "max_frames": max_frames,
+               "gen": gen, "policy": asdict(policy), "count": min(per_shard, episodes - g * per_shard),
+               "same_level_frames": long}
         if store is not None and store.has_shard(job["name"]):
             have = store.shard_episodes(job["name"])
             old_gen = store.info(have[0]).get("gen")
@@ -363,7 +449,7 @@ def generate(out, episodes: int, split: str = "train", workers: int | None = Non
                 continue
         jobs.append(job)
 
-    per_episode = min(max_frames or EPISODE_FRAME_CAP, EST_FRAMES_PER_EPISODE)
+    per_episode = long or min(max_frames or EPISODE_FRAME_CAP, EST_FRAMES_PER_EPISODE)
     need = estimate_bytes(sum(j["count"] for j in jobs) * per_episode, RESOLUTION)
     probe = out
     while not probe.exists():

@@ -12,7 +12,9 @@
   true) actions, x^' with uniformly random actions for the generated steps, the same context
   and the same sampling seed; for t = 1..horizon, headline t = `delta_t`.
 * Drift: long rollouts (`drift_frames`) from held-out real frames with uniformly random
-  actions, measured frame by frame with the model-independent measure of `drift.py`.
+  actions, measured frame by frame with the model-independent measure of `drift.py`, and
+  against their own context frames ("same level", with the band of the store's long real
+  episodes: `driftless data coinrun --same-level-frames N`).
 * Latent actions: usage and perplexity of the LAM's codes on the evaluated clips; action-map
   accuracy against true actions where the store has them (world/action_map.py).
 * Controls (controls.py): from held-out game states, the real game's branch for each control
@@ -317,14 +319,15 @@ def rollout_protocol(world, store, cfg: EvalConfig, i3d=None) -> tuple[dict, dic
 
 @torch.no_grad()
 def drift_protocol(world, store, cfg: EvalConfig, bank_store=None) -> tuple[dict, dict]:
-    from driftless.eval.drift import DriftConfig, quality_from_store, summarize
+    from driftless.eval.drift import (SAME_LEVEL, DriftConfig, quality_from_store, same_level_measures,
+                                      same_level_reference, same_level_summary, summarize)
 
     mode = resolve_actions(world, cfg.actions)
     dcfg = DriftConfig(size=cfg.drift_size)
-    same = bank_store is None or Path(bank_store.root).resolve() == Path(store.root).resolve()
+    same_store = bank_store is None or Path(bank_store.root).resolve() == Path(store.root).resolve()
     quality, ref_eps = quality_from_store(bank_store or store, dcfg, cfg.bank_size, cfg.reference_size,
                                           cfg.seed + 3, world.device)
-    start_eps = ref_eps if same else np.arange(store.num_episodes)
+    start_eps = ref_eps if same_store else np.arange(store.num_episodes)
     start_eps = start_eps[store.episode_lengths[start_eps] >= cfg.context]
     if len(start_eps) == 0:
         raise ValueError(f"no held-out episode has {cfg.context}+ frames to start a drift rollout from")
@@ -339,7 +342,7 @@ def drift_protocol(world, store, cfg: EvalConfig, bank_store=None) -> tuple[dict
     if mode == "true" and cfg.context > 1 and bool((ctx_acts < 0).any()):
         raise ValueError("drift contexts need known true actions for a true-action world")
     t_total, chunk = cfg.drift_frames, 64
-    measures, changes, strip_frames, strip_steps = [], [], [], []
+    measures, changes, strip_frames, strip_steps, same = [], [], [], [], []
     bar = tqdm(total=cfg.drift_rollouts * t_total, desc="eval drift", unit="frame", disable=not cfg.progress)
     for bi, sl in enumerate(_batches(cfg.drift_rollouts, cfg.batch_size)):
         b = sl.stop - sl.start
@@ -347,7 +350,7 @@ def drift_protocol(world, store, cfg: EvalConfig, bank_store=None) -> tuple[dict
         with _autocast(world, cfg.precision):
             world.reset(ctx[sl], seed=cfg.seed * 100_003 + 50_000 + bi, actions=c_acts, **cfg.sampling)
         prev = torch.from_numpy(ctx[sl][:, -1])
-        buf, batch_measures, batch_change, keep = [], [], [], []
+        buf, batch_measures, batch_same, batch_change, keep = [], [], [], [], []
         for t in range(t_total):
             a = None if mode == "none" else rng.integers(0, world.num_actions, size=b)
             with _autocast(world, cfg.precision):
@@ -359,10 +362,13 @@ def drift_protocol(world, store, cfg: EvalConfig, bank_store=None) -> tuple[dict
                 keep.append(f[:cfg.strip_clips].numpy())
                 strip_steps.append(t + 1)
             if len(buf) == chunk or t == t_total - 1:
-                batch_measures.append(quality.measure(torch.stack(buf, 1)))  # each (b, chunk)
+                video = torch.stack(buf, 1)  # (b, chunk, H, W, 3)
+                batch_measures.append(quality.measure(video))  # each (b, chunk)
+                batch_same.append(same_level_measures(video, ctx[sl], dcfg, world.device))
                 buf = []
             bar.update(b)
         measures.append({k: np.concatenate([m[k] for m in batch_measures], axis=1) for k in batch_measures[0]})
+        same.append({k: np.concatenate([m[k] for m in batch_same], axis=1) for k in SAME_LEVEL})
         changes.append(torch.stack(batch_change, 1).numpy())
         if bi == 0:
             strip_frames = keep
@@ -370,10 +376,28 @@ def drift_protocol(world, store, cfg: EvalConfig, bank_store=None) -> tuple[dict
     per_frame = {k: np.concatenate([m[k] for m in measures]) for k in measures[0]}
     result = summarize(per_frame, np.concatenate(changes), quality, bin_size=cfg.drift_bin, window=cfg.drift_window)
     result["actions"] = "random"
-    result["bank"] = "same store, disjoint episodes" if same else str(bank_store.root)
+    result["bank"] = "same store, disjoint episodes" if same_store else str(bank_store.root)
     k = min(cfg.strip_clips, cfg.batch_size, cfg.drift_rollouts)  # strips come from the first batch
     strip = (np.concatenate([ctx[:k, -1:], np.stack(strip_frames, 1)], axis=1) if strip_frames else ctx[:k, -1:])
-    return result, {"drift_strip": strip, "drift_strip_steps": [0] + strip_steps}
+    artifacts = {"drift_strip": strip, "drift_strip_steps": [0] + strip_steps}
+    # same level: each frame against its rollout's own context, beside real long episodes of the store
+    gen_same = {k: np.concatenate([m[k] for m in same]) for k in SAME_LEVEL}
+    try:
+        ref = same_level_reference(store, t_total, cfg.context, dcfg, device=world.device)
+    except ValueError as e:
+        result["same_level"] = {"available": False, "reason": str(e)}
+    else:
+        result["same_level"] = {"available": True, **same_level_summary(gen_same, ref, dcfg, cfg.drift_bin,
+                                                                        cfg.drift_window)}
+        # the real long episode the band leans on most, at the strip's frame indices (context = its first frames)
+        ep, n = ref["episodes"][0], int(ref["lengths"][0])
+        steps = [s for s in [0] + strip_steps if cfg.context - 1 + s < n]
+        artifacts["drift_real_strip"] = np.asarray(store.frames(ep))[[cfg.context - 1 + s for s in steps]]
+    sl = result["same_level"]
+    for key in ("same_level_score", "morphed_rate", "palette_tv_first", "palette_tv_last", "palette_tv_real_limit_last"):
+        if sl.get("summary", {}).get(key) is not None:
+            result["summary"][key] = sl["summary"][key]
+    return result, artifacts
 
 
 def action_map_accuracy(world, store, cfg: EvalConfig) -> dict:

@@ -1,7 +1,9 @@
 """PNG figures of an evaluation (matplotlib's Agg canvas; no display, no global pyplot state).
 
     psnr_vs_horizon(result, path)       rollout PSNR/SSIM per step, random actions, copy-last, Delta_t
-    drift_vs_horizon(result, path)      drift measures vs frame index, real reference bands
+    drift_vs_horizon(result, path)      drift measures vs frame index, real reference bands; the
+                                        same-level distances to the context with the band of real
+                                        long episodes (percentile shading)
     frame_strip(rows, labels, path)     rows of frames side by side (real / generated ...)
     write_all(result, artifacts, dir)   every figure an evaluation has data for (controls strips: eval/controls.py)
 """
@@ -61,7 +63,9 @@ def psnr_vs_horizon(result: dict, path: str | Path, title: str | None = None) ->
 
 def drift_vs_horizon(result: dict, path: str | Path, title: str | None = None) -> Path:
     """Four panels of the drift curves (mean and interquartile band over rollouts) with the
-    held-out real frames' median and collapse thresholds."""
+    held-out real frames' median and collapse thresholds; with same-level results two more:
+    palette and layout distance to the rollout's context, the real long episodes' 50th-90th
+    percentile shaded (their median dashed)."""
     d = result["drift"]
     x = np.asarray(d["horizon"])
     ref, thr = d["reference"], d["reference"]["thresholds"]
@@ -70,8 +74,12 @@ def drift_vs_horizon(result: dict, path: str | Path, title: str | None = None) -
               ("sharpness", "sharpness (RMS gradient)", [ref["sharpness_median"]],
                [thr["sharpness_min"], thr["sharpness_max"]]),
               ("collapsed", "fraction of collapsed frames", [ref["collapse_rate"]], [])]
-    fig = Figure(figsize=(11, 7))
-    axes = fig.subplots(2, 2).reshape(-1)
+    sl = d.get("same_level") or {}
+    same = bool(sl.get("available"))
+    fig = Figure(figsize=(16 if same else 11, 7))
+    axes = fig.subplots(2, 3 if same else 2).reshape(-1)
+    if same:  # the two same-level panels go last: reorder to nn_psnr, color_tv, palette / sharpness, collapsed, layout
+        axes = [axes[0], axes[1], axes[3], axes[4], axes[2], axes[5]]
     for ax, (key, name, medians, lines) in zip(axes, panels):
         c = d["curves"][key]
         ax.plot(x, c["mean"], color="C0", label="generated (mean)")
@@ -85,6 +93,26 @@ def drift_vs_horizon(result: dict, path: str | Path, title: str | None = None) -
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     axes[0].legend(dict(zip(labels, handles)).values(), dict(zip(labels, handles)).keys(), fontsize=8)
+    if same:
+        pct = f"p{sl['percentile']:g}"
+        for ax, key, name in ((axes[4], "palette_tv", "palette distance to the context (TV)"),
+                              (axes[5], "layout_rmse", "low-res layout distance to the context")):
+            c, band = sl["curves"][key], sl["band"][key]
+            ax.plot(x, c["mean"], color="C0", label="generated (mean)")
+            ax.fill_between(x, c["q25"], c["q75"], color="C0", alpha=0.2, label="interquartile")
+            lo = np.array([np.nan if v is None else v for v in band["p50"]], dtype=float)
+            hi = np.array([np.nan if v is None else v for v in band[pct]], dtype=float)
+            ax.fill_between(x, lo, hi, color="C2", alpha=0.25, label=f"real long episodes, p50-{pct}")
+            ax.plot(x, lo, color="C2", ls="--", lw=0.8)
+            ax.plot(x, hi, color="C2", ls=":", lw=0.8)
+            ax.set_xlabel("frames generated")
+            ax.set_ylabel(name)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        score = sl["summary"].get("same_level_score")
+        if score is not None:
+            axes[4].set_title(f"same-level score {score:.2f} (frames inside real {pct}, last "
+                              f"{sl['window']}; real play ~{sl['percentile'] / 100:.2f})", fontsize=8)
     s = d["summary"]
     fig.suptitle(title or f"drift: {s['rollouts']} rollouts x {s['frames']} frames, random actions "
                           f"(drift {s['drift_db']:.2f} dB, collapsed at end {s['collapse_rate_last']:.0%})")
@@ -152,8 +180,12 @@ def write_all(result: dict, artifacts: dict, out_dir: str | Path) -> list[str]:
         if strip is not None and len(strip):
             steps = artifacts.get("drift_strip_steps", [])
             cols = ["context" if s == 0 else f"{s}" for s in steps]
-            written.append(frame_strip(list(strip), [f"rollout {i}" for i in range(len(strip))],
-                                       out / "drift_strip.png", col_labels=cols,
+            rows, labels = list(strip), [f"rollout {i}" for i in range(len(strip))]
+            real = artifacts.get("drift_real_strip")
+            if real is not None and len(real):
+                rows.append(np.asarray(real))
+                labels.append("real, one level")
+            written.append(frame_strip(rows, labels, out / "drift_strip.png", col_labels=cols,
                                        title="long rollouts with random actions (frame index above)"))
     if result.get("controls", {}).get("available"):
         from driftless.eval.controls import write_strips
