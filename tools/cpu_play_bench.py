@@ -1,0 +1,66 @@
+"""Frames/s of batch-1 play on this CPU: the PyTorch world vs the same world through ONNX Runtime
+(`driftless play --backend torch|onnx`), alternating in one run, for each thread count.
+
+    python tools/cpu_play_bench.py [WORLD] --threads 1,2 --frames 150 --rounds 3 --json out.json
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from datetime import date
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("world", nargs="?", default="coinrun")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--frames", type=int, default=150)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+
+    from driftless.cli.play import choose_backend
+    from driftless.export.onnx import default_start_frame
+    from driftless.world.onnx_play import OnnxWorld
+    from driftless.world.world import load
+
+    world = load(a.world)
+    steps = world.sampling.steps
+    _, folder = choose_backend("onnx", "cpu", world, steps)
+    start = default_start_frame(world)[None]
+    rows = []
+    for threads in [int(t) for t in a.threads.split(",")]:
+        torch.set_num_threads(threads)
+        backends = {"torch": world, "onnx": OnnxWorld(world, folder, threads=threads)}
+        fps = {k: [] for k in backends}
+        for _ in range(a.rounds):
+            for name, w in backends.items():
+                w.reset(start, seed=0)
+                for i in range(5):
+                    w.step(i % world.num_actions)
+                t = time.perf_counter()
+                for i in range(a.frames):
+                    w.step(i % world.num_actions)
+                fps[name].append(a.frames / (time.perf_counter() - t))
+        for name, v in fps.items():
+            rows.append({"backend": name, "threads": threads, "fps_median": float(np.median(v)), "fps_all": v})
+            print(f"{name:5s} {threads} thread(s): {np.median(v):5.1f} frames/s (rounds: {', '.join(f'{x:.1f}' for x in v)})")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    out = {"world": a.world, "steps": steps, "frames": a.frames, "rounds": a.rounds, "rows": rows,
+           "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
+           "onnxruntime": __import__("onnxruntime").__version__, "commit": commit, "date": str(date.today()),
+           "load_average_after": os.getloadavg()}
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
