@@ -391,3 +391,16 @@ def test_eval_size_follows_the_device_and_explicit_values_win():
     args = build_parser().parse_args(["eval", "w", "--data", "d"])
     assert args.size == "auto" and not args.full and args.clips is None and args.drift_frames is None
     assert build_parser().parse_args(["eval", "w", "--data", "d", "--full"]).full
+
+
+def test_eval_of_a_lone_tokenizer_measures_reconstruction_only(debug_world, small_store, tmp_path, capsys):
+    from driftless.cli import main
+
+    out = tmp_path / "tok.json"
+    assert main(["eval", str(debug_world / "tokenizer"), "--data", str(small_store.root), "--split", "train",
+                 "--recon-clips", "3", "--recon-len", "4", "--no-progress", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "a lone tokenizer" in printed and "drift rollouts" not in printed
+    result = json.loads(out.read_text())
+    assert result["reconstruction"]["clips"] == 3 and result["reconstruction"]["frames_per_clip"] == 4
+    assert "rollout" not in result and "drift" not in result

@@ -124,9 +124,12 @@ def _run(args: argparse.Namespace) -> int:
         fvd_frames=args.fvd_frames, fvd_size=args.fvd_size,
         batch_size=args.batch_size, seed=args.seed,
         precision="bf16" if args.bf16 else "fp32", sampling=sampling, skip=skip, progress=not args.no_progress)
-    print(f"eval: {cfg.size} protocol on {device} ({_sizes(cfg)}; --full for the full protocol)"
-          if cfg.size == "quick" else f"eval: {cfg.size} protocol on {device} ({_sizes(cfg)})")
     world = load(args.world, device=device)
+    if world.dynamics is None:  # a lone tokenizer: only its reconstruction can be measured
+        print(f"eval: a lone tokenizer on {device}: reconstruction of {cfg.recon_clips} clips x {cfg.recon_len} frames")
+    else:
+        print(f"eval: {cfg.size} protocol on {device} ({_sizes(cfg)}; --full for the full protocol)"
+              if cfg.size == "quick" else f"eval: {cfg.size} protocol on {device} ({_sizes(cfg)})")
     if world.device.type == "cpu" and not args.threads and world.dynamics is not None:
         from driftless.world.threads import tune_threads
 
