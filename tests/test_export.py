@@ -231,5 +231,6 @@ def test_cli_refuses_an_out_that_holds_something_but_builds_the_page_in_its_own_
 
     assert main(["export", "web", *page_args, "--out", str(graphs)]) == 0  # in place: no --force needed
     assert (graphs / "index.html").is_file() and (graphs / "ort" / "ort.wasm.min.js").read_bytes() == b"ort.wasm.min.js"
+    assert all((graphs / name).is_file() for name in ("play.js", "ui.js", "style.css"))  # ui.js: shared with serve/
     assert main(["export", "web", *page_args, "--out", str(other), "--force"]) == 0
     assert (other / "step.onnx").read_bytes() == (graphs / "step.onnx").read_bytes() and (other / "keep.txt").exists()

@@ -321,8 +321,9 @@ def test_cross_origin_refused_and_page_served(play_world):
             assert ws.receive_json()["type"] == "ready"
         page = client.get("/")
         assert page.status_code == 200 and "<canvas" in page.text and "/static/app.js" in page.text
+        assert page.text.index("/static/ui.js") < page.text.index("/static/app.js")  # the shared script first
         assert "default-src 'self'" in page.headers["content-security-policy"]
-        for asset in ("/static/app.js", "/static/style.css"):
+        for asset in ("/static/ui.js", "/static/app.js", "/static/style.css"):
             assert client.get(asset).status_code == 200
         assert "http" not in client.get("/static/style.css").text  # no external fonts or CDNs
 

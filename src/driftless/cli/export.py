@@ -74,7 +74,7 @@ def register(sub) -> argparse.ArgumentParser:
     o.set_defaults(func=_onnx)
     w = verbs.add_parser(
         "web", help="a static folder that plays the world in the browser (onnxruntime-web)",
-        description=f"Write a self-contained static page (index.html, play.js, the ONNX graphs, start frames and "
+        description=f"Write a self-contained static page (index.html, play.js, ui.js, the ONNX graphs, start frames and "
                     f"{ORT_PACKAGE}'s files) that plays the world with WebAssembly, or WebGPU where the browser has "
                     f"it. Serve the folder with any static file server.",
         formatter_class=argparse.RawDescriptionHelpFormatter,

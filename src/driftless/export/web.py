@@ -3,7 +3,8 @@
 The folder plays the world in the browser with onnxruntime-web - WebAssembly everywhere, WebGPU
 where the browser has it - and needs nothing but a static file server:
 
-    index.html, play.js, style.css   the page (export/static/, and the play server's style sheet)
+    index.html, play.js              the page (export/static/)
+    ui.js, style.css                 what it shares with the play server's page (serve/static/)
     manifest.json                    the graphs' interface, the world, the start frames, the runtime
     encoder.onnx, step.onnx          the graphs (export/onnx.py)
     start/*.png                      start frames (CoinRun test levels, or the images given)
@@ -41,7 +42,8 @@ ORT_BACKENDS = {
 ORT_FILES = tuple(f for files in ORT_BACKENDS.values() for f in files)
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE_FILES = ("index.html", "play.js")
-STYLE = Path(__file__).resolve().parent.parent / "serve" / "static" / "style.css"  # the play page's look
+SERVE_STATIC = Path(__file__).resolve().parent.parent / "serve" / "static"
+SHARED_FILES = ("ui.js", "style.css")  # the play server page's shared script (window.DriftlessUI) and look
 START_LEVELS = 10500  # first CoinRun test level (the test split), as the play server's levels
 
 
@@ -212,7 +214,8 @@ def export_web(world: World | str | Path, out: str | Path, ort_dir: str | Path |
             shutil.copyfile(dist / name, ort_out / name)
     for name in PAGE_FILES:
         shutil.copyfile(STATIC / name, out / name)
-    shutil.copyfile(STYLE, out / "style.css")
+    for name in SHARED_FILES:
+        shutil.copyfile(SERVE_STATIC / name, out / name)
     manifest["runtime"] = {"package": ORT_PACKAGE, "version": version or ort_version,
                            "backends": {b: {"bundle": ORT_BACKENDS[b][0], "files": list(ORT_BACKENDS[b])}
                                         for b in backends}}

@@ -4,13 +4,14 @@
 //
 // A frame is one run of step.onnx: sample the next frame from the past (held in KV ring
 // buffers that the graph takes and gives back), commit it, decode it. The page only carries the
-// state over, draws the noise (a seeded PRNG, Box-Muller) and draws the frame.
+// state over, draws the noise (a seeded PRNG, Box-Muller) and draws the frame. What the page shares
+// with the play server's page (messages, screen, action buttons, legend, keys) is ui.js, loaded before it.
 "use strict";
 
 (() => {
-  const $ = (id) => document.getElementById(id);
+  const UI = window.DriftlessUI;
+  const { $, overlay, hideOverlay } = UI;
   const params = new URLSearchParams(location.search);
-  const KEY_LABELS = { ArrowLeft: "←", ArrowRight: "→", ArrowUp: "↑", ArrowDown: "↓", " ": "Space" };
   const ARRAYS = { float32: Float32Array, int64: BigInt64Array, bool: Uint8Array, uint8: Uint8Array };
 
   const state = {
@@ -29,37 +30,13 @@
     }),
   };
 
-  const canvas = $("screen");
-  const ctx = canvas.getContext("2d", { alpha: false });
-  const off = document.createElement("canvas");
-  const offCtx = off.getContext("2d");
-  let image = null;
+  const frameCanvas = UI.screen($("screen"));
   let encoder = null, stepper = null, carried = null, rand = null;
 
   // ------------------------------------------------------------------ small helpers
-  let toastTimer = null;
-  function toast(text) {
-    const t = $("toast");
-    t.textContent = text;
-    t.classList.remove("hidden");
-    clearTimeout(toastTimer);
-    toastTimer = setTimeout(() => t.classList.add("hidden"), 6000);
-  }
-  function overlay(text, buttonLabel, onClick) {
-    $("overlay-text").textContent = text;
-    const b = $("overlay-button");
-    if (buttonLabel) { b.textContent = buttonLabel; b.onclick = onClick; b.classList.remove("hidden"); }
-    else b.classList.add("hidden");
-    $("overlay").classList.remove("hidden");
-  }
-  function hideOverlay() { $("overlay").classList.add("hidden"); }
+  const toast = UI.toaster(6000);  // 6 s here, 5 s on the play server's page (as each page had it)
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-  function keyLabel(k) { return KEY_LABELS[k] || k; }
-  function currentFps() {
-    const now = performance.now();
-    while (state.frameTimes.length && now - state.frameTimes[0] > 1000) state.frameTimes.shift();
-    return state.frameTimes.length;
-  }
+  function currentFps() { return UI.currentFps(state.frameTimes); }
   function meanFps() {
     if (state.playStart === null || state.playFrames < 2) return null;
     return (state.playFrames - 1) / ((performance.now() - state.playStart) / 1000);
@@ -155,15 +132,7 @@
   }
 
   // ------------------------------------------------------------------ drawing
-  function draw(rgb) {
-    const px = image.data;
-    for (let i = 0, j = 0; i < rgb.length; i += 3, j += 4) {
-      px[j] = rgb[i]; px[j + 1] = rgb[i + 1]; px[j + 2] = rgb[i + 2]; px[j + 3] = 255;
-    }
-    offCtx.putImageData(image, 0, 0);
-    ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(off, 0, 0, canvas.width, canvas.height);
-  }
+  const draw = (rgb) => frameCanvas.draw(rgb);  // always at the world's resolution
   function shown(ms) {
     const now = performance.now();
     state.frames += 1; state.frameTimes.push(now);
@@ -225,25 +194,11 @@
     state.playFrames += 1;
     shown(ms);
     if (pauseAt !== null && state.index === pauseAt) setPaused(true);  // ?pause=K (tests, screenshots)
-    for (const b of document.querySelectorAll(".actions button"))
-      b.classList.toggle("active", Number(b.dataset.action) === action);
+    UI.markAction(action);
   }
 
-  function heldAction() {
-    // the most recent held key wins; right/left + jump use the combined group when the map has one
-    const w = state.manifest.world, keys = w.action_map.keys || {}, groups = w.action_map.groups || {};
-    if (state.heldButton !== null) return state.heldButton;
-    const h = state.held;
-    const jump = h.includes("ArrowUp") || h.includes(" ");
-    if (jump && h.includes("ArrowRight") && groups.right_jump !== undefined) return groups.right_jump;
-    if (jump && h.includes("ArrowLeft") && groups.left_jump !== undefined) return groups.left_jump;
-    for (let i = h.length - 1; i >= 0; i--) {
-      const k = h[i];
-      if (/^[1-9]$/.test(k) && Number(k) <= w.num_actions) return Number(k) - 1;
-      if (k in keys) return keys[k];
-    }
-    return null;
-  }
+  const world = () => (state.manifest ? state.manifest.world : null);
+  function heldAction() { return UI.heldAction(state, world()); }
 
   // one loop makes every model call, so calls never overlap: a start, a requested step (paused),
   // or a frame per tick while playing
@@ -275,8 +230,7 @@
   function setPaused(p) {
     if (state.paused && !p) { state.playStart = null; state.playFrames = 0; }  // mean FPS: since resuming
     state.paused = p;
-    $("btn-pause").textContent = p ? "Resume" : "Pause";
-    $("paused-badge").classList.toggle("hidden", !p);
+    UI.showPaused(p);
   }
   function requestStep(a) { if (state.started && pending.steps.length < 8) pending.steps.push(a); }
 
@@ -308,49 +262,12 @@
     const fps = params.has("fps") ? Number(params.get("fps")) : 15;
     state.tickMs = fps > 0 ? 1000 / fps : 0;
     $("tick").textContent = fps > 0 ? String(fps) : "as many as it can make";
-    $("world-name").textContent = `${w.name} · ${w.resolution[0]}×${w.resolution[1]} · ${w.num_actions} actions`;
-    $("noop").textContent = String(w.noop + 1);
-    off.width = w.resolution[1]; off.height = w.resolution[0];
-    image = offCtx.createImageData(off.width, off.height);
-    const scale = Math.max(1, Math.floor(512 / Math.max(off.width, off.height)));
-    canvas.width = off.width * scale; canvas.height = off.height * scale;
-    ctx.fillStyle = "#000"; ctx.fillRect(0, 0, canvas.width, canvas.height);
-
+    UI.showWorld(w, frameCanvas);
     const keyMap = w.action_map.keys || {};
-    const byAction = {};
-    for (const [k, a] of Object.entries(keyMap)) (byAction[a] = byAction[a] || []).push(k);
-    const actions = $("actions");
-    actions.innerHTML = "";
-    for (let a = 0; a < w.num_actions; a++) {
-      const b = document.createElement("button");
-      b.type = "button"; b.dataset.action = String(a); b.id = `action-${a}`;
-      const keys = (byAction[a] || []).map(keyLabel).join(" ");
-      b.innerHTML = `${a + 1}<small>${keys || "&nbsp;"}</small>`;
-      b.title = `latent action ${a} (key ${a + 1}${keys ? ", " + keys : ""})`;
-      b.addEventListener("pointerdown", (e) => {
-        e.preventDefault(); state.heldButton = a; if (state.paused) requestStep(a);
-      });
-      b.addEventListener("pointerup", () => { state.heldButton = null; });
-      b.addEventListener("pointerleave", () => { state.heldButton = null; });
-      actions.appendChild(b);
-    }
-
-    const n = w.num_actions;
-    const rows = [[`<kbd>1</kbd>…<kbd>${Math.min(n, 9)}</kbd> <span class="dim">latent actions</span>`,
-      `1…${Math.min(n, 9)}`]];
-    const CONTROL = { ArrowLeft: "left", ArrowRight: "right", ArrowUp: "jump", " ": "jump", ArrowDown: "no-op" };
-    const order = ["ArrowLeft", "ArrowRight", "ArrowUp", " ", "ArrowDown"];
-    const mapped = Object.keys(keyMap).sort((a, b) => order.indexOf(a) - order.indexOf(b));
-    const seen = new Set();
-    for (const k of mapped) {
-      const a = keyMap[k], ctl = CONTROL[k] || k, id = `${a}:${ctl}`;
-      if (seen.has(id)) continue;
-      seen.add(id);
-      const same = mapped.filter((j) => keyMap[j] === a && (CONTROL[j] || j) === ctl);
-      rows.push([`${same.map((j) => `<kbd>${keyLabel(j)}</kbd>`).join(" ")} <span class="dim">${ctl}</span>`,
-        `action ${a + 1}`]);
-    }
-    $("legend").tBodies[0].innerHTML = rows.map(([a, b]) => `<tr><td>${a}</td><td>${b}</td></tr>`).join("");
+    UI.actionButtons(w.num_actions, keyMap,
+      (a) => { state.heldButton = a; if (state.paused) requestStep(a); },
+      () => { state.heldButton = null; });
+    UI.legend(w.num_actions, keyMap);  // without the per-key accuracy the server's page shows
     const acc = w.action_map.accuracy, pct = (x) => `${(100 * x).toFixed(1)}%`;
     $("accuracy").textContent = !Object.keys(keyMap).length
       ? "This world has no action map: play with the number keys."
@@ -370,25 +287,13 @@
     $("runtime").textContent = `${rt.package || "onnxruntime-web"} ${rt.version || ""}`;
   }
 
-  const GAME_KEYS = new Set(["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", " "]);
-  function isActionKey(k) {
-    return GAME_KEYS.has(k) || (/^[1-9]$/.test(k) && state.manifest && Number(k) <= state.manifest.world.num_actions);
-  }
-  document.addEventListener("keydown", (e) => {
-    if (e.ctrlKey || e.metaKey || e.altKey || !state.ready) return;
-    const k = e.key;
-    if (isActionKey(k)) {
-      e.preventDefault();
-      if (!state.held.includes(k)) state.held.push(k);
-      if (state.paused && !e.repeat) { const a = heldAction(); if (a !== null) requestStep(a); }
-      return;
-    }
-    if (e.repeat) return;
-    const click = { p: "btn-pause", n: "btn-step", r: "btn-reset", s: "btn-next", u: "btn-upload" }[k.toLowerCase()];
-    if (click) { e.preventDefault(); $(click).click(); }
+  UI.bindKeys(state, {
+    world,
+    enabled: () => state.ready,  // not while the world loads
+    // paused: a key press plays one frame; playing: the loop picks the key up
+    onActionKey: (e) => { if (state.paused && !e.repeat) { const a = heldAction(); if (a !== null) requestStep(a); } },
+    shortcuts: { p: "btn-pause", n: "btn-step", r: "btn-reset", s: "btn-next", u: "btn-upload" },
   });
-  document.addEventListener("keyup", (e) => { state.held = state.held.filter((k) => k !== e.key); });
-  window.addEventListener("blur", () => { state.held = []; state.heldButton = null; });
 
   $("btn-pause").addEventListener("click", () => setPaused(!state.paused));
   $("btn-step").addEventListener("click", () => {
@@ -401,15 +306,7 @@
     pending.start = state.source;
   });
   $("btn-next").addEventListener("click", () => startFrom(state.startIndex + 1));
-  $("btn-upload").addEventListener("click", () => $("file").click());
-  $("file").addEventListener("change", () => { const f = $("file").files[0]; if (f) startFromFile(f); $("file").value = ""; });
-  const wrap = $("screen-wrap");
-  wrap.addEventListener("dragover", (e) => { e.preventDefault(); wrap.classList.add("dragging"); });
-  wrap.addEventListener("dragleave", () => wrap.classList.remove("dragging"));
-  wrap.addEventListener("drop", (e) => {
-    e.preventDefault(); wrap.classList.remove("dragging");
-    const f = e.dataTransfer.files[0]; if (f) startFromFile(f);
-  });
+  UI.bindImageInput(startFromFile);
   setInterval(() => {
     $("fps").textContent = currentFps().toFixed(1);
     const mean = meanFps();

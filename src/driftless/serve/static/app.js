@@ -1,12 +1,13 @@
 // driftless play page: one WebSocket, frames as raw RGB behind a 16-byte header.
-// No build step, no dependencies. See docs/playing.md for the protocol.
+// No build step, no dependencies but ui.js (what it shares with the exported page, loaded before it).
+// See docs/playing.md for the protocol.
 "use strict";
 
 (() => {
-  const $ = (id) => document.getElementById(id);
+  const UI = window.DriftlessUI;
+  const { $, keyLabel, overlay, hideOverlay } = UI;
   const HEADER_BYTES = 16;
   const FLAG_START = 1, FLAG_RECORDING = 2;
-  const KEY_LABELS = { ArrowLeft: "←", ArrowRight: "→", ArrowUp: "↑", ArrowDown: "↓", " ": "Space" };
   const GROUP_LABELS = { none: "no-op", left: "left", right: "right", jump: "jump",
     left_jump: "left + jump", right_jump: "right + jump" };
 
@@ -20,36 +21,12 @@
     fps: currentFps(), latency: state.latency, started: state.started, paused: state.paused,
     recording: state.recording, recorded: state.recorded, inFlight: state.inFlight }) };
 
-  const canvas = $("screen");
-  const ctx = canvas.getContext("2d", { alpha: false });
-  const off = document.createElement("canvas");
-  const offCtx = off.getContext("2d");
-  let image = null;
+  const frameCanvas = UI.screen($("screen"));
 
   // ------------------------------------------------------------------ UI helpers
-  let toastTimer = null;
-  function toast(text) {
-    const t = $("toast");
-    t.textContent = text;
-    t.classList.remove("hidden");
-    clearTimeout(toastTimer);
-    toastTimer = setTimeout(() => t.classList.add("hidden"), 5000);
-  }
-  function overlay(text, buttonLabel, onClick) {
-    $("overlay-text").textContent = text;
-    const b = $("overlay-button");
-    if (buttonLabel) { b.textContent = buttonLabel; b.onclick = onClick; b.classList.remove("hidden"); }
-    else b.classList.add("hidden");
-    $("overlay").classList.remove("hidden");
-  }
-  function hideOverlay() { $("overlay").classList.add("hidden"); }
+  const toast = UI.toaster(5000);
   function setConn(text, cls) { const c = $("conn"); c.textContent = text; c.className = "pill " + (cls || ""); }
-  function keyLabel(k) { return KEY_LABELS[k] || k; }
-  function currentFps() {
-    const now = performance.now();
-    while (state.frameTimes.length && now - state.frameTimes[0] > 1000) state.frameTimes.shift();
-    return state.frameTimes.length;
-  }
+  function currentFps() { return UI.currentFps(state.frameTimes); }
 
   // ------------------------------------------------------------------ setup from "ready"
   function setup(ready) {
@@ -57,52 +34,11 @@
     const w = ready.world;
     state.tickMs = 1000 / ready.tick_fps;
     state.noop = w.noop;
-    $("world-name").textContent = `${w.name} · ${w.resolution[0]}×${w.resolution[1]} · ${w.num_actions} actions`;
     $("tick").textContent = String(ready.tick_fps);
-    $("noop").textContent = String(w.noop + 1);
-    off.width = w.resolution[1]; off.height = w.resolution[0];
-    image = offCtx.createImageData(off.width, off.height);
-    // integer scale for crisp pixels; the canvas is drawn with smoothing off
-    const scale = Math.max(1, Math.floor(512 / Math.max(off.width, off.height)));
-    canvas.width = off.width * scale; canvas.height = off.height * scale;
-    ctx.imageSmoothingEnabled = false;
-    ctx.fillStyle = "#000"; ctx.fillRect(0, 0, canvas.width, canvas.height);
-
-    const byAction = {};
-    for (const [k, a] of Object.entries(w.action_map.keys)) (byAction[a] = byAction[a] || []).push(k);
-    const actions = $("actions");
-    actions.innerHTML = "";
-    for (let a = 0; a < w.num_actions; a++) {
-      const b = document.createElement("button");
-      b.type = "button"; b.dataset.action = String(a); b.id = `action-${a}`;
-      const keys = (byAction[a] || []).map(keyLabel).join(" ");
-      b.innerHTML = `${a + 1}<small>${keys || "&nbsp;"}</small>`;
-      b.title = `latent action ${a} (key ${a + 1}${keys ? ", " + keys : ""})`;
-      b.addEventListener("pointerdown", (e) => { e.preventDefault(); pressButton(a); });
-      b.addEventListener("pointerup", releaseButton);
-      b.addEventListener("pointerleave", releaseButton);
-      actions.appendChild(b);
-    }
-
-    // one legend row per latent action reachable from the keyboard: its keys and control
-    const n = w.num_actions;
-    const rows = [[`<kbd>1</kbd>…<kbd>${Math.min(n, 9)}</kbd> <span class="dim">latent actions</span>`,
-      `1…${Math.min(n, 9)}`]];
-    const CONTROL = { ArrowLeft: "left", ArrowRight: "right", ArrowUp: "jump", " ": "jump", ArrowDown: "no-op" };
-    const order = ["ArrowLeft", "ArrowRight", "ArrowUp", " ", "ArrowDown"];
-    const mapped = Object.keys(w.action_map.keys).sort((a, b) => order.indexOf(a) - order.indexOf(b));
-    const seen = new Set();
-    for (const k of mapped) {
-      const a = w.action_map.keys[k], ctl = CONTROL[k] || k;
-      const id = `${a}:${ctl}`;
-      if (seen.has(id)) continue;
-      seen.add(id);
-      const same = mapped.filter((j) => w.action_map.keys[j] === a && (CONTROL[j] || j) === ctl);
-      const kacc = (w.action_map.key_accuracy || {})[k];
-      rows.push([`${same.map((j) => `<kbd>${keyLabel(j)}</kbd>`).join(" ")} <span class="dim">${ctl}</span>`,
-        `action ${a + 1}` + (kacc != null ? ` <span class="dim">${Math.round(100 * kacc)}%</span>` : "")]);
-    }
-    $("legend").tBodies[0].innerHTML = rows.map(([a, b]) => `<tr><td>${a}</td><td>${b}</td></tr>`).join("");
+    UI.showWorld(w, frameCanvas);
+    const byAction = UI.actionButtons(w.num_actions, w.action_map.keys, pressButton, releaseButton);
+    // the legend with each key's measured accuracy, where the map has one
+    UI.legend(w.num_actions, w.action_map.keys, w.action_map.key_accuracy);
     const am = w.action_map, acc = am.accuracy;
     const pct = (x) => `${(100 * x).toFixed(1)}%`;
     const game = am.game || "CoinRun";
@@ -169,22 +105,8 @@
     if (!send({ type: "start", source })) state.inFlight = false;
     $("source").textContent = source === "clip" ? "loading a dataset clip…" : "making a level…";
   }
-  function heldAction() {
-    // the most recent held key wins; right/left + jump use the combined group when the map has one
-    const keys = state.ready ? state.ready.world.action_map.keys : {};
-    const groups = state.ready ? state.ready.world.action_map.groups || {} : {};
-    if (state.heldButton !== null) return state.heldButton;
-    const h = state.held;
-    const jump = h.includes("ArrowUp") || h.includes(" ");
-    if (jump && h.includes("ArrowRight") && groups.right_jump !== undefined) return groups.right_jump;
-    if (jump && h.includes("ArrowLeft") && groups.left_jump !== undefined) return groups.left_jump;
-    for (let i = h.length - 1; i >= 0; i--) {
-      const k = h[i];
-      if (/^[1-9]$/.test(k) && Number(k) <= state.ready.world.num_actions) return Number(k) - 1;
-      if (k in keys) return keys[k];
-    }
-    return null;
-  }
+  const world = () => (state.ready ? state.ready.world : null);
+  function heldAction() { return UI.heldAction(state, world()); }
   function canStep() {
     return state.ready && state.started && !state.inFlight && state.ws && state.ws.readyState === WebSocket.OPEN;
   }
@@ -193,8 +115,7 @@
     state.inFlight = true;
     state.sentAt = performance.now(); state.lastSent = state.sentAt;
     send({ type: "step", action });
-    for (const b of document.querySelectorAll(".actions button"))
-      b.classList.toggle("active", Number(b.dataset.action) === action);
+    UI.markAction(action);
     return true;
   }
   function tick() {
@@ -217,16 +138,7 @@
     const action = view.getInt16(6, true), index = view.getUint32(8, true), ms = view.getFloat32(12, true);
     const rgb = new Uint8Array(buf, HEADER_BYTES);
     if (rgb.length !== h * w * 3) return;
-    if (!image || image.width !== w || image.height !== h) {
-      off.width = w; off.height = h; image = offCtx.createImageData(w, h);
-    }
-    const px = image.data;
-    for (let i = 0, j = 0; i < rgb.length; i += 3, j += 4) {
-      px[j] = rgb[i]; px[j + 1] = rgb[i + 1]; px[j + 2] = rgb[i + 2]; px[j + 3] = 255;
-    }
-    offCtx.putImageData(image, 0, 0);
-    ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(off, 0, 0, canvas.width, canvas.height);
+    frameCanvas.draw(rgb, h, w);
 
     const now = performance.now();
     if (flags & FLAG_START) { state.started = true; hideOverlay(); }
@@ -306,28 +218,16 @@
   }
 
   // ------------------------------------------------------------------ input
-  const GAME_KEYS = new Set(["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", " "]);
-  function isActionKey(k) {
-    return GAME_KEYS.has(k) || (/^[1-9]$/.test(k) && state.ready && Number(k) <= state.ready.world.num_actions);
-  }
-  document.addEventListener("keydown", (e) => {
-    if (e.ctrlKey || e.metaKey || e.altKey) return;
-    const k = e.key;
-    if (isActionKey(k)) {
-      e.preventDefault();
-      if (!state.held.includes(k)) state.held.push(k);
+  UI.bindKeys(state, {
+    world,
+    // paused: a key press plays one frame; playing: the next tick picks the key up
+    onActionKey: (e) => {
       if (state.paused && !e.repeat) { const a = heldAction(); if (a !== null) sendStep(a); }
       else schedule();
-      return;
-    }
-    if (e.repeat) return;
-    const lower = k.toLowerCase();
-    const click = { p: "btn-pause", n: "btn-step", r: "btn-reset", l: "btn-level", c: "btn-clip",
-      u: "btn-upload", v: "btn-record" }[lower];
-    if (click && !$(click).disabled) { e.preventDefault(); $(click).click(); }
+    },
+    shortcuts: { p: "btn-pause", n: "btn-step", r: "btn-reset", l: "btn-level", c: "btn-clip",
+      u: "btn-upload", v: "btn-record" },
   });
-  document.addEventListener("keyup", (e) => { state.held = state.held.filter((k) => k !== e.key); });
-  window.addEventListener("blur", () => { state.held = []; state.heldButton = null; });
 
   function pressButton(a) {
     state.heldButton = a;
@@ -337,8 +237,7 @@
 
   $("btn-pause").addEventListener("click", () => {
     state.paused = !state.paused;
-    $("btn-pause").textContent = state.paused ? "Resume" : "Pause";
-    $("paused-badge").classList.toggle("hidden", !state.paused);
+    UI.showPaused(state.paused);
     if (!state.paused) schedule();
   });
   $("btn-step").addEventListener("click", () => {
@@ -352,8 +251,7 @@
   });
   $("btn-level").addEventListener("click", () => start("level"));
   $("btn-clip").addEventListener("click", () => start("clip"));
-  $("btn-upload").addEventListener("click", () => $("file").click());
-  $("file").addEventListener("change", () => { const f = $("file").files[0]; if (f) upload(f); $("file").value = ""; });
+  UI.bindImageInput(upload);
   $("btn-record").addEventListener("click", () => send({ type: "record", on: !state.recording }));
   function download(fmt) {
     if (!state.downloads) return;
@@ -375,13 +273,6 @@
     $("source").textContent = `uploading ${file.name}…`;
     state.ws.send(buf);
   }
-  const wrap = $("screen-wrap");
-  wrap.addEventListener("dragover", (e) => { e.preventDefault(); wrap.classList.add("dragging"); });
-  wrap.addEventListener("dragleave", () => wrap.classList.remove("dragging"));
-  wrap.addEventListener("drop", (e) => {
-    e.preventDefault(); wrap.classList.remove("dragging");
-    const f = e.dataTransfer.files[0]; if (f) upload(f);
-  });
 
   setInterval(() => { $("fps").textContent = currentFps().toFixed(1); }, 250);
   connect();
