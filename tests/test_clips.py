@@ -101,6 +101,21 @@ def test_sampler_ranks_and_resume():
             assert resumed == per_rank[r][k:]
 
 
+def test_sampler_resumes_the_global_stream_on_another_number_of_ranks():
+    """k steps of w ranks x batch b, then steps of w' ranks x batch b' with b' w' = b w (the
+    trainer's resume rule): each step's union over ranks is the next block of the global order."""
+    n, steps = 10, 5
+    full = list(itertools.islice(iter(InfiniteSampler(n, seed=3)), 200))
+    for (w, b), (w2, b2), k in (((2, 3), (3, 2), 2), ((4, 1), (1, 4), 3), ((1, 6), (2, 3), 4)):
+        def blocks(world, batch, start_step, count):
+            its = [iter(InfiniteSampler(n, seed=3, rank=r, world_size=world, start=start_step * batch))
+                   for r in range(world)]
+            return [sorted(x for it in its for x in itertools.islice(it, batch)) for _ in range(count)]
+        got = blocks(w, b, 0, k) + blocks(w2, b2, k, steps - k)
+        want = [sorted(full[i * b * w:(i + 1) * b * w]) for i in range(steps)]
+        assert got == want, (w, b, w2, b2)
+
+
 def test_make_loader_resume_exact(tmp_path):
     store = _store(tmp_path, [5, 7, 3, 9, 6])
     ds = ClipDataset(store, clip_len=3, stride=1)

@@ -111,7 +111,17 @@ def test_torchrun_two_cpu_processes_train_identically(tmp_path):
     assert len(summaries) == 2, res.stdout
     assert all(s["ranks_in_sync"] for s in summaries)
     assert summaries[0]["weights_checksum"] == summaries[1]["weights_checksum"]
-    assert checkpoint.read_train_state(tmp_path / "run" / "checkpoint")["world_size"] == 2
+    state = checkpoint.read_train_state(tmp_path / "run" / "checkpoint")
+    assert state["world_size"] == 2 and state["batch_size"] == 2
+    # resumed by one process: only with the same global batch (2 x 2), which continues the same data stream
+    one = [sys.executable, "-m", "driftless", *cmd[cmd.index("driftless") + 1:], "--resume"]
+    res = subprocess.run(one, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode != 0 and "global batch 4" in res.stderr and "--batch-size 4" in res.stderr, res.stderr[-2000:]
+    bigger = [*one, "--batch-size", "4", "--steps", "6"]
+    res = subprocess.run(bigger, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    state = checkpoint.read_train_state(tmp_path / "run" / "checkpoint")
+    assert state["step"] == 6 and state["world_size"] == 1 and state["batch_size"] == 4
 
 
 def test_tensorboard_scalars_are_written(tmp_path):

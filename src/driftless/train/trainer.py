@@ -208,6 +208,7 @@ class Trainer:
                 "step": self.step,
                 "samples_seen": self.samples_seen,
                 "world_size": self.info.world_size,
+                "batch_size": self.cfg.batch_size,  # per process: the global batch is batch_size x world_size
                 "nonfinite_total": self.nonfinite_total,
             }
             meta = {**self.meta, "step": self.step, "train": self.cfg.__dict__}
@@ -230,6 +231,7 @@ class Trainer:
         state = checkpoint.read_train_state(self.ckpt_dir)
         if state is None:
             raise checkpoint.CheckpointError(f"{self.ckpt_dir} has no train_state.pt to resume from")
+        self._check_global_batch(state)
         self.model.load_state_dict(checkpoint.read_weights(self.ckpt_dir, ema=False))
         self.ema_model.load_state_dict(checkpoint.read_weights(self.ckpt_dir, ema=True))
         self.optimizer.load_state_dict(state["optimizer"])
@@ -239,6 +241,28 @@ class Trainer:
             self.meta["time_spent_s"] = header["meta"]["time_spent_s"]
         self._truncate_log(self.step)
         return True
+
+    def _check_global_batch(self, state: dict) -> None:
+        """Resuming on another number of processes continues the same global data stream (each
+        step takes the next batch_size x world_size items of InfiniteSampler's global order) only
+        with the same global batch: refuse another one, naming the --batch-size that keeps it."""
+        saved_ws = int(state.get("world_size", 1))
+        step = int(state.get("step", 0))
+        saved_bs = state.get("batch_size")
+        if saved_bs is None and step:  # checkpoints written before batch_size was stored
+            saved_bs = int(state.get("samples_seen", 0)) // step
+        ws = self.info.world_size
+        if saved_ws == ws or not saved_bs:
+            return
+        total = int(saved_bs) * saved_ws
+        if int(self.cfg.batch_size) * ws == total:
+            return
+        hint = (f"--batch-size {total // ws}" if total % ws == 0 else
+                f"a process count that divides {total}")
+        raise ValueError(f"cannot resume: {self.ckpt_dir} was trained by {saved_ws} process(es) x batch {saved_bs} "
+                         f"(global batch {total}); on {ws} process(es) x batch {self.cfg.batch_size} the data order "
+                         f"and the step size would change. Use {hint} to continue the same run, or --init-from "
+                         f"to start a new one from its weights")
 
     def _truncate_log(self, step: int) -> None:
         """Drop log lines written after the checkpoint we resume from (a crash may leave some)."""
