@@ -404,3 +404,27 @@ def test_eval_of_a_lone_tokenizer_measures_reconstruction_only(debug_world, smal
     result = json.loads(out.read_text())
     assert result["reconstruction"]["clips"] == 3 and result["reconstruction"]["frames_per_clip"] == 4
     assert "rollout" not in result and "drift" not in result
+
+
+def test_eval_sampling_flags_are_checked_and_reach_the_json_config(debug_world, small_store, tmp_path, capsys):
+    from driftless.cli import main
+
+    # a value out of range is refused before anything is loaded (the world path is not even read)
+    for flag, value, says in (("--eta", "2", "[0, 1]"), ("--temperature", "nan", "finite"),
+                              ("--window", "0", "window"), ("--context-level", "-1", "context_level"),
+                              ("--steps", "0", "steps")):
+        assert main(["eval", str(tmp_path / "no-world"), "--data", str(tmp_path), flag, value]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {flag}: sampling option") and says in err, err
+    # a context level above the dynamics' noise levels: refused by the world, before any rollout
+    assert main(["eval", str(debug_world), "--data", str(small_store.root), "--split", "train",
+                 "--context-level", "100000", "--skip", "recon,rollout,actions,fvd,controls", "--no-progress"]) == 1
+    assert "context_level must be in [0," in capsys.readouterr().err
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(debug_world), "--data", str(small_store.root), "--split", "train", "--json", str(out),
+                 "--skip", "recon,rollout,actions,fvd,controls", "--drift-frames", "4", "--drift-rollouts", "1",
+                 "--drift-bin", "2", "--drift-window", "2", "--bank-size", "16", "--threads", "1", "--no-progress",
+                 "--steps", "2", "--eta", "0.5", "--context-level", "7", "--temperature", "0.9",
+                 "--window", "4"]) == 0
+    sampling = json.loads(out.read_text())["config"]["sampling"]
+    assert sampling == {"steps": 2, "eta": 0.5, "context_level": 7, "temperature": 0.9, "window": 4}

@@ -102,6 +102,24 @@ def _default(name: str) -> str:
     return f"default {QUICK[name]} quick, {full} full" if name in QUICK else f"default {full}"
 
 
+SAMPLING_FLAGS = ("steps", "eta", "cfg_scale", "context_level", "temperature", "window")
+
+
+def sampling_overrides(args: argparse.Namespace) -> dict:
+    """The world sampling options given on the command line ({} = the world's own), checked
+    before anything is loaded: a value out of range raises ValueError naming the flag."""
+    from driftless.world.world import SamplingOptions
+
+    given = {k: getattr(args, k) for k in SAMPLING_FLAGS if getattr(args, k, None) is not None}
+    try:
+        SamplingOptions(**given)  # the same checks the world applies (ranges, finite numbers)
+    except ValueError as e:
+        name = next((k for k in given if f"option {k} " in str(e)), None)
+        flag = f"--{name.replace('_', '-')}: " if name else ""
+        raise ValueError(f"{flag}{e}") from None
+    return given
+
+
 def _run(args: argparse.Namespace) -> int:
     import torch
 
@@ -112,7 +130,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     skip = [s for s in (args.skip or "").split(",") if s]
-    sampling = {k: v for k, v in (("steps", args.steps), ("cfg_scale", args.cfg_scale)) if v is not None}
+    sampling = sampling_overrides(args)
     device = default_device(args.device)
     cfg = sized_config(
         "full" if args.full else args.size, device,
@@ -125,6 +143,8 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, seed=args.seed,
         precision="bf16" if args.bf16 else "fp32", sampling=sampling, skip=skip, progress=not args.no_progress)
     world = load(args.world, device=device)
+    if world.dynamics is not None:
+        world._options(world.sampling, sampling)  # against this world (context_level <= its noise levels), up front
     if world.dynamics is None:  # a lone tokenizer: only its reconstruction can be measured
         print(f"eval: a lone tokenizer on {device}: reconstruction of {cfg.recon_clips} clips x {cfg.recon_len} frames")
     else:
@@ -217,8 +237,21 @@ def register(sub) -> None:
     g.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
     g.add_argument("--threads", type=int, help="torch CPU threads (default on a CPU: 1 or all cores, whichever "
                                                "steps the world faster here)")
-    g.add_argument("--steps", type=int, help="sampling steps per frame (default: the world's)")
-    g.add_argument("--cfg-scale", type=float, help="classifier-free guidance on the action (default: the world's)")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("sampling (default: the world's own, world.json \"sampling\"; recorded in config.sampling)")
+    g.add_argument("--steps", type=int, help="sampling steps per frame (default: the world's)")
+    g.add_argument("--cfg-scale", type=float, help="classifier-free guidance on the action (default: the world's)")
+    g.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1]: 0 deterministic, 1 DDPM-like "
+                                             "(default: the world's)")
+    g.add_argument("--context-level", type=int, help="noise level (0 = clean, up to the dynamics' levels, e.g. 1000) "
+                                                     "the generated past is held at in the context (default: the "
+                                                     "world's, else the dynamics' diffusion.context_level)")
+    g.add_argument("--temperature", type=float, help="scale of the initial noise of each frame (forcing; 1 = "
+                                                     "unscaled), head noise (mar), softmax temperature (maskgit) "
+                                                     "(default: the world's)")
+    g.add_argument("--window", type=int, help="frames of context kept at reset and attended by the tokenizer's "
+                                              "decoder (capped by its own window); the dynamics attends to its "
+                                              "config's context_window whatever this says (default: the world's, "
+                                              "else that window)")
     p.set_defaults(func=_run)
