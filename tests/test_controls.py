@@ -13,12 +13,21 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from einops import rearrange
 from scipy.ndimage import gaussian_filter
 from torch import nn
+from toys import ToyFrame, ToyTokenizer
 
-from driftless.world.controls import (CONTROL_ACTIONS, HEADLINE, assign_controls, assign_one_to_one, key_accuracy,
-                                      keys_of, measure_starts, nearest_rates, scene_shift)
+from driftless.world.controls import (
+    CONTROL_ACTIONS,
+    HEADLINE,
+    assign_controls,
+    assign_one_to_one,
+    key_accuracy,
+    keys_of,
+    measure_starts,
+    nearest_rates,
+    scene_shift,
+)
 from driftless.world.world import World
 
 RES, P = 64, 8
@@ -29,35 +38,6 @@ KNOWN = {"none": 0, "left": 1, "right": 3, "jump": 4}
 # how each control moves the camera window over the level (dy, dx per frame)
 CAMERA = {"left": (0, -1), "right": (0, 1), "jump": (-4, 0), "none": (0, 0), "left_jump": (-4, -1),
           "right_jump": (-4, 1)}
-
-
-class ToyTokenizer(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.cfg = SimpleNamespace(resolution=(RES, RES), latent_dim=P * P * 3, tokens_per_frame=(RES // P) ** 2)
-        self.decoder = SimpleNamespace(new_cache=lambda: [])
-
-    def encode(self, frames):  # uint8 (b, t, H, W, 3) -> (b, t, s, c)
-        return rearrange(frames.float() / 255, "b t (gh p) (gw q) c -> b t (gh gw) (p q c)", p=P, q=P)
-
-    def decode(self, z):
-        x = rearrange(z.float(), "b t (gh gw) (p q c) -> b t (gh p) (gw q) c", gh=RES // P, p=P, q=P, c=3)
-        return (x.clamp(0, 1) * 255).round().to(torch.uint8)
-
-    def decode_step(self, z, caches, start, window):
-        return self.decode(z)
-
-
-class ToyFrame:
-    def check_tokenizer(self, tokenizer):
-        pass
-
-    def inputs_from_video(self, tokenizer, video):
-        z = tokenizer.encode(video).float()
-        return z, z
-
-    def to_latents(self, tokenizer, out):
-        return out
 
 
 class ShiftDynamics(nn.Module):
@@ -87,7 +67,7 @@ class ShiftDynamics(nn.Module):
 
 
 def toy_world(keys: dict | None = None) -> World:
-    tok = ToyTokenizer()
+    tok = ToyTokenizer(RES, P)
     return World(tok, None, ShiftDynamics(tok), meta={"name": "toy", "action_map": {"keys": keys or {}}})
 
 

@@ -12,14 +12,26 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from einops import rearrange
 from PIL import Image
 from torch import nn
+from toys import ToyFrame, ToyTokenizer
 
 from driftless.data.store import EpisodeStore
-from driftless.eval.drift import DriftConfig, frame_change, quality_from_store, summarize
-from driftless.eval.evaluate import (EvalConfig, action_usage, drift_protocol, evaluate, load_clips,
-                                     resolve_store, rollout_protocol)
+from driftless.eval.drift import (
+    DriftConfig,
+    frame_change,
+    quality_from_store,
+    summarize,
+)
+from driftless.eval.evaluate import (
+    EvalConfig,
+    action_usage,
+    drift_protocol,
+    evaluate,
+    load_clips,
+    resolve_store,
+    rollout_protocol,
+)
 from driftless.world.world import World
 
 RES, P = 32, 8
@@ -29,23 +41,6 @@ SHIFTS = [(0, 2), (0, -2), (2, 0), (-2, 0)]  # (dy, dx) of each action
 def _shift(frames: torch.Tensor, actions) -> torch.Tensor:
     """frames (b, H, W, 3), actions (b,) -> each frame rolled by its action's shift."""
     return torch.stack([torch.roll(f, SHIFTS[int(a)], dims=(0, 1)) for f, a in zip(frames, actions)])
-
-
-class ToyTokenizer(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.cfg = SimpleNamespace(resolution=(RES, RES), latent_dim=P * P * 3, tokens_per_frame=(RES // P) ** 2)
-        self.decoder = SimpleNamespace(new_cache=lambda: [])
-
-    def encode(self, frames):  # uint8 (b, t, H, W, 3) -> (b, t, s, c) in [0, 1]
-        return rearrange(frames.float() / 255, "b t (gh p) (gw q) c -> b t (gh gw) (p q c)", p=P, q=P)
-
-    def decode(self, z):
-        x = rearrange(z.float(), "b t (gh gw) (p q c) -> b t (gh p) (gw q) c", gh=RES // P, p=P, q=P, c=3)
-        return (x.clamp(0, 1) * 255).round().to(torch.uint8)
-
-    def decode_step(self, z, caches, start, window):
-        return self.decode(z)
 
 
 class ToyLAM(nn.Module):
@@ -58,20 +53,6 @@ class ToyLAM(nn.Module):
         errs = torch.stack([((torch.roll(x[:, :-1], s, dims=(2, 3)) - x[:, 1:]) ** 2).flatten(2).mean(-1)
                             for s in SHIFTS], dim=-1)  # (b, T-1, actions)
         return errs.argmin(-1)
-
-
-class ToyFrame:
-    """The frame model's reading and writing: latents in, latents out (as the forcing model)."""
-
-    def check_tokenizer(self, tokenizer):
-        pass
-
-    def inputs_from_video(self, tokenizer, video):
-        z = tokenizer.encode(video).float()
-        return z, z
-
-    def to_latents(self, tokenizer, out):
-        return out
 
 
 class ToyDynamics(nn.Module):
@@ -112,7 +93,7 @@ class ToyDynamics(nn.Module):
 
 
 def toy_world(mode: str, source: str = "lam", noise: float = 0.01, replay=None) -> World:
-    tok = ToyTokenizer()
+    tok = ToyTokenizer(RES, P)
     lam = ToyLAM() if source == "lam" else None
     return World(tok, lam, ToyDynamics(tok, mode, source, noise, replay), meta={"name": f"toy-{mode}"})
 
