@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -70,3 +71,19 @@ def debug_export(tmp_path_factory):
                              tokenizer_overrides={"decoder.temporal_window": EXPORT_DECODER_WINDOW})
     manifest = export_onnx(world, root / "onnx", steps=2, eta=1.0, check_frames=14, seed=0, log=lambda *a: None)
     return {"world": world, "onnx": root / "onnx", "manifest": manifest}
+
+
+# the headless Chromium of the browser tests (tests/test_browser.py, tests/test_web_export.py)
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def need_browser():
+    """Skip the calling test unless Playwright and Chromium are installed."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("Playwright's Python package is not installed (pip install playwright)")
+    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")

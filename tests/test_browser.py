@@ -16,11 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CHROMIUM, CHROMIUM_ARGS, need_browser
 from PIL import Image
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
 ACTION_MAP = {"keys": {"ArrowLeft": 1, "ArrowRight": 2, "ArrowUp": 3, " ": 3, "ArrowDown": 0},
               "groups": {"none": 0, "left": 1, "right": 2, "jump": 3}, "accuracy": 0.58, "majority_baseline": 0.41}
 
@@ -28,12 +26,7 @@ pytestmark = pytest.mark.browser
 
 
 def _need_browser():
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        pytest.skip("Playwright's Python package is not installed (pip install playwright)")
-    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    need_browser()
     pytest.importorskip("uvicorn")
 
 

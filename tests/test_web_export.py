@@ -21,18 +21,15 @@ import http.server
 import io
 import json
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CHROMIUM, CHROMIUM_ARGS, need_browser
 from PIL import Image
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
 SECONDS = float(os.environ.get("DRIFTLESS_WEB_SECONDS", "15"))
 THREADS = int(os.environ.get("DRIFTLESS_WEB_THREADS", "1"))
 PAUSE_AT = 6
@@ -40,18 +37,9 @@ PAUSE_AT = 6
 pytestmark = pytest.mark.browser
 
 
-def _need_browser():
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        pytest.skip("Playwright's Python package is not installed (pip install playwright)")
-    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, request):
-    _need_browser()
+    need_browser()
     from driftless.export.web import export_web, ort_runtime
 
     try:
