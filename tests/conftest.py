@@ -87,3 +87,20 @@ def need_browser():
         pytest.skip("Playwright's Python package is not installed (pip install playwright)")
     if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
         pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+
+
+class Tab:
+    """A play-server connection whose replies are collected; `ask` returns the replies to one message
+    (tests/test_protocol.py, tests/test_faults.py)."""
+
+    def __init__(self, server, **kw):
+        self.replies = []
+        self.conn = server.open(self._send, **kw)
+
+    async def _send(self, reply):
+        self.replies.append(reply)
+
+    async def ask(self, message):
+        await self.conn.receive(message)
+        out, self.replies = self.replies, []
+        return out

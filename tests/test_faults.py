@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import Tab, make_store
 
 import driftless
 from driftless import checkpoint
@@ -28,8 +29,6 @@ from driftless.config import to_dict
 from driftless.models import registry
 from driftless.train.stages import StageArgs, run_stage
 from driftless.train.trainer import TrainConfig
-
-from conftest import make_store
 
 
 # ------------------------------------------------------------------------------------------------
@@ -371,20 +370,6 @@ class _Levels:
         pass
 
 
-class _Tab:
-    def __init__(self, server, **kw):
-        self.replies = []
-        self.conn = server.open(self._send, **kw)
-
-    async def _send(self, reply):
-        self.replies.append(reply)
-
-    async def ask(self, message):
-        await self.conn.receive(message)
-        out, self.replies = self.replies, []
-        return out
-
-
 def _server(world, **options):
     from driftless.serve.protocol import PlayServer
     from driftless.serve.session import PlayConfig
@@ -412,7 +397,7 @@ def test_5_recording_downloads_neither_starve_players_nor_encode_twice(debug_wor
     monkeypatch.setattr(media.GifWriter, "add", counted_add)
 
     async def test(server):
-        rec = _Tab(server)
+        rec = Tab(server)
         await rec.ask({"type": "start", "source": "level"})
         await rec.ask({"type": "record", "on": True})
         for a in range(8):
@@ -431,7 +416,7 @@ def test_5_recording_downloads_neither_starve_players_nor_encode_twice(debug_wor
         assert len(busy) == 6
         try:  # meanwhile a new player starts at once: levels and frames do not queue behind encodes
             t = time.perf_counter()
-            started, frame = await asyncio.wait_for(_Tab(server).ask({"type": "start", "source": "level"}), 5)
+            started, frame = await asyncio.wait_for(Tab(server).ask({"type": "start", "source": "level"}), 5)
             assert started["type"] == "started" and isinstance(frame, bytes)
             assert time.perf_counter() - t < 5
         finally:
@@ -457,7 +442,7 @@ def test_7_host_allowlist_refuses_a_dns_rebinding_page(debug_world):
             server.open(lambda r: None, origin="http://rebind.attacker.example:8000", host="rebind.attacker.example:8000")
         assert e.value.reply["code"] == "host" and "--allow-host" in e.value.reply["message"]
         for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST.:8000", "192.168.1.7:8000"):
-            _Tab(server, origin=f"http://{host}", host=host).conn.close()
+            Tab(server, origin=f"http://{host}", host=host).conn.close()
 
     with _server(debug_world) as server:
         asyncio.run(test(server))
@@ -483,7 +468,7 @@ def test_8_a_client_that_stops_reading_loses_only_its_own_session(debug_world):
         async def silence():
             await asyncio.sleep(3600)
 
-        honest = _Tab(server)
+        honest = Tab(server)
         stuck = server.open(never)
         t = time.perf_counter()
         slow = asyncio.ensure_future(stuck.serve(silence))
@@ -493,7 +478,7 @@ def test_8_a_client_that_stops_reading_loses_only_its_own_session(debug_world):
             assert isinstance(frame, bytes)
         assert await asyncio.wait_for(slow, 3) == "slow" and time.perf_counter() - t < 3
         assert server.manager.ids == [honest.conn.session.id]  # its place is free again
-        _Tab(server).conn.close()
+        Tab(server).conn.close()
 
     with _server(debug_world, max_sessions=2, send_timeout_s=0.5) as server:
         asyncio.run(test(server))

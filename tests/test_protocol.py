@@ -10,10 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import Tab as BaseTab
 from PIL import Image
 
 import driftless
-from driftless.serve.protocol import CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, NotFound, PlayServer, Refused
+from driftless.serve.protocol import (
+    CLOSE_POLICY,
+    CLOSE_TRY_AGAIN_LATER,
+    NotFound,
+    PlayServer,
+    Refused,
+)
 from driftless.serve.session import PlayConfig, unpack_frame
 
 ACTION_MAP = {"keys": {"ArrowLeft": 1, "ArrowRight": 2, "ArrowUp": 3, "ArrowDown": 0},
@@ -35,20 +42,8 @@ def png_bytes(seed=0, size=(48, 80)):
     return buf.getvalue()
 
 
-class Tab:
-    """A connection whose replies are collected; `ask` returns the replies to one message."""
-
-    def __init__(self, server, **kw):
-        self.replies = []
-        self.conn = server.open(self._send, **kw)
-
-    async def _send(self, reply):
-        self.replies.append(reply)
-
-    async def ask(self, message):
-        await self.conn.receive(message)
-        out, self.replies = self.replies, []
-        return out
+class Tab(BaseTab):
+    """conftest's Tab with checks of the replies this file asks about."""
 
     async def error(self, message) -> dict:
         (reply,) = await self.ask(message)
