@@ -135,32 +135,23 @@ class OnnxWorld:
         """Start from uint8 frames (T0, H, W, 3) (or one frame (H, W, 3)); returns the last one (as
         given, like `World.reset`)."""
         self._check(sampling)
-        video = np.asarray(context, dtype=np.uint8)
-        video = video[None] if video.ndim == 3 else video
-        if video.ndim != 4 or video.shape[1:] != (*self.resolution, 3):
-            raise ValueError(f"context must be uint8 (T0, {self.resolution[0]}, {self.resolution[1]}, 3), "
-                             f"got {video.shape}")
         w = self.world
-        window = w.sampling.window or w.dynamics.cfg.context_window
-        clip = torch.from_numpy(np.ascontiguousarray(video[-window:]))[None].to(w.device)  # (1, t0, H, W, 3)
-        t0 = clip.shape[1]
-        z = w.tokenizer.encode(clip).float().cpu().numpy()  # (1, t0, s, c) normalised latents
-        per_frame = np.full(t0, self.null, dtype=np.int64)
-        if w.dynamics.cfg.num_actions and t0 > 1:
-            if actions is not None:
-                trans = np.asarray(actions, dtype=np.int64).reshape(-1)[-(t0 - 1):]
-            elif w.lam is not None and w.dynamics.cfg.action_source == "lam":
-                trans = w.lam.infer_actions(clip).reshape(-1).cpu().numpy()
-            else:
-                trans = None
-            if trans is not None:
-                per_frame[1:] = trans
+        context = np.asarray(context, dtype=np.uint8)
+        video, _ = w._video(context[None] if context.ndim == 3 else context, "context")  # (1, t0, H, W, 3) on the world's device, checked
+        if video.shape[0] != 1:
+            raise ValueError(f"an OnnxWorld plays one session: context must be (T0, H, W, 3), got {tuple(video.shape)}")
+        video = video[:, -(w.sampling.window or w.dynamics.cfg.context_window):]
+        t0 = video.shape[1]
+        _, z = w._dynamics_inputs(video)  # normalised latents (1, t0, s, c), the clip encoded as a clip
+        z = z.float().cpu().numpy()
+        per_frame = w._context_actions(video, actions)
+        per_frame = (np.full(t0, self.null, np.int64) if per_frame is None else per_frame[0].cpu().numpy())
         p = self.player
         p.rng = np.random.default_rng(int(seed))
         p.state = initial_state(p.manifest)
         for i in range(t0):
             p.run(per_frame[i], True, z[:, i:i + 1], None)
-        return np.ascontiguousarray(video[-1])
+        return np.ascontiguousarray(video[0, -1].cpu().numpy())
 
     def step(self, action=None, **sampling) -> np.ndarray:
         """The next frame uint8 (H, W, 3) under a latent action (None: the null action)."""

@@ -278,15 +278,7 @@ class World:
             t0 = window
         g = torch.Generator(device=self.device).manual_seed(int(seed))
         dyn_in, z = self._dynamics_inputs(video)  # latents (b, t0, s, c) or code indices (b, t0, s)
-        per_frame = None
-        if self.dynamics.cfg.num_actions:
-            if actions is not None:
-                trans = self._transition_actions(actions, b, t0)
-            elif t0 > 1 and self.lam is not None and self.dynamics.cfg.action_source == "lam":
-                trans = self.lam.infer_actions(video)
-            else:
-                trans = None
-            per_frame = self.dynamics.frame_actions(trans, b, t0, self.device)
+        per_frame = self._context_actions(video, actions)
         dyn_state = self.dynamics.new_state(static=True) if static else self.dynamics.new_state()
         self.dynamics.observe(dyn_state, dyn_in, per_frame, context_level=opts.context_level, generator=g)
         dec_caches = self.tokenizer.decoder.new_cache(static=True) if static else self.tokenizer.decoder.new_cache()
@@ -304,6 +296,21 @@ class World:
         self._session_opts = opts
         last = video[:, -1].cpu().numpy()
         return last if batched else last[0]
+
+    def _context_actions(self, video: torch.Tensor, actions) -> torch.Tensor | None:
+        """Per-frame actions (b, t0) of context frames uint8 (b, t0, h, w, 3), the null action
+        first: the given transitions `actions` (b, t0-1), else the LAM's (dynamics trained on
+        them), else null throughout; None for a dynamics model without actions."""
+        if not self.dynamics.cfg.num_actions:
+            return None
+        b, t0 = video.shape[:2]
+        if actions is not None:
+            trans = self._transition_actions(actions, b, t0)
+        elif t0 > 1 and self.lam is not None and self.dynamics.cfg.action_source == "lam":
+            trans = self.lam.infer_actions(video)
+        else:
+            trans = None
+        return self.dynamics.frame_actions(trans, b, t0, self.device)
 
     def _decoder_window(self, window: int) -> int:
         return max(1, window - 1)
