@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from driftless import checkpoint
 from driftless.config import normalized, option
-from driftless.train.distributed import DistInfo, all_reduce_mean, any_rank, barrier
+from driftless.train.distributed import DistInfo, all_reduce_mean, any_rank, barrier, max_over_ranks
 
 
 @dataclass
@@ -381,14 +381,17 @@ class Trainer:
                         dynamic_ncols=True)
         self.model.train()
         self._step_counter.fill_(self.step)
+        frac: float | None = None  # position in a time budget (0..1), None: a step-based schedule
         while self.step < cfg.steps:
             torch.manual_seed(step_seed(cfg.seed, info.rank, self.step))
             # under DDP the wall-clock checks are collectives: make them only every log_every steps
             check_time = not info.enabled or self.step % cfg.log_every == 0
-            frac = None
-            if cfg.time_budget:
-                frac = (t_offset + time.time() - t_start) / (cfg.time_budget * 60)
-                if check_time and any_rank(frac >= 1.0, info):
+            if cfg.time_budget and (check_time or frac is None):
+                # The schedule's position in time is agreed by all ranks (the largest of their clocks)
+                # and held between checks: ranks reading their own clocks would step with slightly
+                # different learning rates, and DDP keeps weights equal only under equal updates.
+                frac = max_over_ranks((t_offset + time.time() - t_start) / budget_s, info)
+                if frac >= 1.0:
                     stopped = "time_budget"
                     break
             lr = lr_at(self.step, cfg, frac)
