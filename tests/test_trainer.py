@@ -113,6 +113,14 @@ def test_torchrun_two_cpu_processes_train_identically(tmp_path):
     assert summaries[0]["weights_checksum"] == summaries[1]["weights_checksum"]
     state = checkpoint.read_train_state(tmp_path / "run" / "checkpoint")
     assert state["world_size"] == 2 and state["batch_size"] == 2
+    # stopped halfway and resumed on 2 processes: the same weights as the uninterrupted run
+    halves = [arg if arg != str(tmp_path / "run") else str(tmp_path / "halves") for arg in cmd]
+    for extra in (["--stop-after", "2"], ["--resume"]):
+        res = subprocess.run([*halves, *extra], capture_output=True, text=True, env=env, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+    resumed = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{") and "ranks_in_sync" in line]
+    assert resumed and resumed[0]["step"] == 4
+    assert resumed[0]["weights_checksum"] == summaries[0]["weights_checksum"]
     # resumed by one process: only with the same global batch (2 x 2), which continues the same data stream
     one = [sys.executable, "-m", "driftless", *cmd[cmd.index("driftless") + 1:], "--resume"]
     res = subprocess.run(one, capture_output=True, text=True, env=env, timeout=300)
