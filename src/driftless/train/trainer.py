@@ -3,7 +3,10 @@
 A model trains here if it has
     training_loss(batch) -> (loss tensor, {name: scalar tensor})
 and optionally
-    before_train_step() -> None   (host-side bookkeeping, called outside compiled code).
+    before_train_step() -> None   (host-side bookkeeping, called outside compiled code)
+    unused_parameters: bool       (true when some steps' loss leaves parameters out, as the LAM's
+                                  codebook in its VQ warm-up: DDP then looks for them every step,
+                                  and leaves their gradient None as one process does).
 Validation, optional, is a function validation(model, batch) -> ({name: float}, image uint8
 (H, W, 3) or None) given by the stage (its StageSpec, train/specs.py), or else the model's own
 `validation(batch)` method if it has one.
@@ -179,7 +182,8 @@ class Trainer:
         wrapped: nn.Module = LossModule(self.model)
         if info.enabled:
             wrapped = DistributedDataParallel(
-                wrapped, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+                wrapped, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                find_unused_parameters=bool(getattr(model, "unused_parameters", False)))
         self.compiled = cfg.compile if cfg.compile is not None else info.device.type == "cuda"
         if self.compiled:
             wrapped = torch.compile(wrapped)
