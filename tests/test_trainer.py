@@ -124,6 +124,24 @@ def test_torchrun_two_cpu_processes_train_identically(tmp_path):
     assert state["step"] == 6 and state["world_size"] == 1 and state["batch_size"] == 4
 
 
+@pytest.mark.slow
+def test_torchrun_time_budget_keeps_the_ranks_in_sync(tmp_path):
+    """A time-budgeted schedule under DDP: every rank takes the learning rate from the same clock
+    reading (each its own, and the ranks' weights drift apart), and all stop together."""
+    store = make_store(tmp_path / "store", episodes=4, length=10)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29519",
+           "-m", "driftless", "train", "tokenizer", "--data", str(store.root), "--out", str(tmp_path / "run"),
+           "--preset", "debug", "--steps", "100000", "--batch-size", "2", "--workers", "0", "--device", "cpu",
+           "--clip-len", "4", "--warmup", "1", "--log-every", "2", "--val-every", "0", "--time-budget", "0.04"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summaries = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{") and "ranks_in_sync" in line]
+    assert len(summaries) == 2, res.stdout
+    assert {s["stopped"] for s in summaries} == {"time_budget"} and summaries[0]["step"] == summaries[1]["step"] > 4
+    assert all(s["ranks_in_sync"] for s in summaries)
+
+
 def test_tensorboard_scalars_are_written(tmp_path):
     cfg = TrainConfig(steps=3, warmup=1, log_every=1, val_every=0, save_every=0, tensorboard=True)
     Trainer(Flaky(bad_steps=set()), cfg, tmp_path, DistInfo(), "toy", {"a": 1}).fit(_batches)

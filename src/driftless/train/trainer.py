@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from driftless import checkpoint
 from driftless.config import normalized, option
-from driftless.train.distributed import DistInfo, all_reduce_mean, any_rank, barrier
+from driftless.train.distributed import DistInfo, all_reduce_mean, any_rank, barrier, max_over_ranks
 
 
 @dataclass
@@ -385,14 +385,17 @@ class Trainer:
                         dynamic_ncols=True)
         self.model.train()
         self._step_counter.fill_(self.step)
+        frac: float | None = None  # elapsed / time budget (None: the schedule runs over steps)
         while self.step < cfg.steps:
             torch.manual_seed(step_seed(cfg.seed, info.rank, self.step))
             # under DDP the wall-clock checks are collectives: make them only every log_every steps
             check_time = not info.enabled or self.step % cfg.log_every == 0
-            frac = None
-            if cfg.time_budget:
-                frac = (t_offset + time.time() - t_start) / (cfg.time_budget * 60)
-                if check_time and any_rank(frac >= 1.0, info):
+            if cfg.time_budget and (check_time or frac is None):
+                # the schedule's time, the same on every rank: under DDP the latest rank's clock, read
+                # every log_every steps and held between (a rank's own clock would give each rank its own
+                # learning rate, and their weights would drift apart)
+                frac = max_over_ranks((t_offset + time.time() - t_start) / (cfg.time_budget * 60), info)
+                if frac >= 1.0:
                     stopped = "time_budget"
                     break
             lr = lr_at(self.step, cfg, frac)
