@@ -115,6 +115,18 @@ def masked_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
         optimizer.step()
     finally:
         optimizer.found_inf = None
+
+
+def saved_batch(state: dict) -> tuple[int, int | None]:
+    """(processes, clips per step per process) of the run that wrote a train_state; the batch
+    is None for a checkpoint of step 0 written before batch_size was stored."""
+    saved_bs = state.get("batch_size")
+    step = int(state.get("step", 0))
+    if saved_bs is None and step:  # checkpoints written before batch_size was stored
+        saved_bs = int(state.get("samples_seen", 0)) // step
+    return int(state.get("world_size", 1)), (int(saved_bs) if saved_bs else None)
+
+
 def _method_validation(model: nn.Module, batch: dict):
     return model.validation(batch)
 
@@ -250,15 +262,11 @@ class Trainer:
         """Resuming on another number of processes continues the same global data stream (each
         step takes the next batch_size x world_size items of InfiniteSampler's global order) only
         with the same global batch: refuse another one, naming the --batch-size that keeps it."""
-        saved_ws = int(state.get("world_size", 1))
-        step = int(state.get("step", 0))
-        saved_bs = state.get("batch_size")
-        if saved_bs is None and step:  # checkpoints written before batch_size was stored
-            saved_bs = int(state.get("samples_seen", 0)) // step
+        saved_ws, saved_bs = saved_batch(state)
         ws = self.info.world_size
         if saved_ws == ws or not saved_bs:
             return
-        total = int(saved_bs) * saved_ws
+        total = saved_bs * saved_ws
         if int(self.cfg.batch_size) * ws == total:
             return
         hint = (f"--batch-size {total // ws}" if total % ws == 0 else
