@@ -85,28 +85,38 @@ WORLD_EXAMPLES = """examples:
   driftless train world --game ninja --out runs/ninja --budget 30 --max-minutes 9   (then the same again, to continue)
   driftless train world --data data/coinrun-train --out runs/w2 --init-from runs/coinrun/world --budget 30
   driftless train world --game bigfish --out /tmp/smoke --preset debug          (the whole pipeline in seconds)
+  torchrun --nproc-per-node 4 -m driftless train world --game coinrun --out runs/c4 --budget 30
+      (DDP: the same flags; tokenizer, LAM and dynamics train on all 4 GPUs, batch sizes per GPU;
+      data, latents, world build and evaluation run on rank 0; --budget counts wall-clock minutes)
 
 OUT holds tokenizer/, lam/, latents/, dynamics/, world/, eval.json and run.json (what is done, where
 the current stage is, minutes spent). The same command again continues an interrupted or stopped run
 at the stage and step where it stopped; different settings for an existing OUT are refused (--force
 starts over). --budget 0 (the debug preset's default) trains fixed step counts: an interrupted run
-then ends with the same world as an uninterrupted one. See docs/training.md.
+then ends with the same world as an uninterrupted one. A stage stopped under torchrun continues on
+another process count only if that count divides its global batch (processes x batch). See
+docs/training.md.
 """
 
 
 def _run_world(args: argparse.Namespace) -> int:
     from driftless.cli.evaluate import _summary
     from driftless.train.world_plan import WorldRunConfig
-    from driftless.train.world_run import RunFailed, train_world
+    from driftless.train.world_run import PeerFailed, RunFailed, train_world
 
     try:
         result = train_world(dataclass_from_args(WorldRunConfig, args, overrides=parse_overrides(args.set)))
     except RunFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except PeerFailed as e:  # under torchrun: rank 0 failed and said why; this rank exits as it does
+        return e.code
+    if result is None:  # under torchrun, a rank other than 0: rank 0 reports
+        return 0
     if result["state"] == "done" and result.get("eval"):
         print("\n".join(_summary(json.loads(Path(result["eval"]).read_text()))))
-    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.write(json.dumps(result) + "\n")  # one write: a line of its own beside other ranks' output
+    sys.stdout.flush()
     return 0
 
 
@@ -117,8 +127,9 @@ def _add_world(stages) -> None:
                                          "world build, evaluation (a --budget of minutes, resumable)",
                            description="Train a world from an episode store (or a Procgen game) to a built and "
                                        "evaluated world folder: tokenizer, LAM, latent cache, dynamics, world "
-                                       "build, evaluation, each stage alone on the device, within a --budget of "
-                                       "minutes, resumable where it stopped.",
+                                       "build, evaluation, each stage alone on the device (or the trained ones on "
+                                       "every GPU of a torchrun), within a --budget of minutes, resumable where it "
+                                       "stopped.",
                            epilog=WORLD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_flags(wp, WorldRunConfig, exclude=("overrides",))
     wp.add_argument("--set", action="append", metavar="STAGE.KEY=VALUE", default=[],

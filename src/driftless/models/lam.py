@@ -133,6 +133,12 @@ class LatentActionModel(nn.Module):
                 self.vq.init_kmeans(F.normalize(vec.detach().float(), dim=-1).reshape(-1, self.cfg.action_dim))
         return self.vq(vec)
 
+    @property
+    def unused_parameters(self) -> bool:
+        """The codebook takes no part in the loss during the VQ warm-up: under DDP the Trainer
+        then lets DistributedDataParallel find it unused (else the step after fails)."""
+        return self.cfg.vq_warmup > 0
+
     def _phase_of(self, step: int) -> str:
         """VQ warm-up ("warmup": continuous vectors), the k-means initialisation ("kmeans", once),
         then vector quantisation ("vq"), by the number of training calls so far."""

@@ -72,7 +72,9 @@ class VectorQuantizer(nn.Module):
         z_q = (zf + (q - zf).detach()).to(z.dtype)
 
         counts = torch.bincount(idx.reshape(-1), minlength=self.num_codes).float()
-        if dist.is_available() and dist.is_initialized():
+        # training: usage over every rank's batch (all ranks step together); in eval mode a single
+        # rank may run alone (validation, encoding, evaluation on rank 0): no collective then
+        if self.training and dist.is_available() and dist.is_initialized():
             dist.all_reduce(counts)
         probs = counts / counts.sum().clamp(min=1)
         perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())

@@ -1,9 +1,10 @@
-"""The few lines of torch.distributed the trainer needs (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK)."""
+"""The few lines of torch.distributed the trainer and `train world` need (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -79,6 +80,25 @@ def max_over_ranks(value: float, info: DistInfo) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64, device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
+
+
+def control_group(info: DistInfo, timeout: timedelta):
+    """A CPU (gloo) group of all ranks for small control messages, with its own timeout: ranks
+    that wait there while rank 0 works alone (data generation, evaluation) may wait longer
+    than the default group's collectives allow. None when not distributed. Every rank must
+    call it, in the same order as its other group creations."""
+    if not info.enabled:
+        return None
+    return dist.new_group(backend="gloo", timeout=timeout)
+
+
+def broadcast_object(obj, info: DistInfo, group=None):
+    """Rank 0's `obj` (picklable; the other ranks pass anything) on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
 
 
 def cleanup(info: DistInfo) -> None:

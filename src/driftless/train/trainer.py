@@ -3,7 +3,10 @@
 A model trains here if it has
     training_loss(batch) -> (loss tensor, {name: scalar tensor})
 and optionally
-    before_train_step() -> None   (host-side bookkeeping, called outside compiled code).
+    before_train_step() -> None   (host-side bookkeeping, called outside compiled code)
+    unused_parameters: bool       (true when some steps' loss leaves parameters out, as the LAM's
+                                  codebook in its VQ warm-up: DDP then looks for them every step,
+                                  and leaves their gradient None as one process does).
 Validation, optional, is a function validation(model, batch) -> ({name: float}, image uint8
 (H, W, 3) or None) given by the stage (its StageSpec, train/specs.py), or else the model's own
 `validation(batch)` method if it has one.
@@ -112,6 +115,18 @@ def masked_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
         optimizer.step()
     finally:
         optimizer.found_inf = None
+
+
+def saved_batch(state: dict) -> tuple[int, int | None]:
+    """(processes, clips per step per process) of the run that wrote a train_state; the batch
+    is None for a checkpoint of step 0 written before batch_size was stored."""
+    saved_bs = state.get("batch_size")
+    step = int(state.get("step", 0))
+    if saved_bs is None and step:  # checkpoints written before batch_size was stored
+        saved_bs = int(state.get("samples_seen", 0)) // step
+    return int(state.get("world_size", 1)), (int(saved_bs) if saved_bs else None)
+
+
 def _method_validation(model: nn.Module, batch: dict):
     return model.validation(batch)
 
@@ -179,7 +194,8 @@ class Trainer:
         wrapped: nn.Module = LossModule(self.model)
         if info.enabled:
             wrapped = DistributedDataParallel(
-                wrapped, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+                wrapped, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                find_unused_parameters=bool(getattr(model, "unused_parameters", False)))
         self.compiled = cfg.compile if cfg.compile is not None else info.device.type == "cuda"
         if self.compiled:
             wrapped = torch.compile(wrapped)
@@ -246,15 +262,11 @@ class Trainer:
         """Resuming on another number of processes continues the same global data stream (each
         step takes the next batch_size x world_size items of InfiniteSampler's global order) only
         with the same global batch: refuse another one, naming the --batch-size that keeps it."""
-        saved_ws = int(state.get("world_size", 1))
-        step = int(state.get("step", 0))
-        saved_bs = state.get("batch_size")
-        if saved_bs is None and step:  # checkpoints written before batch_size was stored
-            saved_bs = int(state.get("samples_seen", 0)) // step
+        saved_ws, saved_bs = saved_batch(state)
         ws = self.info.world_size
         if saved_ws == ws or not saved_bs:
             return
-        total = int(saved_bs) * saved_ws
+        total = saved_bs * saved_ws
         if int(self.cfg.batch_size) * ws == total:
             return
         hint = (f"--batch-size {total // ws}" if total % ws == 0 else

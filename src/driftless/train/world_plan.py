@@ -87,8 +87,9 @@ class WorldRunConfig:
     test_data: str | None = option(None, metavar="STORE", help="test store for the evaluation")
     preset: str = option("small", choices=tuple(PLANS), help="model size preset of every stage (default small)")
     budget: float | None = option(None, metavar="MIN",
-                                  help="minutes of the device for the whole run (GPU-minutes on a GPU), data "
-                                       "generation excluded; 0: each stage trains a fixed number of steps instead "
+                                  help="wall-clock minutes of the whole run (on one GPU: GPU-minutes; under "
+                                       "torchrun: the job's minutes, all its GPUs at once), data generation "
+                                       "excluded; 0: each stage trains a fixed number of steps instead "
                                        "(exactly reproducible); default: the preset's (debug 0, small 60, base 240)")
     shares: str = option("0.4,0.2,0.4", metavar="TOK,LAM,DYN",
                          help="how the training part of --budget is split over tokenizer, LAM and dynamics "
@@ -98,11 +99,12 @@ class WorldRunConfig:
     tokenizer_steps: int = option(0, metavar="N", help="tokenizer optimizer steps (0: the preset's; with a budget: no bound)")
     lam_steps: int = option(0, metavar="N", help="LAM optimizer steps (0: the preset's; with a budget: no bound)")
     dynamics_steps: int = option(0, metavar="N", help="dynamics optimizer steps (0: the preset's; with a budget: no bound)")
-    tokenizer_batch: int = option(0, metavar="N", help="tokenizer clips per step (0: the preset's for the device; small on a "
-                                          "GPU: 192)")
-    lam_batch: int = option(0, metavar="N", help="LAM clips per step (0: the preset's for the device; small on a GPU: 96)")
-    dynamics_batch: int = option(0, metavar="N", help="dynamics clips per step (0: the preset's for the device; small on a "
-                                         "GPU: 256)")
+    tokenizer_batch: int = option(0, metavar="N", help="tokenizer clips per step and process (0: the preset's for the "
+                                                       "device; small on a GPU: 192)")
+    lam_batch: int = option(0, metavar="N", help="LAM clips per step and process (0: the preset's for the device; small "
+                                                 "on a GPU: 96)")
+    dynamics_batch: int = option(0, metavar="N", help="dynamics clips per step and process (0: the preset's for the "
+                                                      "device; small on a GPU: 256)")
     episodes: int = option(0, metavar="N", help="--game: training episodes to generate (0: the preset's: debug 6, small 700, "
                                    "base 2000); validation gets 1/16 and test 1/4 as many (at least 2)")
     max_frames_per_episode: int = option(-1, metavar="N", help="--game: cut episodes to this many frames (0: whole episodes; "

@@ -11,9 +11,9 @@ world in one command, in one run folder OUT:
     run.json                what is done, where the current stage is, minutes spent (atomic)
     init/                   (--init-from only) the checkpoints each stage starts from
 
-Budget. `--budget` minutes of the one device (GPU-minutes on a GPU) cover the whole run except
-making the data: `--reserve` of it is kept for the latent cache, the world build and the
-evaluation, the rest is split over tokenizer / LAM / dynamics by `--shares`, and each stage
+Budget. `--budget` minutes of the job's wall clock (GPU-minutes on one GPU) cover the whole
+run except making the data: `--reserve` of it is kept for the latent cache, the world build and
+the evaluation, the rest is split over tokenizer / LAM / dynamics by `--shares`, and each stage
 trains for its share with the cosine schedule laid over time (`TrainConfig.time_budget`). A
 stage starting afresh gets its share of what is left (`WorldRun._replan`), so what earlier
 stages spent outside their training loops (building, loading data, statistics) comes off later
@@ -33,6 +33,24 @@ time-budgeted runs resume at the same stage and step with the time already spent
 how many steps a minute holds is not reproducible. A run folder belongs to one configuration:
 a command with different settings is refused, naming the difference (`--force` starts over).
 
+Several processes. `torchrun --nproc-per-node N -m driftless train world ...` takes the same
+flags: the process group is set up once (`train.distributed.setup`; each rank on the GPU of its
+LOCAL_RANK) and destroyed at the end. The trained stages run on every rank with DDP, exactly as
+`driftless train STAGE` under torchrun (`run_stage`; the plan's batch sizes are per process, so
+the global batch is N times the plan's). Everything else, data generation, the latent cache,
+world build, evaluation, run.json and the progress lines, runs on rank 0 alone (`_on_main`),
+and rank 0 takes every decision (what is left, each stage's budget and StageArgs, stops from
+--stop-after and --max-minutes, which the trainer itself checks with all-rank collectives) and
+broadcasts it with run.json's status, on a CPU (gloo) group whose long timeout lets the other
+ranks wait out rank 0's solo work (`RANK0_WAIT`); the broadcast is also the barrier after which
+they see what rank 0 wrote. An exception on rank 0 there reaches the others (`PeerFailed`): all
+ranks exit with rank 0's status instead of waiting. Minutes are the job's wall-clock minutes,
+as with one process (N GPUs for B budget minutes are N x B GPU-minutes). A stage stopped on N
+processes continues on M with its global batch (M x batch = N x batch: `_resume_batch`, the
+trainer's rule, `Trainer._check_global_batch`); an M that cannot split it is refused before
+anything runs. Every rank reads the stores and the files rank 0 writes: one machine, or a
+shared file system.
+
 This module sits above world/ and eval/ (it builds and evaluates the world it trains); it is
 the one module of train/ that does, and only the CLI imports it (docs/architecture.md).
 """
@@ -45,6 +63,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +73,8 @@ import torch
 from driftless import checkpoint
 from driftless.config import to_dict
 from driftless.runtime import default_device
+from driftless.train.distributed import DistInfo, broadcast_object, cleanup, control_group, setup
+from driftless.train.specs import StageArgs
 from driftless.train.world_plan import (RESERVED, STAGES, TRAINED, WorldRunConfig, differences, identity, make_plan,
                                         stage_overrides, stop_rule)
 
@@ -63,12 +85,26 @@ OUTPUTS = (RUN_FILE, "data", "init", "tokenizer", "lam", "latents", "dynamics", 
            "eval-plots")
 
 
+# how long the other ranks wait while rank 0 works alone (data generation, latent cache, world
+# build, evaluation) before their wait times out; torchrun ends them sooner if rank 0 dies
+RANK0_WAIT = timedelta(hours=24)
+
+
 class RunStopped(Exception):
     """This invocation stops here (time limit or --stop-after); the run continues next time."""
 
 
 class RunFailed(RuntimeError):
     """A stage failed for good (non-finite losses): the run needs other settings."""
+
+
+class PeerFailed(RuntimeError):
+    """Under torchrun, on a rank other than 0: rank 0 failed in a part it runs alone (its own
+    error says why); this rank stops too, with the exit status rank 0 gives."""
+
+    def __init__(self, code: int):
+        super().__init__(f"rank 0 failed (exit status {code}); its error message says why")
+        self.code = code
 
 
 # ---- data and init sources -------------------------------------------------------------------------
@@ -169,23 +205,40 @@ def _last_val(metrics: Path) -> dict:
 
 # ---- the run -------------------------------------------------------------------------------------
 class WorldRun:
-    """One invocation on a run folder: opens (or starts) it, then runs what is left."""
+    """One invocation on a run folder: opens (or starts) it, then runs what is left.
 
-    def __init__(self, cfg: WorldRunConfig):
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("driftless train world runs on one device (each stage alone on it); for DDP use the "
-                             "per-stage commands of docs/training.md under torchrun")
-        if bool(cfg.data) == bool(cfg.game):
-            raise ValueError("give either --data STORE or --game NAME (to generate the data)")
+    Under torchrun (`info.enabled`) every rank makes a WorldRun: the trained stages run on all
+    of them (DDP, `run_stage`), everything else on rank 0 alone (`_on_main`), which also takes
+    every decision (what is left, budgets, stops) and hands it to the others."""
+
+    def __init__(self, cfg: WorldRunConfig, info: DistInfo | None = None):
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.device = default_device(cfg.device)
+        self.info = info if info is not None else DistInfo(device=torch.device(default_device(cfg.device)))
+        # one process: the device as asked ("cuda"); under torchrun: this rank's GPU (cuda:LOCAL_RANK)
+        self.device = str(self.info.device) if self.info.enabled else default_device(cfg.device)
         self.t0 = time.time()
-        self.stop = stop_rule(cfg.stop_after)
-        self.overrides = stage_overrides(cfg)
-        self.ident = identity(cfg)
-        self.init = _init_sources(cfg.init_from) if cfg.init_from else {}
+        self.ctrl = control_group(self.info, RANK0_WAIT)
         self.workers = cfg.workers if cfg.workers is not None else (4 if self.device.startswith("cuda") else 0)
+        self.status: dict = {}
+        self.paths, self.init = self._on_main(self._prepare)
+        if not self.info.is_main:  # the settings rank 0 checked, and the run folder rank 0 opened (status)
+            self._settings()
+        self.plan = self.status["plan"]
+
+    def _settings(self) -> None:
+        self.stop = stop_rule(self.cfg.stop_after)
+        self.overrides = stage_overrides(self.cfg)
+        self.ident = identity(self.cfg)
+
+    def _prepare(self) -> tuple[dict, dict]:
+        """(rank 0) Check the settings, open the run folder, write run.json; returns the data
+        stores and the --init-from checkpoints."""
+        cfg = self.cfg
+        if bool(cfg.data) == bool(cfg.game):
+            raise ValueError("give either --data STORE or --game NAME (to generate the data)")
+        self._settings()
+        self.init = _init_sources(cfg.init_from) if cfg.init_from else {}
         self.paths = self._data_paths()
         self.status = self._open()
         self.plan = self.status["plan"]
@@ -195,6 +248,38 @@ class WorldRun:
                 _fit_init(self._train_args(stage), self.init[stage])
         self.out.mkdir(parents=True, exist_ok=True)
         self._write()
+        return self.paths, self.init
+
+    # -- ranks
+    def _on_main(self, fn: Callable[..., Any], *args) -> Any:
+        """fn(*args) on rank 0 alone; the other ranks wait for it (on the control group, which
+        also acts as the barrier: what rank 0 wrote is there when they go on), then take its
+        result and run.json status. An exception on rank 0 reaches every rank: RunStopped as
+        itself, anything else as PeerFailed (rank 0 raises its own), so no rank is left waiting
+        in a collective the others skipped. One process: just fn(*args)."""
+        if not self.info.enabled:
+            return fn(*args)
+        if self.info.is_main:
+            try:
+                result = fn(*args)
+            except RunStopped as e:
+                broadcast_object(("stopped", str(e), self.status), self.info, self.ctrl)
+                raise
+            except BaseException as e:
+                with contextlib.suppress(Exception):  # (a peer that is gone: rank 0's own error matters more)
+                    broadcast_object(("failed", _exit_code(e), None), self.info, self.ctrl)
+                raise
+            broadcast_object(("ok", result, self.status), self.info, self.ctrl)
+            return result
+        kind, value, status = broadcast_object(None, self.info, self.ctrl)
+        if status is not None:
+            self.status = status
+            self.plan = status["plan"]
+        if kind == "stopped":
+            raise RunStopped(value)
+        if kind == "failed":
+            raise PeerFailed(value)
+        return value
 
     # -- run folder
     def _open(self) -> dict:
@@ -237,7 +322,8 @@ class WorldRun:
         for s in active:
             status["stages"].setdefault(s, {"state": "pending", "minutes": 0.0})
         status["invocations"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": self.device,
-                                      "max_minutes": self.cfg.max_minutes, "stop_after": self.cfg.stop_after})
+                                      "processes": self.info.world_size, "max_minutes": self.cfg.max_minutes,
+                                      "stop_after": self.cfg.stop_after})
         return status
 
     def _write(self, status: dict | None = None) -> None:
@@ -285,15 +371,16 @@ class WorldRun:
         pending = any(st[s]["state"] != "done" for s in RESERVED)
         return left + (max(0.0, self.plan["reserve_minutes"] - reserved) if pending else 0.0)
 
-    def _announce(self, stage: str) -> None:
+    def _announce(self, stage: str, batch: int | None = None) -> None:
         active = self.active
         st = self.status["stages"]
         spent = sum(st[s]["minutes"] for s in active if s != "data")
         head = f"{active.index(stage) + 1}/{len(active)} {stage}"
         if stage in TRAINED:
             p = self.plan["stages"][stage]
+            ws = self.info.world_size
             what = (f"{p['time_budget']:.2f} min" if p["time_budget"] else f"{p['steps']} steps") + \
-                   f", batch {p['batch_size']}"
+                   f", batch {batch or p['batch_size']}" + (f" x {ws} processes" if ws > 1 else "")
             head += f" ({what})"
         eta = self.eta_minutes()
         if eta is None:
@@ -308,47 +395,84 @@ class WorldRun:
         return [s for s in STAGES if s in self.status["stages"]]
 
     # -- stages
-    def run(self) -> dict:
+    def run(self) -> dict | None:
+        """Run what is left; returns the summary on rank 0 (None on the other ranks)."""
         try:
             for stage in self.active:
-                entry = self.status["stages"][stage]
-                if entry["state"] in ("done", "skipped"):
-                    self._check_stop(stage)
+                work = self._on_main(self._begin, stage)  # None: done already; the StageArgs of a trained stage
+                if work is None:
                     continue
-                remaining = self._remaining_minutes()
-                if remaining is not None and remaining <= 0:
-                    raise RunStopped(f"time limit (--max-minutes {self.cfg.max_minutes:g}) reached before {stage}")
                 if stage in TRAINED:
-                    self._replan(stage)
-                self._announce(stage)
-                entry["state"] = "running"
-                self.status["current"] = {"stage": stage, "step": entry.get("step")}
-                self._write()
-                t = time.time()
-                try:
-                    outcome = getattr(self, f"_stage_{stage}")(entry)
-                finally:
-                    entry["minutes"] = round(entry["minutes"] + (time.time() - t) / 60, 4)
-                    self._write()
-                if outcome == "stopped":
-                    entry["state"] = "stopped"
-                    raise RunStopped(f"{stage} stopped at step {entry.get('step')} ({entry.get('stopped')})")
-                entry["state"] = "done"
-                self.status["current"] = None
-                self._write()
-                self._check_stop(stage)
-        except RunStopped as stop:
-            self.status["state"] = "stopped"
-            self.status["invocations"][-1]["ended"] = str(stop)
-            self._write()
-            self._say(f"stopped: {stop}; the same command continues the run")
-            return {"state": "stopped", "reason": str(stop), "run": str(self.out), **self._summary()}
+                    summary = self._fit(stage, work)  # every rank
+                    self._on_main(self._end_training, stage, summary, work.train.batch_size)
+                else:
+                    self._on_main(self._run_alone, stage)
+            result = self._on_main(self._done)
+        except RunStopped as stop:  # (every rank: rank 0's stop reaches them all through _on_main)
+            result = self._on_main(self._stopped, str(stop))
+        return result if self.info.is_main else None
+
+    def _begin(self, stage: str) -> StageArgs | bool | None:
+        """(rank 0) Whether `stage` runs now: None when it is done, else marks it running and
+        returns what to run (a trained stage: its StageArgs; else True). Raises RunStopped at a
+        stop (--stop-after, --max-minutes)."""
+        entry = self.status["stages"][stage]
+        if entry["state"] in ("done", "skipped"):
+            self._check_stop(stage)
+            return None
+        remaining = self._remaining_minutes()
+        if remaining is not None and remaining <= 0:
+            raise RunStopped(f"time limit (--max-minutes {self.cfg.max_minutes:g}) reached before {stage}")
+        work: StageArgs | bool = True
+        if stage in TRAINED:
+            self._replan(stage)
+            work = self._train_args(stage, batch=self._resume_batch(stage))
+        self._announce(stage, batch=work.train.batch_size if stage in TRAINED else None)
+        entry["state"] = "running"
+        self.status["current"] = {"stage": stage, "step": entry.get("step")}
+        self._write()
+        self._started = time.time()
+        if stage in TRAINED:
+            try:
+                work = self._with_init(stage, entry, work)
+            except BaseException:
+                self._add_minutes(entry)
+                raise
+        return work
+
+    def _add_minutes(self, entry: dict) -> None:
+        entry["minutes"] = round(entry["minutes"] + (time.time() - self._started) / 60, 4)
+        self._write()
+
+    def _run_alone(self, stage: str) -> None:
+        """(rank 0) A stage that is not trained: data, latents, world, eval."""
+        entry = self.status["stages"][stage]
+        try:
+            getattr(self, f"_stage_{stage}")(entry)
+        finally:
+            self._add_minutes(entry)
+        self._finished(stage, entry)
+
+    def _finished(self, stage: str, entry: dict) -> None:
+        entry["state"] = "done"
+        self.status["current"] = None
+        self._write()
+        self._check_stop(stage)
+
+    def _done(self) -> dict:
         self.status["state"] = "done"
         self.status["invocations"][-1]["ended"] = "done"
         self._write()
         self._say(f"done in {self.status['minutes']:.2f} min: world {self.out / 'world'}, evaluation "
                   f"{self.out / 'eval.json'}; play it: driftless play {self.out / 'world'}")
         return {"state": "done", "run": str(self.out), **self._summary()}
+
+    def _stopped(self, reason: str) -> dict:
+        self.status["state"] = "stopped"
+        self.status["invocations"][-1]["ended"] = reason
+        self._write()
+        self._say(f"stopped: {reason}; the same command continues the run")
+        return {"state": "stopped", "reason": reason, "run": str(self.out), **self._summary()}
 
     def _summary(self) -> dict:
         return {"world": str(self.out / "world") if (self.out / "world" / "world.json").exists() else None,
@@ -371,14 +495,14 @@ class WorldRun:
                      game=d["game"], verbose=self.cfg.progress)
         return "done"
 
-    def _train_args(self, stage: str):
-        from driftless.train.specs import StageArgs, get_stage
+    def _train_args(self, stage: str, batch: int | None = None) -> StageArgs:
+        from driftless.train.specs import get_stage
         from driftless.train.trainer import TrainConfig
 
         p = self.plan["stages"][stage]
         remaining = self._remaining_minutes()
         stop_steps = self.stop[1] if self.stop and self.stop[0] == stage and self.stop[1] else 0
-        train = TrainConfig(steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"], warmup=p["warmup"],
+        train = TrainConfig(steps=p["steps"], batch_size=batch or p["batch_size"], lr=p["lr"], warmup=p["warmup"],
                             seed=self.cfg.seed, log_every=p["log_every"], val_every=p["val_every"],
                             save_every=p["save_every"], time_budget=p["time_budget"],
                             max_minutes=max(remaining, 1e-3) if remaining is not None else 0.0, stop_after=stop_steps)
@@ -394,6 +518,34 @@ class WorldRun:
                          device=self.device, resume=(self.out / stage).exists(),
                          stats_batches=self.plan["stats_batches"],
                          options=spec.options() if spec.options is not None else None)
+
+    def _resume_batch(self, stage: str) -> int | None:
+        """The clips per step per process that continue a stage stopped mid-way: its global batch
+        (processes x batch when it was saved) over this invocation's processes, so that the
+        trainer's data stream and step size go on unchanged (`Trainer._check_global_batch`);
+        None for a stage without a checkpoint (the plan's batch). A global batch that this
+        process count does not divide is refused before anything runs."""
+        from driftless.train.trainer import saved_batch
+
+        ckpt = self.out / stage / "checkpoint"
+        if checkpoint.find(ckpt) is None or (state := checkpoint.read_train_state(ckpt)) is None:
+            return None
+        saved_ws, saved_bs = saved_batch(state)
+        ws = self.info.world_size
+        if not saved_bs or saved_ws == ws:
+            return saved_bs
+        total = saved_bs * saved_ws
+        if total % ws:
+            fits = [n for n in range(1, total + 1) if total % n == 0]
+            raise ValueError(f"cannot continue the {stage} stage of {self.out} on {ws} processes: it was trained by "
+                             f"{saved_ws} process(es) x batch {saved_bs} (global batch {total}), and a stage continues "
+                             f"only with its global batch (the same data order and step size), which {ws} processes "
+                             f"cannot split. Continue it on a process count that divides {total} "
+                             f"({', '.join(map(str, fits[:8]))}{', ...' if len(fits) > 8 else ''}: torchrun "
+                             f"--nproc-per-node N, or no torchrun for 1), or finish it with {saved_ws}")
+        self._say(f"{stage} continues on {ws} process(es) x batch {total // ws}: the global batch {total} it was "
+                  f"trained with by {saved_ws} x {saved_bs}")
+        return total // ws
 
     def _replan(self, stage: str) -> None:
         """A budgeted stage that starts afresh gets its share of what is left of the budget (what
@@ -414,38 +566,51 @@ class WorldRun:
         p["time_budget"] = round(max(p["planned_time_budget"] * available / planned, 0.1 * p["planned_time_budget"]), 4)
         self._write()
 
-    def _train(self, stage: str, entry: dict) -> str:
+    def _with_init(self, stage: str, entry: dict, args: StageArgs) -> StageArgs:
+        """(rank 0) `args` starting from the --init-from checkpoint, written to OUT/init, when the
+        stage has none of its own yet."""
+        ckpt = self.out / stage / "checkpoint"
+        if stage not in self.init or (ckpt / "config.json").exists():
+            return args
+        entry["init_from"] = str(self.init[stage])
+        return dataclasses.replace(args, init_from=init_checkpoint(args, self.init[stage], self.out / "init" / stage))
+
+    def _fit(self, stage: str, args: StageArgs) -> dict:
+        """Train `stage` (every rank: DDP under torchrun, in the process group set up once)."""
         from driftless.train.stages import run_stage
 
-        args = self._train_args(stage)
-        ckpt = self.out / stage / "checkpoint"
-        if stage in self.init and not (ckpt / "config.json").exists():
-            args = dataclasses.replace(args, init_from=init_checkpoint(args, self.init[stage],
-                                                                          self.out / "init" / stage))
-            entry["init_from"] = str(self.init[stage])
-        summary = run_stage(args)
-        entry.update(step=summary["step"], stopped=summary["stopped"], checkpoint=summary["checkpoint"])
+        try:
+            return run_stage(args)
+        except BaseException:
+            if self.info.is_main:  # the stage's minutes so far, as for any stage that fails
+                self._add_minutes(self.status["stages"][stage])
+            raise
+
+    def _end_training(self, stage: str, summary: dict, batch: int) -> None:
+        """(rank 0) Record a trained stage's outcome: done, stopped (RunStopped) or failed (RunFailed)."""
+        entry = self.status["stages"][stage]
+        entry.update(step=summary["step"], stopped=summary["stopped"], checkpoint=summary["checkpoint"],
+                     processes=self.info.world_size)
+        if "ranks_in_sync" in summary:  # DDP: whether every rank ended with the same weights
+            entry["ranks_in_sync"] = summary["ranks_in_sync"]
+        if batch != self.plan["stages"][stage]["batch_size"]:  # continued on another process count
+            entry["batch_size"] = batch
+        else:
+            entry.pop("batch_size", None)
         self.status["current"] = {"stage": stage, "step": summary["step"]}
+        self._add_minutes(entry)
         if summary["stopped"] == "nonfinite":
             entry["state"] = "failed"
             self.status["state"] = "failed"
             self._write()
             raise RunFailed(f"{stage} stopped on non-finite losses at step {summary['step']}; see "
-                               f"{self.out / stage / 'metrics.jsonl'} (its last good checkpoint is kept)")
-        if summary["stopped"] in ("steps", "time_budget"):
-            entry["val"] = {k: v for k, v in _last_val(self.out / stage / "metrics.jsonl").items()
-                            if k not in ("split",)}
-            return "done"
-        return "stopped"
-
-    def _stage_tokenizer(self, entry: dict) -> str:
-        return self._train("tokenizer", entry)
-
-    def _stage_lam(self, entry: dict) -> str:
-        return self._train("lam", entry)
-
-    def _stage_dynamics(self, entry: dict) -> str:
-        return self._train("dynamics", entry)
+                            f"{self.out / stage / 'metrics.jsonl'} (its last good checkpoint is kept)")
+        if summary["stopped"] not in ("steps", "time_budget"):
+            entry["state"] = "stopped"
+            self._write()
+            raise RunStopped(f"{stage} stopped at step {entry.get('step')} ({entry.get('stopped')})")
+        entry["val"] = {k: v for k, v in _last_val(self.out / stage / "metrics.jsonl").items() if k not in ("split",)}
+        self._finished(stage, entry)
 
     def _stage_latents(self, entry: dict) -> str:
         from driftless.data.latents import build_latent_cache
@@ -518,7 +683,22 @@ class WorldRun:
         return "done"
 
 
-def train_world(cfg: WorldRunConfig) -> dict:
+def _exit_code(e: BaseException) -> int:
+    """The exit status `driftless train world` gives for an exception (rank 0's, for the others)."""
+    if isinstance(e, RunFailed):
+        return 3
+    if isinstance(e, KeyboardInterrupt):
+        return 130
+    return 1
+
+
+def train_world(cfg: WorldRunConfig) -> dict | None:
     """Run (or continue) `driftless train world`; returns {"state": "done" | "stopped", "run",
-    "world", "eval", "minutes", "stages"}."""
-    return WorldRun(cfg).run()
+    "world", "eval", "minutes", "stages"} (under torchrun on rank 0, None on the other ranks).
+    Under torchrun the process group is set up here once, used by every stage, and destroyed
+    at the end."""
+    info = setup(cfg.device)
+    try:
+        return WorldRun(cfg, info).run()
+    finally:
+        cleanup(info)
