@@ -156,6 +156,25 @@ def test_init_from_a_world_starts_each_stage_from_its_weights(debug_world, tmp_p
                   debug_world / "tokenizer")
 
 
+def test_init_from_single_checkpoints_per_stage(debug_world, tmp_path, monkeypatch):
+    """--init-from tokenizer=CKPT starts only the tokenizer from CKPT; the run's identity keeps
+    absolute paths; malformed pairs and missing checkpoints are refused, naming what was expected."""
+    from driftless.train.world_plan import WorldRunConfig, identity
+    from driftless.train.world_run import _init_sources
+
+    found = _init_sources(f"tokenizer={debug_world / 'tokenizer'}")
+    assert found == {"tokenizer": debug_world / "tokenizer"}
+    both = _init_sources(f"tokenizer={debug_world / 'tokenizer'},dynamics={debug_world / 'dynamics'}")
+    assert set(both) == {"tokenizer", "dynamics"}
+    with pytest.raises(ValueError, match="STAGE=CHECKPOINT"):
+        _init_sources(f"decoder={debug_world / 'tokenizer'}")
+    with pytest.raises(FileNotFoundError, match="no checkpoint there"):
+        _init_sources(f"lam={tmp_path / 'nothing'}")
+    monkeypatch.chdir(debug_world.parent)
+    ident = identity(WorldRunConfig(out="o", data="d", init_from=f"tokenizer={debug_world.name}/tokenizer"))
+    assert ident["init_from"] == f"tokenizer={debug_world / 'tokenizer'}"
+
+
 @pytest.mark.slow
 def test_train_world_on_another_procgen_game(tmp_path):
     pytest.importorskip("procgen")

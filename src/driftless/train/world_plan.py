@@ -117,7 +117,9 @@ class WorldRunConfig:
     init_from: str | None = option(None, metavar="WORLD",
                                    help="start every stage from the weights of an earlier world (a world folder, a "
                                         "shipped world's name, or an earlier train-world run folder), with fresh "
-                                        "optimizers: a world trained over several runs")
+                                        "optimizers: a world trained over several runs; or name single checkpoints "
+                                        "per stage, tokenizer=CKPT[,lam=CKPT][,dynamics=CKPT] (the others start "
+                                        "fresh)")
     seed: int = option(0, help="seed of the data generation, initial weights, data order and evaluation")
     overrides: dict = field(default_factory=dict)  # "STAGE.KEY" -> value (--set tokenizer.bottleneck=vq)
     # ---- this invocation only (not part of the run's identity)
@@ -153,7 +155,10 @@ def identity(cfg: WorldRunConfig) -> dict:
         d["max_frames_per_episode"] = plan.max_frames if cfg.max_frames_per_episode < 0 else cfg.max_frames_per_episode
     for key in ("data", "val_data", "test_data"):
         d[key] = _abs(d[key])
-    if cfg.init_from and Path(cfg.init_from).exists():
+    if cfg.init_from and "=" in cfg.init_from:
+        d["init_from"] = ",".join(f"{stage.strip()}={_abs(ckpt)}" for stage, _, ckpt in
+                                  (part.partition("=") for part in cfg.init_from.split(",")))
+    elif cfg.init_from and Path(cfg.init_from).exists():
         d["init_from"] = _abs(cfg.init_from)
     return json.loads(json.dumps(d))
 

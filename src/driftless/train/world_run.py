@@ -126,7 +126,20 @@ def find_split(train: str, split: str) -> str | None:
 
 def _init_sources(path: str) -> dict[str, Path]:
     """The checkpoint each stage starts from: the full checkpoints of an earlier run folder, or
-    the components of a world folder (a shipped world by name)."""
+    the components of a world folder (a shipped world by name), or single checkpoints named per
+    stage ("tokenizer=CKPT[,lam=CKPT][,dynamics=CKPT]"; the stages not named start fresh)."""
+    if "=" in path:
+        found = {}
+        for part in path.split(","):
+            stage, _, ckpt = part.partition("=")
+            stage = stage.strip()
+            if stage not in TRAINED or not ckpt:
+                raise ValueError(f"--init-from {path}: expected STAGE=CHECKPOINT pairs with STAGE one of "
+                                 f"{', '.join(TRAINED)}, got {part!r}")
+            if not (Path(ckpt) / "config.json").exists():
+                raise FileNotFoundError(f"--init-from {stage}={ckpt}: no checkpoint there (a folder with config.json)")
+            found[stage] = Path(ckpt)
+        return found
     p = Path(path)
     if not p.exists():
         from driftless.world.world import ASSETS
