@@ -48,10 +48,12 @@ def test_the_rule():
     # the best score among those within 0.3 dB of the best PSNR
     got = choose([_r(15, 17.0, 0.1), _r(300, 16.8, 0.3), _r(500, 16.5, 0.6)], 15, cfg)
     assert got["context_level"] == 300 and got["eligible"] == [15, 300]
+    assert "0.50 dB below the best" in got["excluded"]["500"]
     # a gain under min_gain keeps the current level
     assert choose([_r(15, 17.0, 0.30), _r(300, 17.0, 0.33)], 15, cfg)["context_level"] == 15
     # a frozen candidate is not eligible, whatever its score
-    assert choose([_r(15, 17.0, 0.1), _r(300, 17.0, 1.0, frozen=0.5)], 15, cfg)["context_level"] == 15
+    frozen = choose([_r(15, 17.0, 0.1), _r(300, 17.0, 1.0, frozen=0.5)], 15, cfg)
+    assert frozen["context_level"] == 15 and "frozen" in frozen["excluded"]["300"]
     # ties go to the higher PSNR; a current level that is not eligible is replaced without a margin
     assert choose([_r(15, 15.0, 0.5), _r(100, 17.0, 0.2), _r(300, 17.1, 0.2)], 15, cfg)["context_level"] == 300
     # no same-level score measured: nothing eligible, the current level stays

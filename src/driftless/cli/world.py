@@ -111,6 +111,8 @@ def _tune(args: argparse.Namespace) -> int:
         cells = [r["context_level"], r["psnr"], r["same_level_score"], r["morphed_rate"], r["frozen_rate"],
                  r["nn_psnr_last"]]
         print("  ".join(f"{c:>14.3f}" if isinstance(c, float) else f"{str(c):>14}" for c in cells))
+    for level, why in record["excluded"].items():
+        print(f"not eligible: context level {level}: {why}")
     print(f"chosen: context level {record['chosen']} (was {record['previous']}): {record['reason']}")
     if args.dry_run:
         print(f"--dry-run: {folder / 'world.json'} unchanged")

@@ -100,26 +100,36 @@ def rule_text(cfg: TuneConfig) -> str:
 def choose(results: list[dict], current: int, cfg: TuneConfig) -> dict:
     """results: one dict per candidate with "context_level", "psnr", "same_level_score" and
     "frozen_rate" (None: not measured) -> {"context_level": the choice, "reason": why,
-    "eligible": [levels]} by the module docstring's rule."""
+    "eligible": [levels], "excluded": {level: why}} by the module docstring's rule."""
     best_psnr = max(r["psnr"] for r in results)
-    eligible = [r for r in results if r["psnr"] >= best_psnr - cfg.psnr_tolerance
-                and (r.get("frozen_rate") or 0.0) <= cfg.max_frozen and r.get("same_level_score") is not None]
+    excluded = {}
+    for r in results:
+        if r["psnr"] < best_psnr - cfg.psnr_tolerance:
+            excluded[r["context_level"]] = (f"PSNR {r['psnr']:.2f} dB, {best_psnr - r['psnr']:.2f} dB below the best "
+                                            f"({best_psnr:.2f}; tolerance {cfg.psnr_tolerance})")
+        elif (r.get("frozen_rate") or 0.0) > cfg.max_frozen:
+            excluded[r["context_level"]] = f"{r['frozen_rate']:.0%} of its rollouts frozen (at most {cfg.max_frozen:.0%})"
+        elif r.get("same_level_score") is None:
+            excluded[r["context_level"]] = "no same-level score (too few long real episodes)"
+    eligible = [r for r in results if r["context_level"] not in excluded]
     levels = [r["context_level"] for r in eligible]
+    out = {"eligible": levels, "excluded": {str(k): v for k, v in excluded.items()}}
     if not eligible:
-        return {"context_level": current, "eligible": [], "reason": "no candidate is eligible: the current level stays"}
+        return {"context_level": current, **out, "reason": "no candidate is eligible: the current level stays"}
     top = max(eligible, key=lambda r: (r["same_level_score"], r["psnr"]))
     now = next((r for r in eligible if r["context_level"] == current), None)  # None: not eligible (or not measured)
     if top["context_level"] == current:
-        return {"context_level": current, "eligible": levels, "reason": "the current level scores best"}
+        return {"context_level": current, **out,
+                "reason": f"the current level has the best same-level score of the eligible {levels}"}
     if now is not None and top["same_level_score"] < now["same_level_score"] + cfg.min_gain:
-        return {"context_level": current, "eligible": levels,
+        return {"context_level": current, **out,
                 "reason": (f"level {top['context_level']} scores {top['same_level_score']:.3f}, less than "
                            f"{cfg.min_gain} above the current level's {now['same_level_score']:.3f}: the current "
                            f"level stays")}
     why = ("the current level is not eligible" if now is None else
            f"{top['same_level_score']:.3f} against the current level's {now['same_level_score']:.3f}")
-    return {"context_level": top["context_level"], "eligible": levels,
-            "reason": f"level {top['context_level']} has the best same-level score among the eligible ({why})"}
+    return {"context_level": top["context_level"], **out,
+            "reason": f"level {top['context_level']} has the best same-level score of the eligible {levels} ({why})"}
 
 
 # ---- measuring ----------------------------------------------------------------------------------
@@ -217,7 +227,7 @@ def tune_context_level(world: str | Path, data: str | Path, cfg: TuneConfig | No
     info = run_info(w.device)
     record = {
         "chosen": decision["context_level"], "previous": int(current), "model_default": model_default,
-        "reason": decision["reason"], "eligible": decision["eligible"],
+        "reason": decision["reason"], "eligible": decision["eligible"], "excluded": decision["excluded"],
         "rule": rule_text(cfg), "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
         "data": {"path": str(store_info["path"]), "split": store_info["declared_split"],
                  "episodes": int(store.num_episodes), "frames": int(store.num_frames)},
