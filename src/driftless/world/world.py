@@ -286,7 +286,9 @@ class World:
         g = torch.Generator(device=self.device).manual_seed(int(seed))
         dyn_in, z = self._dynamics_inputs(video)  # latents (b, t0, s, c) or code indices (b, t0, s)
         per_frame = self._context_actions(video, actions)
-        dyn_state = self.dynamics.new_state(static=static, window=opts.window)  # caches of the window's size
+        # caches of the window's size (arguments only where needed: a dynamics stand-in may take none)
+        dyn_state = self.dynamics.new_state(**({"static": True} if static else {}),
+                                            **({"window": opts.window} if opts.window is not None else {}))
         self.dynamics.observe(dyn_state, dyn_in, per_frame, context_level=opts.context_level, generator=g)
         dec_caches = self.tokenizer.decoder.new_cache(static=True) if static else self.tokenizer.decoder.new_cache()
         if static:  # static caches take one frame at a time, at a device position
