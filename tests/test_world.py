@@ -135,3 +135,68 @@ def test_static_caches_play_the_same_frames_as_the_eager_session():
     assert int(world._session.dyn_state.position) == 3 + len(actions)
     diff = np.abs(frames[True] - frames[False])
     assert diff.mean() < 0.01 and diff.max() <= 2, (diff.mean(), diff.max())  # seen: 8e-6, 1
+
+
+@pytest.fixture(scope="module")
+def short_decoder_world(tmp_path_factory):
+    """A debug world whose decoder attends to one earlier frame (temporal window 2): every sampling
+    window of 2+ frames decodes alike, so frames that differ between windows differ through the
+    dynamics."""
+    from driftless.world.debug import make_debug_world
+
+    return driftless.load(make_debug_world(tmp_path_factory.mktemp("window") / "w",
+                                           tokenizer_overrides={"decoder.temporal_window": 2}))
+
+
+def test_window_reaches_the_dynamics(short_decoder_world):
+    """`window` sets the frames the dynamics attends to (it once changed only the context kept at
+    reset and the decoder, and window 3 gave the default's frames); the trained window is the
+    default, and a longer one is refused."""
+    w = short_decoder_world
+    trained = w.dynamics.cfg.context_window  # 6
+    ctx, actions = _ctx(1), np.arange(12) % 4  # one context frame: no window trims it
+    default = w.rollout(ctx, actions, seed=0)
+    assert np.array_equal(w.rollout(ctx, actions, seed=0, window=trained), default)
+    short = w.rollout(ctx, actions, seed=0, window=3)
+    assert np.array_equal(short[:3], default[:3])  # the context, then frames 1-2 see all there is either way
+    assert not np.array_equal(short[3:], default[3:])
+    two = w.rollout(ctx, actions, seed=0, window=2)
+    assert np.array_equal(two[:2], default[:2]) and not np.array_equal(two[2:], short[2:])
+    assert w.rollout(ctx, actions, seed=0, window=1).shape == (1 + len(actions), 64, 64, 3)
+    with pytest.raises(ValueError, match=rf"window must be an integer in \[1, {trained}\].*trained"):
+        w.rollout(ctx, actions, window=trained + 1)
+    with pytest.raises(ValueError, match=r"window must be"):
+        w.reset(ctx, window=0)
+    w.reset(ctx, window=3)
+    w.step(1, window=3)  # the session's own window: fine
+    with pytest.raises(ValueError, match="fixed for a session"):
+        w.step(1, window=4)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_a_shorter_window_is_the_model_with_that_attention_span(debug_world, static):
+    """Frame by frame with window W (KV caches of W - 1 past frames, ring buffer wrapped) computes
+    what the whole sequence does in one pass with a temporal attention span of W frames."""
+    dyn = driftless.load(debug_world).dynamics
+    cfg = dyn.cfg
+    g = torch.Generator().manual_seed(0)
+    n = 9
+    frames = torch.randn(1, n + 1, cfg.tokens_per_frame, cfg.latent_dim, generator=g)  # n clean, then a noisy one
+    acts = torch.randint(0, cfg.num_actions, (1, n + 1), generator=g)
+    levels = torch.tensor([[0] * n + [500]])
+    blocks = dyn.backbone.blocks
+    for window in (2, 3, cfg.context_window):
+        state = dyn.new_state(static=static, window=window)
+        for i in range(n):  # one at a time (static caches take one frame per call)
+            dyn.observe(state, frames[:, i:i + 1], acts[:, i:i + 1], context_level=0)
+        out = dyn.frame(dyn.run, frames[:, n:], levels[:, n:], acts[:, n:], start=state.position, caches=state.caches)
+        spans = [b.temporal_window for b in blocks]
+        try:
+            for b in blocks:
+                b.temporal_window = window
+            ref = dyn.frame(dyn.run, frames, levels, acts)[:, n:]  # no caches: the span masks attention
+        finally:
+            for b, span in zip(blocks, spans):
+                b.temporal_window = span
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+        assert state.window == window

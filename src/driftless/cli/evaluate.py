@@ -250,8 +250,8 @@ def register(sub) -> None:
     g.add_argument("--temperature", type=float, help="scale of the initial noise of each frame (forcing; 1 = "
                                                      "unscaled), head noise (mar), softmax temperature (maskgit) "
                                                      "(default: the world's)")
-    g.add_argument("--window", type=int, help="frames of context kept at reset and attended by the tokenizer's "
-                                              "decoder (capped by its own window); the dynamics attends to its "
-                                              "config's context_window whatever this says (default: the world's, "
-                                              "else that window)")
+    g.add_argument("--window", type=int, help="frames the dynamics attends to (the new one and the window - 1 "
+                                              "before it), also the context kept at reset and the tokenizer "
+                                              "decoder's window (capped by its own); at most the dynamics' trained "
+                                              "context_window (default: the world's, else that window)")
     p.set_defaults(func=_run)

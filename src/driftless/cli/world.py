@@ -1,4 +1,4 @@
-"""driftless world build|refit-actions|info"""
+"""driftless world build|refit-actions|tune|info"""
 
 from __future__ import annotations
 
@@ -85,6 +85,43 @@ def _fit_flags(p, data_help: str) -> None:
     g.add_argument("--no-progress", action="store_true")
 
 
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 15,100,300,500, got {text!r}")
+    if not levels:
+        raise argparse.ArgumentTypeError("give at least one context level")
+    return levels
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from driftless.checkpoint import write_json
+    from driftless.eval.tune import TuneConfig, tune_context_level
+    from driftless.world.build import world_folder
+
+    cfg = TuneConfig(levels=args.levels, split=args.split, allow_test=args.allow_test, clips=args.clips,
+                     horizon=args.horizon, rollouts=args.rollouts, frames=args.frames, drift_window=args.drift_window,
+                     psnr_tolerance=args.psnr_tolerance, max_frozen=args.max_frozen, min_gain=args.min_gain,
+                     batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
+    folder = world_folder(args.world)  # (a missing world fails here, before the store is read)
+    record = tune_context_level(folder, args.data, cfg, write=not args.dry_run, threads=args.threads)
+    print(f"{'  '.join(f'{k:>14}' for k in ('context level', 'PSNR (dB)', 'same-level', 'morphed', 'frozen', 'NN-PSNR last'))}")
+    for r in record["candidates"]:
+        cells = [r["context_level"], r["psnr"], r["same_level_score"], r["morphed_rate"], r["frozen_rate"],
+                 r["nn_psnr_last"]]
+        print("  ".join(f"{c:>14.3f}" if isinstance(c, float) else f"{str(c):>14}" for c in cells))
+    for level, why in record["excluded"].items():
+        print(f"not eligible: context level {level}: {why}")
+    print(f"chosen: context level {record['chosen']} (was {record['previous']}): {record['reason']}")
+    if args.dry_run:
+        print(f"--dry-run: {folder / 'world.json'} unchanged")
+    else:
+        print(f"wrote sampling.context_level = {record['chosen']} and tuning.context_level to {folder / 'world.json'}")
+    write_json(record, args.json)
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from driftless.models.common import num_params
     from driftless.world.build import world_bytes
@@ -96,6 +133,8 @@ def _info(args: argparse.Namespace) -> int:
     print(json.dumps({"resolution": w.resolution, "num_actions": w.num_actions, "parameters": parts,
                       "sampling": w.sampling.__dict__, "action_map": w.action_map.get("keys", {}),
                       "action_map_accuracy": w.action_map.get("accuracy"),
+                      "tuned": {k: {f: v.get(f) for f in ("chosen", "date", "data", "reason")}
+                                for k, v in w.meta.get("tuning", {}).items()},
                       "bytes": world_bytes(w.meta.get("_path", args.world)) if not args.world == "coinrun" else None},
                      indent=2))
     return 0
@@ -143,6 +182,69 @@ def register(sub) -> None:
     r.add_argument("--action-data", help="a store: clips for the motion fit, true actions for co-occurrence")
     _fit_flags(r, "")
     r.set_defaults(func=_refit_cmd)
+    from driftless.eval.tune import DEFAULT_LEVELS, TuneConfig
+
+    d = TuneConfig()
+    t = verbs.add_parser(
+        "tune", help="choose the world's context noise level on validation data and store it in world.json",
+        description="Sampling frame by frame, the dynamics holds its generated past at a diffusion noise level, "
+                    "the context level (the dynamics' config: 15 of 1000). A noisier past can keep long rollouts "
+                    "on the player's level (docs/benchmarks.md, 1.6), too noisy loses the past. This measures "
+                    "each candidate level on validation episodes, with the same rollouts for every candidate: "
+                    f"short horizon, the GenieRedux protocol (1 real frame, {d.horizon} generated with the LAM's "
+                    "actions, PSNR against the real frames); long horizon, the same-level score of "
+                    "--frames-frame rollouts with random actions (the share of the last --drift-window frames "
+                    "whose palette stays inside real one-level play's 90th percentile; real play scores about "
+                    "0.9). Rule: among candidates whose PSNR is within --psnr-tolerance dB of the best one's and "
+                    "whose rollouts are at most --max-frozen frozen, the highest same-level score (ties: higher "
+                    "PSNR); it replaces the current level only if it scores at least --min-gain more. The choice "
+                    "goes into world.json as sampling.context_level (the default of World, play, eval and the "
+                    "ONNX export), with every candidate's numbers, the data, the rule and the date under "
+                    "tuning.context_level; the file is replaced atomically.",
+        epilog="examples:\n"
+               "  driftless data coinrun --out data/val-long --episodes 16 --split val --same-level-frames 450\n"
+               "  driftless world tune worlds/mine --data data/val-long --threads 1   # a few minutes on 2 CPU cores\n"
+               "  driftless world tune coinrun --data data/val-long --rollouts 8 --frames 400 --dry-run --json t.json\n\n"
+               "The store needs real episodes that play one level for 1 + --frames frames (--same-level-frames),\n"
+               "the reference of the same-level score. A store of the test split is refused (--allow-test).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("world", help="world folder, or a shipped world's name (rewrites the packaged world.json)")
+    t.add_argument("--data", required=True, help="validation episode store with long one-level episodes (or a folder "
+                                                 "holding SPLIT/ or a sibling DATA-SPLIT)")
+    t.add_argument("--levels", type=_levels, default=DEFAULT_LEVELS, metavar="L1,L2,...",
+                   help=f"candidate context levels, 0 (clean) up to the dynamics' levels (default "
+                        f"{','.join(map(str, DEFAULT_LEVELS))}; the world's current level is always measured too)")
+    t.add_argument("--split", default=d.split, help=f"the split to tune on (default {d.split})")
+    t.add_argument("--allow-test", action="store_true", help="tune on a store of the test split anyway (its test "
+                                                             "figures are then no longer held out)")
+    g = t.add_argument_group("measures")
+    g.add_argument("--clips", type=int, default=d.clips, help=f"short horizon: clips (default {d.clips})")
+    g.add_argument("--horizon", type=int, default=d.horizon, help=f"short horizon: generated frames scored "
+                                                                  f"(default {d.horizon})")
+    g.add_argument("--rollouts", type=int, default=d.rollouts, help=f"long horizon: rollouts per candidate "
+                                                                    f"(default {d.rollouts})")
+    g.add_argument("--frames", type=int, default=d.frames, help=f"long horizon: frames per rollout (default "
+                                                                f"{d.frames}; the store needs one-level episodes of "
+                                                                f"1 + this)")
+    g.add_argument("--drift-window", type=int, default=d.drift_window,
+                   help=f"the last frames the same-level score is taken over (default {d.drift_window})")
+    g = t.add_argument_group("rule")
+    g.add_argument("--psnr-tolerance", type=float, default=d.psnr_tolerance,
+                   help=f"dB below the best short-horizon PSNR a candidate may lose (default {d.psnr_tolerance})")
+    g.add_argument("--max-frozen", type=float, default=d.max_frozen,
+                   help=f"largest share of frozen rollouts allowed (default {d.max_frozen})")
+    g.add_argument("--min-gain", type=float, default=d.min_gain,
+                   help=f"same-level score a candidate must gain over the current level (default {d.min_gain})")
+    g = t.add_argument_group("execution")
+    g.add_argument("--dry-run", action="store_true", help="measure and choose, but leave world.json as it is")
+    g.add_argument("--json", help="also write the tuning record to this JSON file")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"rollouts per forward pass "
+                                                                        f"(default {d.batch_size})")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of the clips, rollouts and sampling (the same "
+                                                            "for every candidate)")
+    g.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a shared machine)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.set_defaults(func=_tune)
     i = verbs.add_parser("info", help="print a world's components, sizes and action map")
     i.add_argument("world", nargs="?", default="coinrun")
     i.set_defaults(func=_info)

@@ -79,7 +79,7 @@ OUTPUTS = ("frame", "latents")  # then the state after the frame, `<name>_out`
 def sampling_options(world: World, **overrides) -> SamplingOptions:
     """The world's default sampling options with `overrides` (None: keep), all resolved to values
     (the graph bakes them in)."""
-    opts = world.sampling.updated(**overrides)
+    opts = world._options(world.sampling, overrides)  # checked like World's (window, context_level in range)
     cfg = world.dynamics.cfg
     eta = cfg.diffusion.eta if opts.eta is None else opts.eta
     level = cfg.diffusion.context_level if opts.context_level is None else opts.context_level
@@ -171,7 +171,7 @@ def state_shapes(world: World, opts: SamplingOptions, batch: int = 1) -> dict[st
     s, c = dyn.cfg.tokens_per_frame, dyn.cfg.latent_dim
     device = next(dyn.parameters()).device
     with torch.no_grad():
-        state = dyn.new_state(static=True)
+        state = dyn.new_state(static=True, window=opts.window)  # ring buffers of the window's size
         z = torch.zeros(batch, 1, s, c, device=device)
         dyn.observe(state, z, dyn.frame_actions(None, batch, 1, device))
         dec = tok.decoder.new_cache(static=True)

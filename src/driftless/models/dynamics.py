@@ -10,7 +10,8 @@ Actions come from the LAM (`lam`), from the data's true actions (`true`) or not 
 
 Sampling one frame at a time uses per-layer KV caches of the temporal attention: a finished
 frame is run once to append its keys/values (latents noised to the small context level), and
-the window slides, so a rollout costs the same per frame however long it runs.
+the window slides, so a rollout costs the same per frame however long it runs. The window is
+the config's `context_window` frames, or fewer for one rollout (`new_state(window=...)`).
 
 How a frame is modelled is the frame model, `self.frame`, chosen by the config field
 `frame_model` from `FRAME_MODELS` (the interface: models/frames.py):
@@ -25,6 +26,7 @@ How a frame is modelled is the frame model, `self.frame`, chosen by the config f
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -104,6 +106,7 @@ class RolloutState:
 
     caches: list[KVCache]
     position: int | torch.Tensor = 0  # a device counter with static caches
+    window: int | None = None  # frames attended, the new one included (None: the config's context_window)
 
 
 class Dynamics(nn.Module):
@@ -182,14 +185,30 @@ class Dynamics(nn.Module):
         return self.frame.training_loss(self.run, batch)
 
     # ---- frame-by-frame sampling with KV caches ---------------------------------------------
-    def new_state(self, static: bool = False) -> RolloutState:
+    def check_window(self, window: int | None) -> int:
+        """The frames a rollout attends to (the new frame and the past it sees) for a requested
+        `window` (None: the config's `context_window`, what the model was trained to attend to).
+        Longer windows are refused: attention spans never seen in training are not more context,
+        they are out of distribution (and the backbone's `temporal_window` caps them anyway)."""
+        trained = self.cfg.context_window
+        if window is None:
+            return trained
+        if isinstance(window, bool) or not isinstance(window, numbers.Integral) or not 1 <= window <= trained:
+            raise ValueError(f"window must be an integer in [1, {trained}] frames (this dynamics model was trained "
+                             f"to attend to {trained} frames, its context_window; a longer window was never seen "
+                             f"in training), got {window!r}")
+        return int(window)
+
+    def new_state(self, static: bool = False, window: int | None = None) -> RolloutState:
         """A fresh rollout; `static`: KV caches and position on the device, for CUDA graphs
-        (frames then go in one at a time)."""
+        (frames then go in one at a time); `window`: frames attended, the new one included
+        (`check_window`; None: the config's context_window): the caches keep window - 1 past frames."""
+        w = self.check_window(window)
+        caches = self.backbone.new_cache(static=static, window=w - 1)
         if static:
-            device = self.pos.device
-            return RolloutState(caches=self.backbone.new_cache(static=True),
-                                position=torch.zeros((), dtype=torch.long, device=device))
-        return RolloutState(caches=self.backbone.new_cache())
+            return RolloutState(caches=caches, position=torch.zeros((), dtype=torch.long, device=self.pos.device),
+                                window=w)
+        return RolloutState(caches=caches, window=w)
 
     @torch.no_grad()
     def observe(self, state: RolloutState, inputs: torch.Tensor, actions: torch.Tensor | None,
@@ -258,8 +277,9 @@ class Dynamics(nn.Module):
             b, h = batch or 1, horizon
             if not h:
                 raise ValueError("an unconditioned chunk needs `horizon`")
-        if h > self.cfg.context_window - 1:
-            raise ValueError(f"a chunk of {h} frames does not fit the context window of {self.cfg.context_window}")
+        window = state.window or self.cfg.context_window
+        if h > window - 1:
+            raise ValueError(f"a chunk of {h} frames does not fit the context window of {window}")
         return self.frame.generate_chunk(self.run, state, actions, h, b, device, schedule=schedule, steps=steps,
                                          uncertainty=uncertainty, cfg_scale=cfg_scale, eta=eta,
                                          context_level=context_level, temperature=temperature, generator=generator)

@@ -53,9 +53,16 @@ class KVCache:
     position being generated writes its keys into. Attention for a single new position reads a
     view of the valid slots, so a denoising pass copies nothing; the order of slots does not
     matter because keys carry their own rotary positions and one query position needs no mask.
+
+    `window` fixed at creation (None: whatever each call passes) is the most past positions the
+    cache ever keeps: the ST-transformer caps a call's window by it (`STTransformer.forward`), so a
+    session can attend to fewer frames than the model's own window.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, window: int | None = None) -> None:
+        if window is not None and window < 0:
+            raise ValueError(f"a KV cache window is a number of past positions >= 0, got {window}")
+        self.window = window
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
         self.size = 0  # committed entries
@@ -105,7 +112,7 @@ class KVCache:
     def append(self, k: torch.Tensor, v: torch.Tensor, window: int | None) -> None:
         """Commit several positions (N, heads, L, hd), keeping at most `window`."""
         if window is not None and k.shape[2] > window:
-            k, v = k[:, :, -window:], v[:, :, -window:]
+            k, v = k[:, :, k.shape[2] - window:], v[:, :, v.shape[2] - window:]  # (not -window: window may be 0)
         for i in range(k.shape[2]):
             self.with_current(k[:, :, i: i + 1], v[:, :, i: i + 1], window)
             self.commit_current(window)
@@ -124,7 +131,10 @@ class StaticKVCache:
 
     static = True
 
-    def __init__(self) -> None:
+    def __init__(self, window: int | None = None) -> None:
+        if window is not None and window < 0:
+            raise ValueError(f"a KV cache window is a number of past positions >= 0, got {window}")
+        self.window = window  # as KVCache's: the most past positions kept (fixes the capacity, window + 1)
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
         self.slot: torch.Tensor | None = None
@@ -135,7 +145,7 @@ class StaticKVCache:
     def of(cls, k: torch.Tensor, v: torch.Tensor, slot: torch.Tensor, valid: torch.Tensor) -> "StaticKVCache":
         """A cache over given buffers - k, v (N, heads, capacity, hd), slot () long, valid (capacity,)
         bool - updated in place as usual (an exported graph's cache inputs, export/onnx.py)."""
-        cache = cls()
+        cache = cls(window=valid.shape[0] - 1)  # the buffers' capacity fixes the window
         cache.k, cache.v, cache.slot, cache.valid = k, v, slot, valid
         cache._index = torch.arange(valid.shape[0], device=k.device)
         cache.committed = 1  # only "empty or not" is read: treated as holding positions

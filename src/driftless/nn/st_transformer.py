@@ -151,9 +151,11 @@ class STTransformer(nn.Module):
                 nn.init.zeros_(head[-1].weight)
                 nn.init.zeros_(head[-1].bias)
 
-    def new_cache(self, static: bool = False) -> list[KVCache] | list[StaticKVCache]:
-        """One KV cache per block; `static`: device-side bookkeeping for CUDA-graph capture."""
-        return [StaticKVCache() if static else KVCache() for _ in self.blocks]
+    def new_cache(self, static: bool = False, window: int | None = None) -> list[KVCache] | list[StaticKVCache]:
+        """One KV cache per block; `static`: device-side bookkeeping for CUDA-graph capture;
+        `window`: the most past frames the caches keep, whatever a call's window (None: no limit
+        of their own)."""
+        return [StaticKVCache(window) if static else KVCache(window) for _ in self.blocks]
 
     def forward(
         self,
@@ -169,12 +171,15 @@ class STTransformer(nn.Module):
         `start` is the absolute index of x's first frame (for the temporal rotary embedding), an
         int or a 0-d device tensor.
         With `caches` (one per block) the frames in x attend to the cached earlier frames;
-        `commit` appends their keys/values, keeping at most `window` frames per cache.
+        `commit` appends their keys/values, keeping at most `window` frames per cache (and no more
+        than the span, `temporal_window` - 1, nor the caches' own window).
         """
         if x.dim() != 4:
             raise ValueError(f"ST-transformer expects tokens (b, t, s, d), got shape {tuple(x.shape)}")
-        if caches is not None and self.cfg.temporal_window:  # the cache keeps no more than the span
-            window = self.cfg.temporal_window - 1 if window is None else min(window, self.cfg.temporal_window - 1)
+        if caches is not None:
+            limits = [w for w in (window, self.cfg.temporal_window - 1 if self.cfg.temporal_window else None,
+                                  caches[0].window if caches else None) if w is not None]
+            window = min(limits) if limits else None
         if isinstance(start, torch.Tensor):  # a device counter (CUDA-graph sessions)
             positions = start + torch.arange(x.shape[1], device=x.device)
         else:

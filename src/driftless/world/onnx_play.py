@@ -140,7 +140,7 @@ class OnnxWorld:
         video, _ = w._video(context[None] if context.ndim == 3 else context, "context")  # (1, t0, H, W, 3) on the world's device, checked
         if video.shape[0] != 1:
             raise ValueError(f"an OnnxWorld plays one session: context must be (T0, H, W, 3), got {tuple(video.shape)}")
-        video = video[:, -(w.sampling.window or w.dynamics.cfg.context_window):]
+        video = video[:, -int(self.player.manifest["sampling"]["window"]):]  # the window the graph was exported with
         t0 = video.shape[1]
         _, z = w._dynamics_inputs(video)  # normalised latents (1, t0, s, c), the clip encoded as a clip
         z = z.float().cpu().numpy()

@@ -63,7 +63,9 @@ class SamplingOptions:
     cfg_scale: float = 1.0  # classifier-free guidance on the action (1 = off)
     context_level: int | None = None  # noise level the past is held at (None: the model's default)
     eta: float = 0.0  # DDIM stochasticity (forcing only)
-    window: int | None = None  # frames of context attended (None: the model's training window)
+    # frames attended by the dynamics (the new one included) and kept at reset, at most the model's
+    # training window (None: that window, the dynamics' context_window); fixed for a session
+    window: int | None = None
     temperature: float = 1.0  # initial noise scale (forcing), head noise (mar), softmax temperature (maskgit)
 
     def __post_init__(self) -> None:
@@ -227,6 +229,11 @@ class World:
         levels = getattr(getattr(self.dynamics.cfg, "diffusion", None), "levels", None)
         if opts.context_level is not None and levels is not None and opts.context_level > levels:
             raise ValueError(f"sampling option context_level must be in [0, {levels}], got {opts.context_level}")
+        if opts.window is not None:
+            try:
+                self.dynamics.check_window(opts.window)
+            except ValueError as e:
+                raise ValueError(f"sampling option {e}") from None
         return opts
 
     def session_bytes(self, batch: int, frames: int = 1, extra_frames: int = 0) -> int:
@@ -279,7 +286,9 @@ class World:
         g = torch.Generator(device=self.device).manual_seed(int(seed))
         dyn_in, z = self._dynamics_inputs(video)  # latents (b, t0, s, c) or code indices (b, t0, s)
         per_frame = self._context_actions(video, actions)
-        dyn_state = self.dynamics.new_state(static=True) if static else self.dynamics.new_state()
+        # caches of the window's size (arguments only where needed: a dynamics stand-in may take none)
+        dyn_state = self.dynamics.new_state(**({"static": True} if static else {}),
+                                            **({"window": opts.window} if opts.window is not None else {}))
         self.dynamics.observe(dyn_state, dyn_in, per_frame, context_level=opts.context_level, generator=g)
         dec_caches = self.tokenizer.decoder.new_cache(static=True) if static else self.tokenizer.decoder.new_cache()
         if static:  # static caches take one frame at a time, at a device position
@@ -341,6 +350,10 @@ class World:
             raise ValueError("no session: call world.reset(context_frames) first")
         s = self._session
         opts = self._options(self._session_opts, sampling)
+        if opts.window != self._session_opts.window:
+            raise ValueError(f"sampling option window is fixed for a session (its KV caches are sized at reset): "
+                             f"this one attends to {self._session_opts.window or self.dynamics.cfg.context_window} "
+                             f"frames; pass window={opts.window} to reset instead")
         a = self._actions(action, s.batch)
         if s.static and self.device.type == "cuda":
             frame = self._graph(s, opts, a)(a)

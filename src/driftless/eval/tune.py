@@ -1,0 +1,247 @@
+"""Tune a world's context noise level on validation data: `driftless world tune WORLD --data VAL`.
+
+When sampling frame by frame, the dynamics holds its own generated past at a diffusion noise
+level, the *context level* (the dynamics' config says 15 of 1000). A noisier past makes the
+model trust its own imperfect frames less, which on the shipped CoinRun world kept long rollouts
+on the player's level far better (docs/benchmarks.md, 1.6); too noisy and the past is lost. The
+best level differs per world, so it is measured and stored in the world's `world.json`
+(`sampling.context_level`, which `World` and the ONNX export take as their default).
+
+Every candidate level is measured on the SAME validation episodes, with the same rollouts (the
+same start frames, actions and sampling seeds; only the level differs), by two protocols:
+
+* short horizon: the GenieRedux protocol of `eval/evaluate.py` (`rollout_protocol`): reset on 1
+  real frame, generate 10 with the LAM's actions of the real clip, mean PSNR against the real
+  frames (`psnr`);
+* long horizon: the same-level drift of `eval/drift.py` (`drift_protocol`): `rollouts` rollouts of
+  `frames` frames with random actions; `same_level_score` is the fraction of the last
+  `drift_window` frames whose palette distance to the rollout's own context lies inside real
+  one-level play's 90th percentile (real play scores about 0.9). It needs real episodes of one
+  level at least 1 + `frames` long in the store (`driftless data coinrun --same-level-frames`).
+
+The rule (`choose`), in order:
+
+1. eligible: a candidate whose PSNR is within `psnr_tolerance` dB of the best candidate's (so
+   that the short horizon does not pay for the long one) and whose rollouts are not frozen
+   (`frozen_rate` at most `max_frozen`: a rollout stuck on its start frame scores a perfect
+   same-level score);
+2. among those, the highest same-level score (ties: the higher PSNR);
+3. it replaces the world's current level only if its score beats the current level's by at least
+   `min_gain` (a few rollouts are noisy: a small gain is not evidence); otherwise the current
+   level stays (if the current level is not eligible itself, the winner replaces it anyway).
+
+Validation only: a store that declares the test split is refused unless `allow_test` (settings
+chosen on the test split make the test figures optimistic). `tune_context_level` writes the choice and
+every candidate's numbers into world.json atomically (`sampling.context_level`, and
+`tuning.context_level`: data, split, rule, numbers, date, code version).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from driftless.runtime import clean_json, run_info
+
+DEFAULT_LEVELS = (15, 100, 300, 500)
+
+
+@dataclass
+class TuneConfig:
+    levels: tuple[int, ...] = DEFAULT_LEVELS  # candidate context levels (the world's current one is always added)
+    split: str = "val"  # the split the store must declare (tuning never chooses on test unless allow_test)
+    allow_test: bool = False
+    clips: int = 16  # short horizon: clips of 1 + horizon frames (GenieRedux protocol)
+    horizon: int = 10
+    rollouts: int = 4  # long horizon: rollouts per candidate
+    frames: int = 300  # frames per rollout; the store needs same-level episodes of 1 + frames frames
+    drift_window: int = 50  # the last frames the same-level score is taken over
+    psnr_tolerance: float = 0.3  # dB below the best candidate's short-horizon PSNR still eligible
+    max_frozen: float = 0.25  # at most this fraction of a candidate's rollouts frozen
+    min_gain: float = 0.05  # same-level score a candidate must gain over the current level to replace it
+    bank_size: int = 512  # real frames of the drift measure's bank / calibration (as eval's quick size)
+    reference_size: int = 256
+    batch_size: int = 16
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.levels = tuple(int(v) for v in self.levels)
+        if not self.levels:
+            raise ValueError("give at least one candidate context level")
+        if any(v < 0 for v in self.levels):
+            raise ValueError(f"context levels are >= 0, got {list(self.levels)}")
+        for name in ("clips", "horizon", "rollouts", "frames", "drift_window", "batch_size", "bank_size",
+                     "reference_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.drift_window > self.frames:
+            raise ValueError(f"drift_window ({self.drift_window}) must not exceed frames ({self.frames})")
+        if self.psnr_tolerance < 0 or self.min_gain < 0 or not 0 <= self.max_frozen <= 1:
+            raise ValueError(f"psnr_tolerance and min_gain must be >= 0 and max_frozen in [0, 1], got "
+                             f"{self.psnr_tolerance}, {self.min_gain}, {self.max_frozen}")
+
+
+RULE = ("among candidates whose short-horizon PSNR (1 context frame, {horizon} generated) is within "
+        "{psnr_tolerance} dB of the best candidate's and whose rollouts are at most {max_frozen:.0%} frozen, "
+        "the highest same-level score over the last {drift_window} of {frames} frames (ties: higher PSNR); it "
+        "replaces the current level only if its score is at least {min_gain} higher")
+
+
+def rule_text(cfg: TuneConfig) -> str:
+    return RULE.format(**asdict(cfg))
+
+
+# ---- the rule ---------------------------------------------------------------------------------
+def choose(results: list[dict], current: int, cfg: TuneConfig) -> dict:
+    """results: one dict per candidate with "context_level", "psnr", "same_level_score" and
+    "frozen_rate" (None: not measured) -> {"context_level": the choice, "reason": why,
+    "eligible": [levels], "excluded": {level: why}} by the module docstring's rule."""
+    best_psnr = max(r["psnr"] for r in results)
+    excluded = {}
+    for r in results:
+        if r["psnr"] < best_psnr - cfg.psnr_tolerance:
+            excluded[r["context_level"]] = (f"PSNR {r['psnr']:.2f} dB, {best_psnr - r['psnr']:.2f} dB below the best "
+                                            f"({best_psnr:.2f}; tolerance {cfg.psnr_tolerance})")
+        elif (r.get("frozen_rate") or 0.0) > cfg.max_frozen:
+            excluded[r["context_level"]] = f"{r['frozen_rate']:.0%} of its rollouts frozen (at most {cfg.max_frozen:.0%})"
+        elif r.get("same_level_score") is None:
+            excluded[r["context_level"]] = "no same-level score (too few long real episodes)"
+    eligible = [r for r in results if r["context_level"] not in excluded]
+    levels = [r["context_level"] for r in eligible]
+    out = {"eligible": levels, "excluded": {str(k): v for k, v in excluded.items()}}
+    if not eligible:
+        return {"context_level": current, **out, "reason": "no candidate is eligible: the current level stays"}
+    top = max(eligible, key=lambda r: (r["same_level_score"], r["psnr"]))
+    now = next((r for r in eligible if r["context_level"] == current), None)  # None: not eligible (or not measured)
+    if top["context_level"] == current:
+        return {"context_level": current, **out,
+                "reason": f"the current level has the best same-level score of the eligible {levels}"}
+    if now is not None and top["same_level_score"] < now["same_level_score"] + cfg.min_gain:
+        return {"context_level": current, **out,
+                "reason": (f"level {top['context_level']} scores {top['same_level_score']:.3f}, less than "
+                           f"{cfg.min_gain} above the current level's {now['same_level_score']:.3f}: the current "
+                           f"level stays")}
+    why = ("the current level is not eligible" if now is None else
+           f"{top['same_level_score']:.3f} against the current level's {now['same_level_score']:.3f}")
+    return {"context_level": top["context_level"], **out,
+            "reason": f"level {top['context_level']} has the best same-level score of the eligible {levels} ({why})"}
+
+
+# ---- measuring ----------------------------------------------------------------------------------
+def check_store(store, store_info: dict, cfg: TuneConfig, context: int = 1) -> None:
+    """Refuse a test store (unless allow_test) and a store without real episodes long enough for
+    the same-level band (before anything is generated)."""
+    from driftless.eval.drift import DriftConfig
+
+    declared = store_info.get("declared_split")
+    if declared == "test" and not cfg.allow_test:
+        raise ValueError(f"{store_info['path']} holds the test split: settings chosen on it would make the test "
+                         f"figures optimistic. Tune on validation data (driftless data coinrun --split val "
+                         f"--same-level-frames N), or pass --allow-test to do it anyway")
+    need = context + cfg.frames
+    long_enough = int((np.asarray(store.episode_lengths) >= need).sum())
+    if long_enough < DriftConfig().band_min_episodes:
+        raise ValueError(f"the same-level score of {cfg.frames}-frame rollouts needs at least "
+                         f"{DriftConfig().band_min_episodes} real episodes of {need}+ frames of one level in "
+                         f"{store_info['path']} ({long_enough} there): make them with `driftless data coinrun "
+                         f"--split val --same-level-frames {need}` or tune with fewer --frames")
+
+
+def measure_level(world, store, level: int, cfg: TuneConfig) -> dict:
+    """One candidate's numbers: the GenieRedux rollout PSNR and the drift / same-level summary."""
+    from driftless.eval.evaluate import EvalConfig, drift_protocol, rollout_protocol
+
+    ecfg = EvalConfig(split=cfg.split, clips=cfg.clips, context=1, horizon=cfg.horizon,
+                      delta_t=min(4, cfg.horizon), drift_frames=cfg.frames, drift_rollouts=cfg.rollouts,
+                      drift_window=cfg.drift_window, bank_size=cfg.bank_size, reference_size=cfg.reference_size,
+                      batch_size=cfg.batch_size, seed=cfg.seed, sampling={"context_level": int(level)},
+                      progress=cfg.progress, size="custom")
+    short, _ = rollout_protocol(world, store, ecfg)
+    drift, _ = drift_protocol(world, store, ecfg)
+    s, sl = drift["summary"], drift.get("same_level", {}).get("summary", {})
+    out = {
+        "context_level": int(level),
+        "psnr": short["rollout"]["psnr"], "ssim": short["rollout"]["ssim"],
+        "psnr_per_step": short["rollout"]["psnr_per_step"],
+        "delta_psnr": (short["delta"] or {}).get("delta_psnr"),
+        "same_level_score": sl.get("same_level_score"), "morphed_rate": sl.get("morphed_rate"),
+        "palette_tv_first": sl.get("palette_tv_first"), "palette_tv_last": sl.get("palette_tv_last"),
+        "palette_tv_real_limit_last": sl.get("palette_tv_real_limit_last"),
+        "nn_psnr_first": s["nn_psnr_first"], "nn_psnr_last": s["nn_psnr_last"],
+        "collapse_rate_last": s["collapse_rate_last"], "frozen_rate": s.get("frozen_rate"),
+    }
+    return out
+
+
+def tune_context_level(world: str | Path, data: str | Path, cfg: TuneConfig | None = None, write: bool = True,
+                       threads: int | None = None, log=print) -> dict:
+    """Measure `cfg.levels` (and the world's current context level) on the validation store
+    `data`, choose one by the rule, and (with `write`) store it and the evidence in the world's
+    world.json. -> the tuning record."""
+    import torch
+
+    from driftless.checkpoint import atomic_write_json
+    from driftless.eval.evaluate import resolve_store
+    from driftless.world.build import world_folder
+    from driftless.world.world import load
+
+    cfg = cfg or TuneConfig()
+    folder = world_folder(world)
+    if threads:
+        torch.set_num_threads(threads)
+    w = load(folder)
+    if w.dynamics is None or not w.num_actions:
+        raise ValueError(f"{folder} has no action-conditioned dynamics model: nothing to tune")
+    store, store_info = resolve_store(data, cfg.split)
+    check_store(store, store_info, cfg)
+    levels_max = w.dynamics.cfg.diffusion.levels
+    bad = [v for v in cfg.levels if v > levels_max]
+    if bad:
+        raise ValueError(f"context levels must lie in [0, {levels_max}] (the dynamics' noise levels), got {bad}")
+    model_default = int(w.dynamics.cfg.diffusion.context_level)
+    current = w.sampling.context_level if w.sampling.context_level is not None else model_default
+    levels = sorted(set(cfg.levels) | {int(current)})
+    per = cfg.clips * 2 * cfg.horizon + cfg.rollouts * cfg.frames
+    log(f"tuning the context level of {folder} on {store_info['path']} (split {store_info['declared_split']!r}, "
+        f"{store.num_episodes} episodes): candidates {levels} (current {current}); per candidate {cfg.clips} clips "
+        f"x (1 + {cfg.horizon}) frames, twice (inferred and random actions), and {cfg.rollouts} rollouts x "
+        f"{cfg.frames} frames: {per} generated frames")
+    results, t0 = [], time.time()
+    for i, level in enumerate(levels):
+        t = time.time()
+        r = measure_level(w, store, level, cfg)
+        r["seconds"] = round(time.time() - t, 1)
+        results.append(r)
+        done = time.time() - t0
+        left = done / (i + 1) * (len(levels) - i - 1)
+        score = "n/a" if r["same_level_score"] is None else f"{r['same_level_score']:.3f}"
+        log(f"[{i + 1}/{len(levels)}] context level {level}: PSNR {r['psnr']:.2f} dB, same-level score {score}, "
+            f"morphed {r['morphed_rate']}, frozen {r['frozen_rate']} ({r['seconds'] / 60:.1f} min; "
+            f"{'done' if i + 1 == len(levels) else f'about {left / 60:.1f} min left'})")
+    decision = choose(results, int(current), cfg)
+    info = run_info(w.device)
+    record = {
+        "chosen": decision["context_level"], "previous": int(current), "model_default": model_default,
+        "reason": decision["reason"], "eligible": decision["eligible"], "excluded": decision["excluded"],
+        "rule": rule_text(cfg), "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+        "data": {"path": str(store_info["path"]), "split": store_info["declared_split"],
+                 "episodes": int(store.num_episodes), "frames": int(store.num_frames)},
+        "candidates": results,
+        "date": info["date"][:10], "seconds": round(time.time() - t0, 1),
+        "code": {"driftless": info["driftless"], "git": info["git"], "torch": info["torch"]},
+        "device": info["device_name"] or info["device"], "cpu_count": info["cpu_count"],
+        "torch_threads": info["torch_threads"],
+    }
+    record = clean_json(record)
+    if write:
+        meta = json.loads((folder / "world.json").read_text())  # as on disk now (the load above may be stale)
+        meta.setdefault("sampling", {})["context_level"] = int(decision["context_level"])
+        meta.setdefault("tuning", {})["context_level"] = record
+        atomic_write_json(folder / "world.json", meta)
+        load(folder)  # it still loads
+    return record

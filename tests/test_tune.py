@@ -1,0 +1,148 @@
+"""The per-world context noise level: `driftless world tune` (eval/tune.py) measures candidates on
+validation data, chooses by its rule and stores the choice in world.json, which World and the
+ONNX export take as their default."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import driftless
+from driftless.cli import main
+from driftless.eval.tune import TuneConfig, choose, tune_context_level
+
+TINY = dict(levels=(15, 500), clips=2, horizon=2, rollouts=2, frames=12, drift_window=4, bank_size=32,
+            reference_size=16, batch_size=4, progress=False)
+
+
+def _store(root, split="val", episodes=4, length=24, seed=0):
+    """A store of `split` whose episodes stand for long one-level ones (moving squares)."""
+    from driftless.data.store import EpisodeStore
+
+    g = np.random.default_rng(seed)
+    store = EpisodeStore.create(root, (64, 64), meta={"split": split})
+    with store.writer("synthetic") as wr:
+        for e in range(episodes):
+            frames = np.zeros((length, 64, 64, 3), dtype=np.uint8)
+            frames[..., e % 3] = 40 + 30 * e
+            for t in range(length):
+                x = (4 + 2 * t + 5 * e) % 56
+                frames[t, 20:28, x:x + 8] = 255
+            wr.add_episode(frames, actions=g.integers(0, 15, size=length), rewards=np.zeros(length, np.float32),
+                           same_level=True)
+    return root
+
+
+@pytest.fixture
+def world_copy(debug_world, tmp_path):
+    return shutil.copytree(debug_world, tmp_path / "world")
+
+
+def _r(level, psnr, score, frozen=0.0):
+    return {"context_level": level, "psnr": psnr, "same_level_score": score, "frozen_rate": frozen}
+
+
+def test_the_rule():
+    cfg = TuneConfig(psnr_tolerance=0.3, min_gain=0.05, max_frozen=0.25)
+    # the best score among those within 0.3 dB of the best PSNR
+    got = choose([_r(15, 17.0, 0.1), _r(300, 16.8, 0.3), _r(500, 16.5, 0.6)], 15, cfg)
+    assert got["context_level"] == 300 and got["eligible"] == [15, 300]
+    assert "0.50 dB below the best" in got["excluded"]["500"]
+    # a gain under min_gain keeps the current level
+    assert choose([_r(15, 17.0, 0.30), _r(300, 17.0, 0.33)], 15, cfg)["context_level"] == 15
+    # a frozen candidate is not eligible, whatever its score
+    frozen = choose([_r(15, 17.0, 0.1), _r(300, 17.0, 1.0, frozen=0.5)], 15, cfg)
+    assert frozen["context_level"] == 15 and "frozen" in frozen["excluded"]["300"]
+    # ties go to the higher PSNR; a current level that is not eligible is replaced without a margin
+    assert choose([_r(15, 15.0, 0.5), _r(100, 17.0, 0.2), _r(300, 17.1, 0.2)], 15, cfg)["context_level"] == 300
+    # no same-level score measured: nothing eligible, the current level stays
+    assert choose([_r(15, 17.0, None), _r(300, 17.0, None)], 15, cfg)["context_level"] == 15
+
+
+def test_tune_writes_the_choice_and_its_evidence(world_copy, tmp_path):
+    data = _store(tmp_path / "val")
+    before = json.loads((world_copy / "world.json").read_text())
+    record = tune_context_level(world_copy, data, TuneConfig(**TINY), log=lambda *a: None)
+    meta = json.loads((world_copy / "world.json").read_text())
+    assert meta["sampling"]["context_level"] == record["chosen"] in (15, 500)
+    assert {k: v for k, v in meta["sampling"].items() if k != "context_level"} == before["sampling"]
+    assert meta["action_map"] == before["action_map"]  # nothing else touched
+    t = meta["tuning"]["context_level"]
+    assert t == record
+    assert [c["context_level"] for c in t["candidates"]] == [15, 500]  # the current level (15) is among them
+    for c in t["candidates"]:
+        assert c["psnr"] > 0 and 0 <= c["same_level_score"] <= 1 and len(c["psnr_per_step"]) == 2
+    assert t["data"]["split"] == "val" and t["data"]["path"] == str(data) and t["data"]["episodes"] == 4
+    assert "within 0.3 dB" in t["rule"] and t["reason"] and t["date"][:2] == "20" and t["previous"] == 15
+    assert driftless.load(world_copy).sampling.context_level == record["chosen"]
+    # the same rollouts for every candidate, and reproducible: a dry run measures the same numbers
+    again = tune_context_level(world_copy, data, TuneConfig(**{**TINY, "levels": (500,)}), write=False,
+                               log=lambda *a: None)
+    assert json.loads((world_copy / "world.json").read_text()) == meta  # --dry-run: untouched
+    same = {c["context_level"]: c for c in again["candidates"]}
+    assert same[500]["psnr"] == next(c for c in t["candidates"] if c["context_level"] == 500)["psnr"]
+
+
+def test_tune_refuses_the_test_split_and_short_stores(world_copy, tmp_path, capsys):
+    test = _store(tmp_path / "test", split="test")
+    with pytest.raises(ValueError, match="test split.*--allow-test"):
+        tune_context_level(world_copy, test, TuneConfig(**TINY), log=lambda *a: None)
+    short = _store(tmp_path / "short", length=8)
+    with pytest.raises(ValueError, match=r"episodes of 13\+ frames.*--same-level-frames 13"):
+        tune_context_level(world_copy, short, TuneConfig(**TINY), log=lambda *a: None)
+    assert "tuning" not in json.loads((world_copy / "world.json").read_text())
+    # the command says the same, without a traceback
+    rc = main(["world", "tune", str(world_copy), "--data", str(test), "--levels", "15,500", "--no-progress"])
+    assert rc == 1 and "--allow-test" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["world", "tune", str(world_copy), "--data", str(test), "--levels", "15,x"])
+
+
+def test_tune_cli_dry_run_with_allow_test(world_copy, tmp_path, capsys):
+    test = _store(tmp_path / "test", split="test")
+    out = tmp_path / "tune.json"
+    rc = main(["world", "tune", str(world_copy), "--data", str(test), "--split", "test", "--allow-test",
+               "--levels", "15,500", "--clips", "2", "--horizon", "2", "--rollouts", "2", "--frames", "12",
+               "--drift-window", "4", "--batch-size", "4", "--dry-run", "--json", str(out), "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "chosen: context level" in text and "unchanged" in text
+    assert "tuning" not in json.loads((world_copy / "world.json").read_text())
+    assert [c["context_level"] for c in json.loads(out.read_text())["candidates"]] == [15, 500]
+
+
+def test_a_world_json_context_level_is_the_default(world_copy):
+    """world.json's sampling.context_level changes the frames a world plays by default, as passing
+    it does."""
+    ctx = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    actions = np.arange(8) % 4
+    plain = driftless.load(world_copy).rollout(ctx, actions, seed=0)
+    meta = json.loads((world_copy / "world.json").read_text())
+    meta["sampling"]["context_level"] = 500
+    (world_copy / "world.json").write_text(json.dumps(meta))
+    tuned = driftless.load(world_copy)
+    assert tuned.sampling.context_level == 500
+    noisy = tuned.rollout(ctx, actions, seed=0)
+    assert not np.array_equal(noisy[2:], plain[2:])
+    assert np.array_equal(noisy, driftless.load(world_copy).rollout(ctx, actions, seed=0, context_level=500))
+    assert np.array_equal(plain, tuned.rollout(ctx, actions, seed=0, context_level=15))
+
+
+def test_the_onnx_export_takes_the_worlds_context_level_and_window(world_copy, tmp_path):
+    """The step graph bakes world.json's context level in (the check replays World with it) and
+    sizes the dynamics' ring buffers to a shorter window."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from driftless.export.onnx import export_onnx
+
+    meta = json.loads((world_copy / "world.json").read_text())
+    meta["sampling"]["context_level"] = 400
+    (world_copy / "world.json").write_text(json.dumps(meta))
+    m = export_onnx(world_copy, tmp_path / "onnx", steps=1, window=3, check_frames=8, log=lambda *a: None)
+    assert m["sampling"]["context_level"] == 400 and m["sampling"]["window"] == 3
+    inputs = {i["name"]: i for i in m["graphs"]["step"]["inputs"]}
+    assert inputs["dyn_valid"]["shape"] == [3] and inputs["dyn_k0"]["shape"][2] == 3
+    c = m["check"]
+    assert c["latents_max_abs"] < 1e-4 and c["frames_max_abs"] <= 1, c  # against World with window 3, level 400
+    with pytest.raises(ValueError, match=r"window must be an integer in \[1, 6\]"):
+        export_onnx(world_copy, tmp_path / "too-long", window=7, check_frames=0, log=lambda *a: None)
