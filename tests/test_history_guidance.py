@@ -81,6 +81,21 @@ def test_the_history_free_branch_ignores_the_past():
     assert torch.equal(free, free_b) and bool((levels == dyn.cfg.diffusion.levels).all())
 
 
+def test_the_past_branch_of_the_batched_pass_is_the_plain_prediction():
+    """Rows :b of the 2b pass see the same past as a plain state (the context noise is drawn first,
+    the history-free branch's after it), so at scale 1 a guided state predicts what a plain one does."""
+    dyn = _dyn()
+    x = torch.randn(2, 1, dyn.cfg.tokens_per_frame, dyn.cfg.latent_dim, generator=torch.Generator().manual_seed(1))
+    levels, acts = torch.full((2, 1), 700), torch.tensor([[1], [3]])
+    out = {}
+    for hg in (1.0, 2.0):
+        state = dyn.new_state(history_guidance=hg)
+        dyn.observe(state, _context(dyn, 1), torch.ones(2, 3, dtype=torch.long),
+                    generator=torch.Generator().manual_seed(0))
+        out[hg] = dyn.frame._denoise_fn(dyn.run, acts, state, 1.0, 1.0)(x, levels)
+    torch.testing.assert_close(out[2.0], out[1.0], rtol=1e-5, atol=1e-5)
+
+
 def test_composition_with_cfg_on_the_action():
     """out = g_free + w (g_past - g_free), each branch guided on the action first (g = out(null) +
     s (out(a) - out(null))), both branches in one forward pass of 2b rows."""
