@@ -50,6 +50,8 @@ def test_onnx_world_refuses_other_options_and_other_worlds(loaded, debug_export)
     with pytest.raises(ValueError, match="2 steps"):
         ow.step(0, steps=3)
     assert ow.step(0, steps=2).shape == (*world.resolution, 3)  # the baked-in count is fine
+    with pytest.raises(ValueError, match="cannot sample with history guidance.*--backend torch"):
+        ow.step(0, history_guidance=2.0)
     other = types.SimpleNamespace(resolution=(32, 32), num_actions=world.num_actions)
     with pytest.raises(ValueError, match="another world"):
         OnnxWorld(other, debug_export["onnx"])

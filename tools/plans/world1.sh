@@ -12,6 +12,7 @@ stamp() { echo "$(date +%T) $*" >> $R/status.txt; }
 stamp "start, $NG GPU(s)"
 $DL data coinrun --out $D/train --episodes $EPI --split train --workers 30
 $DL data coinrun --out $D/val --episodes $((EPI / 30 + 2)) --split val --workers 30
+$DL data coinrun --out $D/val --episodes 16 --split val --workers 16 --same-level-frames 450
 $DL data coinrun --out $D/test --episodes 254 --split test --workers 30
 $DL data coinrun --out $D/test --episodes 16 --split test --workers 16 --same-level-frames 1100
 stamp waiting-for-tokenizer
@@ -25,4 +26,8 @@ cp $W/run/run.json $W/run/eval.json $R/ 2>/dev/null
 for s in tokenizer lam dynamics; do cp $W/run/$s/metrics.jsonl $R/metrics-$s.jsonl 2>/dev/null; done
 tar cf $P/world.tar -C $W/run world && ls -la $P >> $R/status.txt
 tar czf $P/eval-plots.tgz -C $W/run eval-plots 2>/dev/null
+stamp tune
+# the context noise level chosen on validation (benchmarks 1.6); world.json comes back in the results
+$DL world tune $W/run/world --data $D/val --rollouts 16 --frames 400 --clips 64 --no-progress --json $R/tune.json > $R/tune.log 2>&1
+cp $W/run/world/world.json $R/world-tuned.json
 stamp done

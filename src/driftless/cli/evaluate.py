@@ -102,7 +102,7 @@ def _default(name: str) -> str:
     return f"default {QUICK[name]} quick, {full} full" if name in QUICK else f"default {full}"
 
 
-SAMPLING_FLAGS = ("steps", "eta", "cfg_scale", "context_level", "temperature", "window")
+SAMPLING_FLAGS = ("steps", "eta", "cfg_scale", "context_level", "temperature", "window", "history_guidance")
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict:
@@ -250,6 +250,11 @@ def register(sub) -> None:
     g.add_argument("--temperature", type=float, help="scale of the initial noise of each frame (forcing; 1 = "
                                                      "unscaled), head noise (mar), softmax temperature (maskgit) "
                                                      "(default: the world's)")
+    g.add_argument("--history-guidance", type=float, metavar="W",
+                   help="history guidance (forcing): each denoising step takes out_free + W * (out_past - out_free), "
+                        "out_free the same model with its past at the top noise level; 1 = off, W > 1 pulls towards "
+                        "the past; composes with --cfg-scale (each branch guided on the action first); about twice "
+                        "the compute per frame (default: the world's)")
     g.add_argument("--window", type=int, help="frames the dynamics attends to (the new one and the window - 1 "
                                               "before it), also the context kept at reset and the tokenizer "
                                               "decoder's window (capped by its own); at most the dynamics' trained "

@@ -1,4 +1,5 @@
-"""Guidance for samplers that follow a scheduling matrix: reward gradients, MCTG, inpainting.
+"""Guidance: reward gradients, MCTG and inpainting for scheduling-matrix samplers; the
+classifier-free combination of two predictions (CFG on the action, history guidance).
 
 Every helper returns a `guide(x0_hat, x, levels) -> x0_corrected` callback for
 `driftless.diffusion.scheduling.sample_matrix`; none knows what the tokens mean. A reward is a
@@ -21,15 +22,30 @@ higher is better (a goal is a reward: minus the distance to it).
   itself, x0 <- x0 + scale * sigma_k^2 * grad_x0 (no pass through the denoiser; no MCTG).
 * `inpaint_guide(mask, values)`: replace masked entries of the estimate (Diffuser's way of
   conditioning on a start or goal state).
+
+Classifier-free combinations (the video frame models call them on the denoiser's output, in its
+parametrisation; the combination is linear, so it is the same on x0, eps or v):
+
+* `free_guidance(cond, uncond, scale)` = uncond + scale * (cond - uncond): classifier-free
+  guidance (Ho & Salimans 2022) on the action (`cfg_scale`, the unconditional prediction takes
+  the null action) and history guidance (`history_guidance`, the unconditional prediction sees
+  the past fully noised: "History-guided video diffusion", Song et al. 2025). Scale 1 returns
+  `cond` itself, bit for bit.
+* `check_guidance_scale(name, value)`: a finite number in [0, MAX_GUIDANCE], else ValueError.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+import math
+import numbers
+
 import torch
 
 from driftless.diffusion.gaussian import GaussianDiffusion, expand_like
+
+MAX_GUIDANCE = 100.0  # far beyond any useful guidance scale, and finite in bfloat16 products
 
 Guide = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 RewardFn = Callable[[torch.Tensor], torch.Tensor]
@@ -126,3 +142,18 @@ def chain(*guides: Guide | None) -> Guide | None:
         return x0
 
     return guide
+
+
+def free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free combination uncond + scale * (cond - uncond); `cond` itself at scale 1."""
+    if scale == 1.0:
+        return cond
+    return uncond + scale * (cond - uncond)
+
+
+def check_guidance_scale(name: str, value) -> float:
+    """A guidance scale as a float: a finite real number in [0, MAX_GUIDANCE] (1 = off), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) \
+            or not 0.0 <= float(value) <= MAX_GUIDANCE:
+        raise ValueError(f"{name} must be a finite number in [0, {MAX_GUIDANCE:g}] (1 = off), got {value!r}")
+    return float(value)

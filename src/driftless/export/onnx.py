@@ -78,8 +78,13 @@ OUTPUTS = ("frame", "latents")  # then the state after the frame, `<name>_out`
 # ---------------------------------------------------------------------------------- the graphs
 def sampling_options(world: World, **overrides) -> SamplingOptions:
     """The world's default sampling options with `overrides` (None: keep), all resolved to values
-    (the graph bakes them in)."""
+    (the graph bakes them in). History guidance is refused: the step graph runs one branch."""
     opts = world._options(world.sampling, overrides)  # checked like World's (window, context_level in range)
+    if opts.history_guidance != 1.0:
+        where = "given" if overrides.get("history_guidance") is not None else "the world's sampling default"
+        raise ValueError(f"the ONNX export does not support history guidance (history_guidance "
+                         f"{opts.history_guidance:g}, {where}): its step graph runs one branch, the past's; "
+                         f"export with history_guidance=1, or play with the torch backend")
     cfg = world.dynamics.cfg
     eta = cfg.diffusion.eta if opts.eta is None else opts.eta
     level = cfg.diffusion.context_level if opts.context_level is None else opts.context_level

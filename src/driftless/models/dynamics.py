@@ -13,6 +13,11 @@ frame is run once to append its keys/values (latents noised to the small context
 the window slides, so a rollout costs the same per frame however long it runs. The window is
 the config's `context_window` frames, or fewer for one rollout (`new_state(window=...)`).
 
+History guidance (`history_guidance` = w, 1 = off; forcing only): a rollout state made by
+`new_state(history_guidance=w)` also carries the model without a past (the same network, its past
+held at the top noise level K, in batch rows b.. of the same caches), and every denoising step
+combines the two, out_free + w * (out_past - out_free); see models/frame_forcing.py.
+
 How a frame is modelled is the frame model, `self.frame`, chosen by the config field
 `frame_model` from `FRAME_MODELS` (the interface: models/frames.py):
 
@@ -33,6 +38,7 @@ import torch
 from torch import nn
 
 from driftless.diffusion.gaussian import DiffusionConfig
+from driftless.diffusion.guidance import check_guidance_scale
 from driftless.models.frame_forcing import ForcingFrame
 from driftless.models.frame_mar import MARConfig, MARFrame
 from driftless.models.frame_maskgit import MaskGITConfig, MaskGITFrame
@@ -107,6 +113,8 @@ class RolloutState:
     caches: list[KVCache]
     position: int | torch.Tensor = 0  # a device counter with static caches
     window: int | None = None  # frames attended, the new one included (None: the config's context_window)
+    # the caches hold a second, history-free branch in batch rows b.. (for history guidance)
+    history_free: bool = False
 
 
 class Dynamics(nn.Module):
@@ -199,16 +207,37 @@ class Dynamics(nn.Module):
                              f"in training), got {window!r}")
         return int(window)
 
-    def new_state(self, static: bool = False, window: int | None = None) -> RolloutState:
+    def new_state(self, static: bool = False, window: int | None = None,
+                  history_guidance: float = 1.0) -> RolloutState:
         """A fresh rollout; `static`: KV caches and position on the device, for CUDA graphs
         (frames then go in one at a time); `window`: frames attended, the new one included
-        (`check_window`; None: the config's context_window): the caches keep window - 1 past frames."""
+        (`check_window`; None: the config's context_window): the caches keep window - 1 past frames.
+        `history_guidance` != 1: the state also carries the history-free branch that history
+        guidance needs (twice the caches, and twice the rows in every forward pass, whatever scale
+        the frames are then generated with)."""
         w = self.check_window(window)
+        free = self._history_guidance(history_guidance) != 1.0
         caches = self.backbone.new_cache(static=static, window=w - 1)
         if static:
             return RolloutState(caches=caches, position=torch.zeros((), dtype=torch.long, device=self.pos.device),
-                                window=w)
-        return RolloutState(caches=caches, window=w)
+                                window=w, history_free=free)
+        return RolloutState(caches=caches, window=w, history_free=free)
+
+    def _history_guidance(self, scale, state: RolloutState | None = None) -> float:
+        """The history-guidance scale, checked: a number in [0, MAX_GUIDANCE], != 1 only for a frame
+        model that guides on history and (given `state`) on a state with the history-free branch."""
+        scale = check_guidance_scale("history_guidance", scale)
+        if scale == 1.0:
+            return scale
+        if not self.frame.guides_history:
+            guided = [name for name, frame in FRAME_MODELS.items() if frame.guides_history]
+            raise ValueError(f"history_guidance is implemented for frame_model {' or '.join(map(repr, guided))}, "
+                             f"not {self.cfg.frame_model!r}: leave it at 1")
+        if state is not None and not state.history_free:
+            raise ValueError("history_guidance != 1 needs the history-free branch from the start of the rollout: "
+                             "make the state with new_state(history_guidance=...) (World: give history_guidance "
+                             "to reset, or in the world's sampling defaults)")
+        return scale
 
     @torch.no_grad()
     def observe(self, state: RolloutState, inputs: torch.Tensor, actions: torch.Tensor | None,
@@ -231,6 +260,7 @@ class Dynamics(nn.Module):
         generator: torch.Generator | None = None,
         batch: int | None = None,
         device=None,
+        history_guidance: float = 1.0,
     ) -> torch.Tensor:
         """Sample the next frame's latents (b, 1, s, c) given the cached past and its action
         (b,) int (or None when unconditioned), then append it to the caches.
@@ -238,7 +268,10 @@ class Dynamics(nn.Module):
         `steps` are DDIM steps (forcing), unmasking steps (mar) or MaskGIT steps (maskgit); the
         temperature scales the initial noise (forcing), the head's sampling noise (mar) or the
         softmax (maskgit); `eta` applies to forcing only (mar uses its head's `head_eta`).
-        maskgit returns code indices (b, 1, s) (`self.frame.to_latents` turns them into latents)."""
+        maskgit returns code indices (b, 1, s) (`self.frame.to_latents` turns them into latents).
+        `history_guidance` (forcing; 1 = off) needs a state made with it (`new_state`); such a
+        state samples its frames through both branches at any scale (1: the past's alone)."""
+        history_guidance = self._history_guidance(history_guidance, state)
         if actions is not None:
             b, device = actions.shape[0], actions.device
             actions = actions.long().reshape(b, 1)
@@ -246,7 +279,7 @@ class Dynamics(nn.Module):
             b = batch or 1
         return self.frame.generate_frame(self.run, state, actions, b, device, steps=steps, cfg_scale=cfg_scale,
                                          eta=eta, context_level=context_level, temperature=temperature,
-                                         generator=generator)
+                                         generator=generator, history_guidance=history_guidance)
 
     @torch.no_grad()
     def generate_chunk(
@@ -264,12 +297,15 @@ class Dynamics(nn.Module):
         batch: int | None = None,
         device=None,
         horizon: int | None = None,
+        history_guidance: float = 1.0,
     ) -> torch.Tensor:
         """Sample the next H frames together (b, H, s, c), following a Diffusion-Forcing
         scheduling matrix (`autoregressive`, `pyramid` with `uncertainty`, `full_sequence`)
         over the chunk while the cached past stays fixed; then append them to the caches.
         actions: (b, H) per-frame actions, or None when unconditioned (give `horizon`).
-        Only frame models that denoise whole frames can (forcing)."""
+        Only frame models that denoise whole frames can (forcing). `history_guidance`: as in
+        `generate_frame`."""
+        history_guidance = self._history_guidance(history_guidance, state)
         if actions is not None:
             b, h, device = actions.shape[0], actions.shape[1], actions.device
             actions = actions.long()
@@ -282,7 +318,8 @@ class Dynamics(nn.Module):
             raise ValueError(f"a chunk of {h} frames does not fit the context window of {window}")
         return self.frame.generate_chunk(self.run, state, actions, h, b, device, schedule=schedule, steps=steps,
                                          uncertainty=uncertainty, cfg_scale=cfg_scale, eta=eta,
-                                         context_level=context_level, temperature=temperature, generator=generator)
+                                         context_level=context_level, temperature=temperature, generator=generator,
+                                         history_guidance=history_guidance)
 
 
 def _moved_into_frame(module: Dynamics, state_dict: dict, prefix: str, *args) -> None:

@@ -9,6 +9,19 @@ Sampling one frame: DDIM over `steps` from noise scaled by the temperature, with
 classifier-free guidance on the action; the finished frame is appended to the caches at the
 context noise level (`FrameModel.observe`). Several frames can be sampled together following a
 Diffusion-Forcing scheduling matrix (`generate_chunk`: autoregressive, pyramid, full_sequence).
+
+History guidance (`history_guidance` = w, 1 = off; "History-guided video diffusion", Song et
+al. 2025): on a rollout state with a history-free branch (`Dynamics.new_state(history_guidance=w)`)
+every denoising call runs the frame twice in one forward pass of 2b rows, once on the past
+(rows :b) and once on the past held at the top noise level K (rows b:, `history_free_context`),
+and takes out = out_free + w * (out_past - out_free): w > 1 pulls the frame towards what the past
+says. With CFG on the action as well (cfg_scale = s) each branch is first guided on the action
+(a second 2b forward with the null action), then the two are combined:
+
+    out = g_free + w * (g_past - g_free),   g_branch = out(branch, null) + s * (out(branch, a) - out(branch, null))
+
+which is symmetric in the two guidances (the same as guiding on history first, then on the
+action) and costs two forward passes of 2b rows per denoising step, against two of b for CFG alone.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ import torch
 from torch import nn
 
 from driftless.diffusion.gaussian import NoiseTape, randn
+from driftless.diffusion.guidance import free_guidance
 from driftless.diffusion.scheduling import ladder, sample_matrix, schedule_matrix
 from driftless.models.frames import Backbone, BuildShared, FrameModel, no_shared_layers
 
@@ -34,6 +48,7 @@ class ForcingFrame(FrameModel):
     teacher_forcing = True
     moved_from_dynamics = ("latent_in.", "latent_out.")  # top-level in Dynamics before the frame models
     capturable = True
+    guides_history = True
 
     def __init__(self, cfg: DynamicsConfig, build_shared: BuildShared = no_shared_layers):
         super().__init__(cfg)
@@ -85,14 +100,26 @@ class ForcingFrame(FrameModel):
             cache[key] = ladder(self.cfg.diffusion.levels, steps).to(device)
         return cache[key]
 
-    def _denoise_fn(self, run: Backbone, actions: torch.Tensor | None, state: RolloutState, cfg_scale: float):
+    def _denoise_fn(self, run: Backbone, actions: torch.Tensor | None, state: RolloutState, cfg_scale: float,
+                    history_guidance: float = 1.0):
+        """denoise(x (b, t, s, c), levels (b, t)) -> the guided output (b, t, s, c) (module docstring)."""
+        branches = 2 if state.history_free else 1  # rows :b see the past; rows b: its history-free branch
+        null = torch.full_like(actions, self.null_action) if cfg_scale != 1.0 and actions is not None else None
+
+        def net(x: torch.Tensor, levels: torch.Tensor, acts: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+            if branches > 1:  # both branches in one pass: (2b, t, ...)
+                x, levels = torch.cat([x, x]), torch.cat([levels, levels])
+                acts = None if acts is None else torch.cat([acts, acts])
+            out = self(run, x, levels, acts, start=state.position, caches=state.caches)
+            return out.chunk(branches)  # (with the past[, history-free])
+
         def denoise(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-            out = self(run, x, levels, actions, start=state.position, caches=state.caches)
-            if cfg_scale != 1.0 and actions is not None:
-                null = torch.full_like(actions, self.null_action)
-                out_u = self(run, x, levels, null, start=state.position, caches=state.caches)
-                out = out_u + cfg_scale * (out - out_u)
-            return out
+            outs = net(x, levels, actions)
+            if null is not None:  # CFG on the action, within each branch
+                outs = [free_guidance(o, o_null, cfg_scale) for o, o_null in zip(outs, net(x, levels, null))]
+            if branches == 1:
+                return outs[0]
+            return free_guidance(outs[0], outs[1], history_guidance)
 
         return denoise
 
@@ -100,18 +127,19 @@ class ForcingFrame(FrameModel):
     def generate_frame(self, run: Backbone, state: RolloutState, actions: torch.Tensor | None, batch: int, device,
                        steps: int | None = None, cfg_scale: float = 1.0, eta: float | None = None,
                        context_level: int | None = None, temperature: float = 1.0,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None, history_guidance: float = 1.0) -> torch.Tensor:
         """-> the next frame's latents (b, 1, s, c): `steps` DDIM steps (eta), from noise scaled by
-        `temperature`; then appended to the caches."""
+        `temperature`, guided by `history_guidance` on a state with a history-free branch; then
+        appended to the caches."""
         x = self.sample(run, state, actions, batch, device, steps=steps, cfg_scale=cfg_scale, eta=eta,
-                        temperature=temperature, generator=generator)
+                        temperature=temperature, generator=generator, history_guidance=history_guidance)
         self.observe(run, state, x, actions, context_level=context_level, generator=generator)
         return x
 
     @torch.no_grad()
     def sample(self, run: Backbone, state: RolloutState, actions: torch.Tensor | None, batch: int, device,
                steps: int | None = None, cfg_scale: float = 1.0, eta: float | None = None, temperature: float = 1.0,
-               generator: torch.Generator | NoiseTape | None = None) -> torch.Tensor:
+               generator: torch.Generator | NoiseTape | None = None, history_guidance: float = 1.0) -> torch.Tensor:
         """The next frame's latents (b, 1, s, c) from the cached past, not yet appended to the caches
         (`generate_frame` without its `observe`). Noise is drawn from `generator` in this order: the
         initial noise, then one draw per DDIM step when eta > 0."""
@@ -120,7 +148,7 @@ class ForcingFrame(FrameModel):
         shape = (b, 1, cfg.tokens_per_frame, cfg.latent_dim)
         x = randn(shape, device, generator) * temperature
         lad = self._ladder(steps, device)
-        denoise = self._denoise_fn(run, actions, state, cfg_scale)
+        denoise = self._denoise_fn(run, actions, state, cfg_scale, history_guidance)
         for i in range(steps):
             k_now = lad[i].expand(b, 1)
             k_next = lad[i + 1].expand(b, 1)
@@ -134,14 +162,14 @@ class ForcingFrame(FrameModel):
                        batch: int, device, schedule: str = "pyramid", steps: int | None = None,
                        uncertainty: float = 1.0, cfg_scale: float = 1.0, eta: float | None = None,
                        context_level: int | None = None, temperature: float = 1.0,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None, history_guidance: float = 1.0) -> torch.Tensor:
         """-> the next `horizon` frames' latents (b, H, s, c), denoised together following the
         scheduling matrix `schedule` (see `Dynamics.generate_chunk`)."""
         cfg = self.cfg
         steps = cfg.diffusion.sampling_steps if steps is None else steps
         matrix = schedule_matrix(schedule, horizon, steps, cfg.diffusion.levels, uncertainty)
         x = torch.randn((batch, horizon, cfg.tokens_per_frame, cfg.latent_dim), device=device, generator=generator)
-        x = sample_matrix(self._denoise_fn(run, actions, state, cfg_scale), self.diffusion, x * temperature, matrix,
-                          eta=eta, generator=generator)
+        denoise = self._denoise_fn(run, actions, state, cfg_scale, history_guidance)
+        x = sample_matrix(denoise, self.diffusion, x * temperature, matrix, eta=eta, generator=generator)
         self.observe(run, state, x, actions, context_level=context_level, generator=generator)
         return x

@@ -132,9 +132,10 @@ class MARFrame(FrameModel):
     def generate_frame(self, run: Backbone, state: RolloutState, actions: torch.Tensor | None, batch: int, device,
                        steps: int | None = None, cfg_scale: float = 1.0, eta: float | None = None,
                        context_level: int | None = None, temperature: float = 1.0,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None, history_guidance: float = 1.0) -> torch.Tensor:
         """-> the next frame's latents (b, 1, s, c): `steps` unmasking steps, the head's noise scaled
-        by `temperature` (`eta` unused: the head samples with its `head_eta`)."""
+        by `temperature` (`eta` unused: the head samples with its `head_eta`; history guidance is not
+        implemented here, `Dynamics` refuses it)."""
         cfg, b = self.cfg, batch
         s, c = cfg.tokens_per_frame, cfg.latent_dim
         steps = self.mar.steps if steps is None else int(steps)

@@ -161,7 +161,8 @@ class MaskGITFrame(FrameModel):
     def generate_frame(self, run: Backbone, state: RolloutState, actions: torch.Tensor | None, batch: int, device,
                        steps: int | None = None, cfg_scale: float = 1.0, eta: float | None = None,
                        context_level: int | None = None, temperature: float = 1.0,
-                       generator: torch.Generator | None = None, trace: list | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None, trace: list | None = None,
+                       history_guidance: float = 1.0) -> torch.Tensor:
         """-> the next frame's code indices (b, 1, s): `steps` MaskGIT steps, the softmax at
         `temperature` (`eta` and `context_level` unused: codes are clean). `trace`, if given,
         receives the number of still-masked tokens per session after each step."""

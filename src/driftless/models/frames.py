@@ -30,7 +30,13 @@ The frame model owns everything that depends on what a frame is made of:
   appends known frames to the caches (default: latents held at the context noise level, see
   `context`), `generate_frame(run, state, actions, batch, device, **options)` samples the next
   frame and appends it, `generate_chunk(...)` samples several frames by a Diffusion-Forcing
-  scheduling matrix (only models that denoise whole frames; the default refuses).
+  scheduling matrix (only models that denoise whole frames; the default refuses);
+* history guidance (`guides_history = True`, forcing only): a rollout state made with
+  `history_free=True` carries a second, history-free branch in the same caches: batch rows
+  [b, 2b) hold the past as pure noise at the top level K (`history_free_context`), which
+  Diffusion Forcing's per-frame levels reach in training, so the same network is also the model
+  without a past. `observe` appends every known frame to both branches; the frame model runs
+  both in one forward pass of 2b rows and combines them (see frame_forcing.py).
 
 Frame models: `forcing` (models/frame_forcing.py; teacher forcing is its variant), `mar`
 (models/frame_mar.py) and `maskgit` (models/frame_maskgit.py).
@@ -80,6 +86,8 @@ class FrameModel(nn.Module, ABC):
     # its generate_frame has fixed shapes and no host synchronisation: a play session's frame can
     # be recorded as a CUDA graph (world/graphs.py)
     capturable: ClassVar[bool] = False
+    # samples with history guidance (`history_guidance` != 1, on a state with a history-free branch)
+    guides_history: ClassVar[bool] = False
 
     def __init__(self, cfg: DynamicsConfig):
         super().__init__()
@@ -151,11 +159,30 @@ class FrameModel(nn.Module, ABC):
         noise = randn(inputs.shape, inputs.device, generator)
         return self.diffusion.q_sample(inputs.float(), levels, noise), levels
 
+    def history_free_context(self, inputs: torch.Tensor,
+                             generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Known frames (b, n, s, c) -> (the frames as the history-free branch holds them, their
+        levels (b, n)): pure noise at the top level K. Diffusion Forcing trains every frame at a
+        level drawn from [0, K], K included, so a past at K is one the model has learnt to read as
+        carrying nothing. The frames' own trace at K (alpha_K * x0; alpha_K = 1e-3 for the sigmoid
+        and cosine schedules) is left out, so the branch is exactly independent of them."""
+        b, n = inputs.shape[:2]
+        top = self.cfg.diffusion.levels
+        levels = torch.full((b, n), top, dtype=torch.long, device=inputs.device)
+        noise = randn(inputs.shape, inputs.device, generator)
+        return self.diffusion.q_sample(torch.zeros_like(inputs, dtype=torch.float32), levels, noise), levels
+
     @torch.no_grad()
     def observe(self, run: Backbone, state: RolloutState, inputs: torch.Tensor, actions: torch.Tensor | None,
                 context_level: int | None = None, generator: torch.Generator | None = None) -> None:
-        """Append known frames (b, n, ...) to the caches; actions (b, n) into each frame, or None."""
+        """Append known frames (b, n, ...) to the caches; actions (b, n) into each frame, or None.
+        A state with a history-free branch gets them in both (rows b.. as `history_free_context`,
+        with the same actions)."""
         x, levels = self.context(inputs, context_level, generator)
+        if state.history_free:
+            free, free_levels = self.history_free_context(inputs, generator)
+            x, levels = torch.cat([x, free]), torch.cat([levels, free_levels])  # (2b, n, ...), (2b, n)
+            actions = None if actions is None else torch.cat([actions, actions])
         b, n = x.shape[:2]
         if self.cfg.num_actions and actions is None:
             actions = torch.full((b, n), self.null_action, dtype=torch.long, device=x.device)
@@ -170,10 +197,11 @@ class FrameModel(nn.Module, ABC):
     def generate_frame(self, run: Backbone, state: RolloutState, actions: torch.Tensor | None, batch: int, device,
                        steps: int | None = None, cfg_scale: float = 1.0, eta: float | None = None,
                        context_level: int | None = None, temperature: float = 1.0,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None, history_guidance: float = 1.0) -> torch.Tensor:
         """Sample the next frame given the cached past and its action (b, 1) int (None when
         unconditioned), append it to the caches and return it (b, 1, ...). Options a model has
-        no use for are ignored (see `Dynamics.generate_frame`)."""
+        no use for are ignored (see `Dynamics.generate_frame`; history guidance is refused there
+        for a model without `guides_history`)."""
 
     def generate_chunk(self, run: Backbone, state: RolloutState, actions: torch.Tensor | None, horizon: int,
                        batch: int, device, **options) -> torch.Tensor:

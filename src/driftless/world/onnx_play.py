@@ -12,7 +12,8 @@ of one frame, unrolled) runs about twice as fast under ONNX Runtime as the eager
   `World.reset` does, and its frames are then committed one by one through the graph.
 
 The sampling options (steps, eta, guidance, context noise) are baked into the step graph when it
-is exported; asking an `OnnxWorld` for other ones is an error, not a silent change.
+is exported; asking an `OnnxWorld` for other ones is an error, not a silent change. History
+guidance is not exported (the export refuses it): asking for it is an error too.
 """
 
 from __future__ import annotations
@@ -126,6 +127,9 @@ class OnnxWorld:
     def _check(self, sampling: dict) -> None:
         steps = sampling.get("steps")
         other = {k: v for k, v in sampling.items() if k != "steps" and v is not None}
+        if other.get("history_guidance", 1.0) != 1.0:
+            raise ValueError(f"an ONNX export cannot sample with history guidance (history_guidance "
+                             f"{other['history_guidance']}): play with --backend torch")
         if (steps is not None and int(steps) != self.steps) or other:
             raise ValueError(f"this ONNX export samples with the options it was exported with ({self.steps} steps); "
                              f"asked for {sampling}: export again with those options, or play with --backend torch")

@@ -67,6 +67,9 @@ class SamplingOptions:
     # training window (None: that window, the dynamics' context_window); fixed for a session
     window: int | None = None
     temperature: float = 1.0  # initial noise scale (forcing), head noise (mar), softmax temperature (maskgit)
+    # history guidance (forcing; 1 = off): past-free + w * (past - past-free) per denoising step; a
+    # session started with it runs the history-free branch too (models/frame_forcing.py)
+    history_guidance: float = 1.0
 
     def __post_init__(self) -> None:
         """Finite and in range (a NaN temperature once turned every later frame of a session black)."""
@@ -74,6 +77,7 @@ class SamplingOptions:
         _check_number("cfg_scale", self.cfg_scale, 0.0, MAX_GUIDANCE)
         _check_number("eta", self.eta, 0.0, 1.0)
         _check_number("temperature", self.temperature, 0.0, MAX_TEMPERATURE)
+        _check_number("history_guidance", self.history_guidance, 0.0, MAX_GUIDANCE)
         if self.context_level is not None:
             _check_number("context_level", self.context_level, 0, MAX_STEPS * 1000, integer=True)
         if self.window is not None:
@@ -288,7 +292,8 @@ class World:
         per_frame = self._context_actions(video, actions)
         # caches of the window's size (arguments only where needed: a dynamics stand-in may take none)
         dyn_state = self.dynamics.new_state(**({"static": True} if static else {}),
-                                            **({"window": opts.window} if opts.window is not None else {}))
+                                            **({"window": opts.window} if opts.window is not None else {}),
+                                            **_history(opts))
         self.dynamics.observe(dyn_state, dyn_in, per_frame, context_level=opts.context_level, generator=g)
         dec_caches = self.tokenizer.decoder.new_cache(static=True) if static else self.tokenizer.decoder.new_cache()
         if static:  # static caches take one frame at a time, at a device position
@@ -377,7 +382,7 @@ class World:
         z = self._latents(self.dynamics.generate_frame(
             s.dyn_state, a, steps=opts.steps, cfg_scale=opts.cfg_scale, eta=opts.eta,
             context_level=opts.context_level, temperature=opts.temperature, generator=s.generator,
-            batch=s.batch, device=self.device))
+            batch=s.batch, device=self.device, **_history(opts)))
         s.finite.logical_and_(torch.isfinite(z).all())  # on the device, in place: capturable, no sync
         window = opts.window or self.dynamics.cfg.context_window
         frame = self.tokenizer.decode_step(z, s.dec_caches, s.dec_pos, window=self._decoder_window(window))[:, 0]
@@ -453,7 +458,8 @@ class World:
             z = self.dynamics.generate_chunk(
                 s.dyn_state, a, schedule=schedule, steps=opts.steps, uncertainty=uncertainty,
                 cfg_scale=opts.cfg_scale, eta=opts.eta, context_level=opts.context_level,
-                temperature=opts.temperature, generator=s.generator, batch=s.batch, device=self.device, horizon=h)
+                temperature=opts.temperature, generator=s.generator, batch=s.batch, device=self.device, horizon=h,
+                **_history(opts))
             if not bool(torch.isfinite(z).all()):
                 self._nonfinite()
             video = self.tokenizer.decode_step(z, s.dec_caches, s.dec_pos, window=self._decoder_window(window))
@@ -472,6 +478,11 @@ class World:
         if bool((a < 0).any()) or bool((a >= self.num_actions).any()):
             raise ValueError(f"actions must lie in [0, {self.num_actions}), got {a.unique().tolist()}")
         return a.to(self.device)
+
+
+def _history(opts: SamplingOptions) -> dict:
+    """The history-guidance option for the dynamics calls, given only when on (1 = off)."""
+    return {"history_guidance": opts.history_guidance} if opts.history_guidance != 1.0 else {}
 
 
 def _tensor_bytes(*objs) -> int:
