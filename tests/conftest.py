@@ -36,6 +36,25 @@ def make_store(root, episodes=6, length=20, seed=0, resolution=(64, 64)):
     return EpisodeStore(root)
 
 
+@pytest.fixture(scope="module")
+def world_stores(tmp_path_factory):
+    """A training store with its -val and -test siblings (found by `driftless train world`)."""
+    root = tmp_path_factory.mktemp("stores")
+    make_store(root / "toy-train", episodes=6, length=20, seed=0)
+    make_store(root / "toy-val", episodes=3, length=20, seed=1)
+    make_store(root / "toy-test", episodes=3, length=20, seed=2)
+    return root
+
+
+def world_weights(out) -> dict:
+    """The weights of the world a `train world` run folder built, per component."""
+    from safetensors.torch import load_file
+
+    from driftless.train.world_plan import TRAINED
+
+    return {c: load_file(str(out / "world" / c / "model.safetensors")) for c in TRAINED}
+
+
 @pytest.fixture
 def small_store(tmp_path):
     return make_store(tmp_path / "store")
@@ -87,6 +106,12 @@ def need_browser():
         pytest.skip("Playwright's Python package is not installed (pip install playwright)")
     if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
         pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+
+
+def wait_last_action(page, shown, timeout: int) -> None:
+    """Wait (Playwright, up to `timeout` ms) until a play page's "last action" reads `shown` (1-based)."""
+    page.wait_for_function(f"() => document.getElementById('last-action').textContent === '{shown}'",
+                           timeout=timeout)
 
 
 class Tab:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CHROMIUM, CHROMIUM_ARGS, need_browser
+from conftest import CHROMIUM, CHROMIUM_ARGS, need_browser, wait_last_action
 from PIL import Image
 
 ACTION_MAP = {"keys": {"ArrowLeft": 1, "ArrowRight": 2, "ArrowUp": 3, " ": 3, "ArrowDown": 0},
@@ -114,7 +114,7 @@ def test_play_page_end_to_end(server, tmp_path):
 
             # number keys choose latent actions; holding keeps acting every tick
             page.keyboard.down("2")
-            page.wait_for_function("() => document.getElementById('last-action').textContent === '2'", timeout=10000)
+            wait_last_action(page, "2", timeout=10000)
             n0 = stats(page)["frames"]
             wait_stats(page, f"s.frames >= {n0 + 3}")
             page.keyboard.up("2")
@@ -123,13 +123,11 @@ def test_play_page_end_to_end(server, tmp_path):
             if "ArrowRight" in keys:
                 page.keyboard.down("ArrowRight")
                 want = str(keys["ArrowRight"] + 1)
-                page.wait_for_function(f"() => document.getElementById('last-action').textContent === '{want}'",
-                                       timeout=10000)
+                wait_last_action(page, want, timeout=10000)
                 page.keyboard.up("ArrowRight")
             # with no key held the world goes on with the no-op action
             want = str(noop_action(world.action_map) + 1)
-            page.wait_for_function(f"() => document.getElementById('last-action').textContent === '{want}'",
-                                   timeout=10000)
+            wait_last_action(page, want, timeout=10000)
             after = canvas_pixels(page)
             assert np.abs(after.astype(int) - before.astype(int)).mean() > 0.5  # the picture changed
             s = stats(page)

@@ -8,14 +8,12 @@ controls move (the camera follows the agent: "right" moves the scene left, "jump
 """
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from scipy.ndimage import gaussian_filter
-from torch import nn
-from toys import ToyFrame, ToyTokenizer
+from toys import ToyDynamics, ToyTokenizer
 
 from driftless.world.controls import (
     CONTROL_ACTIONS,
@@ -40,25 +38,11 @@ CAMERA = {"left": (0, -1), "right": (0, 1), "jump": (-4, 0), "none": (0, 0), "le
           "right_jump": (-4, 1)}
 
 
-class ShiftDynamics(nn.Module):
+class ShiftDynamics(ToyDynamics):
     """Latent action a rolls the last frame by SHIFTS[a] per frame."""
 
     def __init__(self, tok):
-        super().__init__()
-        self.tok = tok
-        self.cfg = SimpleNamespace(num_actions=len(SHIFTS), action_source="lam", context_window=8,
-                                   frame_model="forcing", latent_dim=tok.cfg.latent_dim,
-                                   tokens_per_frame=tok.cfg.tokens_per_frame)
-        self.frame = ToyFrame()
-
-    def frame_actions(self, trans, b, t, device):
-        return None
-
-    def new_state(self):
-        return {}
-
-    def observe(self, state, z, actions, context_level=None, generator=None):
-        state["frame"] = self.tok.decode(z[:, -1:])[:, 0]
+        super().__init__(tok, len(SHIFTS))
 
     def generate_frame(self, state, actions, **kw):
         f = torch.stack([torch.roll(x, SHIFTS[int(a)], dims=(0, 1)) for x, a in zip(state["frame"], actions)])

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
-from toys import ToyFrame, ToyTokenizer
+from toys import ToyDynamics, ToyTokenizer
 
 from driftless.data.store import EpisodeStore
 from driftless.eval.drift import (
@@ -55,26 +55,17 @@ class ToyLAM(nn.Module):
         return errs.argmin(-1)
 
 
-class ToyDynamics(nn.Module):
+class ModeDynamics(ToyDynamics):
     """mode: "shift" (the action moves the frame), "ignore" (it does not), "fade" (collapse to grey),
     "replay" (plays the frames `replay` (T, H, W, 3) in a loop, whatever the actions)."""
 
     def __init__(self, tok: ToyTokenizer, mode: str, source: str = "lam", noise: float = 0.01, replay=None):
-        super().__init__()
-        self.tok, self.mode, self.noise = tok, mode, noise
+        super().__init__(tok, len(SHIFTS), source)
+        self.mode, self.noise = mode, noise
         self.replay = None if replay is None else torch.from_numpy(np.array(replay))
-        self.cfg = SimpleNamespace(num_actions=len(SHIFTS), action_source=source, context_window=8,
-                                   frame_model="forcing", latent_dim=tok.cfg.latent_dim, tokens_per_frame=tok.cfg.tokens_per_frame)
-        self.frame = ToyFrame()
-
-    def frame_actions(self, trans, b, t, device):
-        return None
-
-    def new_state(self):
-        return {}
 
     def observe(self, state, z, actions, context_level=None, generator=None):
-        state["frame"] = self.tok.decode(z[:, -1:])[:, 0]
+        super().observe(state, z, actions, context_level, generator)
         state["t"] = 0
 
     def generate_frame(self, state, actions, steps=None, cfg_scale=1.0, eta=None, context_level=None,
@@ -95,7 +86,7 @@ class ToyDynamics(nn.Module):
 def toy_world(mode: str, source: str = "lam", noise: float = 0.01, replay=None) -> World:
     tok = ToyTokenizer(RES, P)
     lam = ToyLAM() if source == "lam" else None
-    return World(tok, lam, ToyDynamics(tok, mode, source, noise, replay), meta={"name": f"toy-{mode}"})
+    return World(tok, lam, ModeDynamics(tok, mode, source, noise, replay), meta={"name": f"toy-{mode}"})
 
 
 def _texture(rng) -> np.ndarray:

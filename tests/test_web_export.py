@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CHROMIUM, CHROMIUM_ARGS, need_browser
+from conftest import CHROMIUM, CHROMIUM_ARGS, need_browser, wait_last_action
 from PIL import Image
 
 SECONDS = float(os.environ.get("DRIFTLESS_WEB_SECONDS", "15"))
@@ -212,21 +212,19 @@ def test_page_plays_the_world_in_chromium(site, tmp_path):
             # playing: a held number key plays that latent action on every frame, arrows follow the map
             page.click("#btn-pause")
             page.keyboard.down("2")
-            page.wait_for_function("() => document.getElementById('last-action').textContent === '2'", timeout=30000)
+            wait_last_action(page, "2", timeout=30000)
             page.keyboard.up("2")
             if "ArrowRight" in keys:
                 page.keyboard.down("ArrowRight")
                 want_a = str(keys["ArrowRight"] + 1)
-                page.wait_for_function(f"() => document.getElementById('last-action').textContent === '{want_a}'",
-                                       timeout=30000)
+                wait_last_action(page, want_a, timeout=30000)
                 page.keyboard.up("ArrowRight")
-            page.wait_for_function(f"() => document.getElementById('last-action').textContent === '{w['noop'] + 1}'",
-                                   timeout=30000)  # no key held: the no-op action
+            wait_last_action(page, w["noop"] + 1, timeout=30000)  # no key held: the no-op action
             after = canvas_frame(page, res)
             assert np.abs(after.astype(int) - before.astype(int)).mean() > 0.5  # the picture moved on
             # an on-screen button, held, plays its action
             page.locator("#action-3").dispatch_event("pointerdown")
-            page.wait_for_function("() => document.getElementById('last-action').textContent === '4'", timeout=30000)
+            wait_last_action(page, "4", timeout=30000)
             page.locator("#action-3").dispatch_event("pointerup")
             if os.environ.get("DRIFTLESS_DOCS_IMG"):  # a few dozen frames in: still the level's scene
                 page.screenshot(path=str(Path(os.environ["DRIFTLESS_DOCS_IMG"]) / "web-play.png"))

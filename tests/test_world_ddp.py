@@ -9,27 +9,13 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from driftless import checkpoint
 from driftless.cli import main
 from driftless.train.world_plan import TRAINED
 from driftless.train.world_run import RUN_FILE
 
-from conftest import make_store
-
-COMPONENTS = ("tokenizer", "lam", "dynamics")
-
-
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory):
-    """A training store with its -val and -test siblings (found by train world)."""
-    root = tmp_path_factory.mktemp("stores")
-    make_store(root / "toy-train", episodes=6, length=20, seed=0)
-    make_store(root / "toy-val", episodes=3, length=20, seed=1)
-    make_store(root / "toy-test", episodes=3, length=20, seed=2)
-    return root
-
+from conftest import world_weights
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -61,15 +47,11 @@ def _status(out) -> dict:
     return json.loads((out / RUN_FILE).read_text())
 
 
-def _world_weights(out):
-    return {c: load_file(str(out / "world" / c / "model.safetensors")) for c in COMPONENTS}
-
-
 @pytest.fixture(scope="module")
-def straight(stores, tmp_path_factory):
+def straight(world_stores, tmp_path_factory):
     """An uninterrupted two-process run: its folder and the torchrun result."""
     out = tmp_path_factory.mktemp("ddp") / "straight"
-    return out, _torchrun(stores, out)
+    return out, _torchrun(world_stores, out)
 
 
 @pytest.mark.slow
@@ -97,26 +79,26 @@ def test_train_world_on_two_processes(straight):
 
 
 @pytest.mark.slow
-def test_a_two_process_run_stopped_and_continued_gives_the_same_world(stores, straight, tmp_path):
+def test_a_two_process_run_stopped_and_continued_gives_the_same_world(world_stores, straight, tmp_path):
     """Stopped mid-dynamics and continued by the same command on two processes: the world of the
     uninterrupted run, bit for bit, and its evaluation."""
     a, first = straight
     assert first.returncode == 0, first.stderr[-3000:]
     b = tmp_path / "interrupted"
-    res = _torchrun(stores, b, "--stop-after", "dynamics:1")
+    res = _torchrun(world_stores, b, "--stop-after", "dynamics:1")
     assert res.returncode == 0, res.stderr[-3000:]
     assert [s["state"] for s in _summaries(res.stdout)] == ["stopped"]
     status = _status(b)
     assert status["state"] == "stopped" and status["current"] == {"stage": "dynamics", "step": 1}
     assert not (b / "world").exists()
-    res = _torchrun(stores, b)
+    res = _torchrun(world_stores, b)
     assert res.returncode == 0, res.stderr[-3000:]
     assert [s["state"] for s in _summaries(res.stdout)] == ["done"]
     status = _status(b)
     assert status["state"] == "done" and len(status["invocations"]) == 2
     assert checkpoint.read_train_state(b / "dynamics" / "checkpoint")["world_size"] == 2
-    wa, wb = _world_weights(a), _world_weights(b)
-    for c in COMPONENTS:
+    wa, wb = world_weights(a), world_weights(b)
+    for c in TRAINED:
         assert wa[c].keys() == wb[c].keys() and all(torch.equal(wa[c][k], wb[c][k]) for k in wa[c]), c
     ra, rb = (json.loads((x / "eval.json").read_text()) for x in (a, b))
     for key in ("reconstruction", "rollout", "delta", "drift"):
@@ -124,16 +106,16 @@ def test_a_two_process_run_stopped_and_continued_gives_the_same_world(stores, st
 
 
 @pytest.mark.slow
-def test_another_process_count_continues_a_stage_with_its_global_batch(stores, tmp_path):
+def test_another_process_count_continues_a_stage_with_its_global_batch(world_stores, tmp_path):
     """A tokenizer stopped on 2 processes x batch 2 continues on 1 process x batch 4 (the same
     global batch, which the trainer allows); 3 processes cannot split it: refused once, by
     rank 0, and every rank exits instead of waiting for it."""
     out = tmp_path / "run"
-    res = _torchrun(stores, out, "--stop-after", "tokenizer:2")
+    res = _torchrun(world_stores, out, "--stop-after", "tokenizer:2")
     assert res.returncode == 0, res.stderr[-3000:]
     assert checkpoint.read_train_state(out / "tokenizer" / "checkpoint")["world_size"] == 2
 
-    res = _torchrun(stores, out, nproc=3)
+    res = _torchrun(world_stores, out, nproc=3)
     assert res.returncode != 0
     assert res.stderr.count("error: cannot continue the tokenizer stage") == 1, res.stderr[-3000:]
     assert "global batch 4" in res.stderr and "divides 4" in res.stderr
@@ -141,7 +123,7 @@ def test_another_process_count_continues_a_stage_with_its_global_batch(stores, t
     state = checkpoint.read_train_state(out / "tokenizer" / "checkpoint")
     assert state["world_size"] == 2 and state["step"] == 2  # nothing was trained
 
-    rc = main(["train", "world", "--data", str(stores / "toy-train"), "--out", str(out), "--preset", "debug",
+    rc = main(["train", "world", "--data", str(world_stores / "toy-train"), "--out", str(out), "--preset", "debug",
                "--device", "cpu", "--no-progress", "--stop-after", "tokenizer"])
     assert rc == 0
     state = checkpoint.read_train_state(out / "tokenizer" / "checkpoint")

@@ -4,26 +4,12 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from driftless.cli import main
 from driftless.train.world_plan import PLANS, TRAINED, WorldRunConfig, identity, make_plan, stop_rule
 from driftless.train.world_run import RUN_FILE, _fit_init, init_checkpoint
 
-from conftest import make_store
-
-COMPONENTS = ("tokenizer", "lam", "dynamics")
-
-
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory):
-    """A training store with its -val and -test siblings (found by train world)."""
-    root = tmp_path_factory.mktemp("stores")
-    make_store(root / "toy-train", episodes=6, length=20, seed=0)
-    make_store(root / "toy-val", episodes=3, length=20, seed=1)
-    make_store(root / "toy-test", episodes=3, length=20, seed=2)
-    return root
-
+from conftest import world_weights
 
 def _train_world(stores, out, *extra):
     rc = main(["train", "world", "--data", str(stores / "toy-train"), "--out", str(out), "--preset", "debug",
@@ -31,17 +17,13 @@ def _train_world(stores, out, *extra):
     return rc, json.loads((out / RUN_FILE).read_text())
 
 
-def _world_weights(out):
-    return {c: load_file(str(out / "world" / c / "model.safetensors")) for c in COMPONENTS}
-
-
 @pytest.mark.slow
-def test_train_world_end_to_end_and_resume_gives_the_same_world(stores, tmp_path):
+def test_train_world_end_to_end_and_resume_gives_the_same_world(world_stores, tmp_path):
     """Uninterrupted, and stopped twice mid-stage (mid-tokenizer, before its latent statistics are
     fitted; mid-dynamics) then continued by the same command: the same world, bit for bit, and
     the same evaluation."""
     a = tmp_path / "straight"
-    rc, status = _train_world(stores, a)
+    rc, status = _train_world(world_stores, a)
     assert rc == 0 and status["state"] == "done" and status["current"] is None
     assert [s for s in status["stages"]] == sorted(["tokenizer", "lam", "latents", "dynamics", "world", "eval"])
     assert all(e["state"] == "done" for e in status["stages"].values())
@@ -57,51 +39,51 @@ def test_train_world_end_to_end_and_resume_gives_the_same_world(stores, tmp_path
     assert {"reconstruction", "rollout", "delta", "drift", "latent_actions"} <= set(result)
 
     b = tmp_path / "interrupted"
-    rc, status = _train_world(stores, b, "--stop-after", "tokenizer:2")
+    rc, status = _train_world(world_stores, b, "--stop-after", "tokenizer:2")
     assert rc == 0 and status["state"] == "stopped" and status["current"] == {"stage": "tokenizer", "step": 2}
     assert status["stages"]["tokenizer"]["state"] == "stopped" and status["stages"]["lam"]["state"] == "pending"
-    rc, status = _train_world(stores, b, "--stop-after", "dynamics:1")
+    rc, status = _train_world(world_stores, b, "--stop-after", "dynamics:1")
     assert status["state"] == "stopped" and status["current"] == {"stage": "dynamics", "step": 1}
     assert [status["stages"][s]["state"] for s in ("tokenizer", "lam", "latents")] == ["done"] * 3
-    rc, status = _train_world(stores, b)
+    rc, status = _train_world(world_stores, b)
     assert rc == 0 and status["state"] == "done" and len(status["invocations"]) == 3
-    wa, wb = _world_weights(a), _world_weights(b)
-    for c in COMPONENTS:
+    wa, wb = world_weights(a), world_weights(b)
+    for c in TRAINED:
         assert wa[c].keys() == wb[c].keys() and all(torch.equal(wa[c][k], wb[c][k]) for k in wa[c]), c
     ra, rb = (json.loads((x / "eval.json").read_text()) for x in (a, b))
     for key in ("reconstruction", "rollout", "delta", "drift", "latent_actions", "action_map"):
         assert ra[key] == rb[key], key
     # a finished run: the same command again does nothing more
-    rc, again = _train_world(stores, b)
+    rc, again = _train_world(world_stores, b)
     assert rc == 0 and again["state"] == "done" and again["stages"] == status["stages"]
 
 
-def test_a_run_folder_belongs_to_one_configuration(stores, tmp_path, capsys):
+def test_a_run_folder_belongs_to_one_configuration(world_stores, tmp_path, capsys):
     out = tmp_path / "run"
-    rc, status = _train_world(stores, out, "--stop-after", "tokenizer:1")
+    rc, status = _train_world(world_stores, out, "--stop-after", "tokenizer:1")
     assert rc == 0 and status["state"] == "stopped"
-    assert main(["train", "world", "--data", str(stores / "toy-train"), "--out", str(out), "--preset", "debug",
+    assert main(["train", "world", "--data", str(world_stores / "toy-train"), "--out", str(out), "--preset", "debug",
                  "--device", "cpu", "--seed", "3"]) == 1
     err = capsys.readouterr().err
     assert "other settings (seed 0 -> 3)" in err and "--force" in err
     # this invocation's settings (device, time limit, stop) are not the run's
-    rc, status = _train_world(stores, out, "--stop-after", "tokenizer:1", "--max-minutes", "5")
+    rc, status = _train_world(world_stores, out, "--stop-after", "tokenizer:1", "--max-minutes", "5")
     assert status["stages"]["tokenizer"]["step"] == 2
-    rc, status = _train_world(stores, out, "--seed", "3", "--force", "--stop-after", "tokenizer:1")
+    rc, status = _train_world(world_stores, out, "--seed", "3", "--force", "--stop-after", "tokenizer:1")
     assert rc == 0 and status["config"]["seed"] == 3 and status["stages"]["tokenizer"]["step"] == 1
     assert len(status["invocations"]) == 1
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     for extra in ([], ["--force"]):
-        assert main(["train", "world", "--data", str(stores / "toy-train"), "--out", str(other), "--preset", "debug",
-                     *extra]) == 1
+        assert main(["train", "world", "--data", str(world_stores / "toy-train"), "--out", str(other),
+                     "--preset", "debug", *extra]) == 1
     assert (other / "notes.txt").exists() and "not" in capsys.readouterr().err
 
 
-def test_a_spent_time_limit_stops_before_the_next_stage(stores, tmp_path):
+def test_a_spent_time_limit_stops_before_the_next_stage(world_stores, tmp_path):
     out = tmp_path / "run"
-    _, status = _train_world(stores, out, "--max-minutes", "1e-9")
+    _, status = _train_world(world_stores, out, "--max-minutes", "1e-9")
     assert status["state"] == "stopped" and "time limit" in status["invocations"][-1]["ended"]
     assert all(e["state"] == "pending" for e in status["stages"].values())
 
@@ -196,15 +178,15 @@ def test_train_world_on_another_procgen_game(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_budgeted_run_stops_each_stage_on_time_and_resumes_with_its_clock(stores, tmp_path):
+def test_a_budgeted_run_stops_each_stage_on_time_and_resumes_with_its_clock(world_stores, tmp_path):
     """--budget: each stage trains for its share (the cosine schedule over time) and a stage that
     starts later gets its share of what is left; stopped mid-LAM, the same command resumes it at
     its step with the minutes already spent counted."""
     out = tmp_path / "run"
-    rc, status = _train_world(stores, out, "--budget", "0.1", "--stop-after", "lam:2")
+    rc, status = _train_world(world_stores, out, "--budget", "0.1", "--stop-after", "lam:2")
     assert status["state"] == "stopped" and status["current"] == {"stage": "lam", "step": 2}
     assert status["stages"]["tokenizer"]["stopped"] == "time_budget"
-    rc, status = _train_world(stores, out, "--budget", "0.1")
+    rc, status = _train_world(world_stores, out, "--budget", "0.1")
     assert rc == 0 and status["state"] == "done" and len(status["invocations"]) == 2
     plan = status["plan"]
     assert plan["budget"] == 0.1 and plan["reserve_minutes"] == pytest.approx(0.01)

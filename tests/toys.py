@@ -1,4 +1,4 @@
-"""Stand-ins for a world's tokenizer and frame model in tests of the evaluation and the controls
+"""Stand-ins for a world's tokenizer, frame model and dynamics in tests of the evaluation and the controls
 fit: pixels cut into patches are the latents, so decode(encode(x)) == x exactly."""
 
 from types import SimpleNamespace
@@ -41,3 +41,25 @@ class ToyFrame:
 
     def to_latents(self, tokenizer, out):
         return out
+
+
+class ToyDynamics(nn.Module):
+    """What a World asks of a dynamics model, with the frames kept as pixels: `observe` holds the
+    last context frame in the state; subclasses define `generate_frame` (latents of the next)."""
+
+    def __init__(self, tok: ToyTokenizer, num_actions: int, action_source: str = "lam"):
+        super().__init__()
+        self.tok = tok
+        self.cfg = SimpleNamespace(num_actions=num_actions, action_source=action_source, context_window=8,
+                                   frame_model="forcing", latent_dim=tok.cfg.latent_dim,
+                                   tokens_per_frame=tok.cfg.tokens_per_frame)
+        self.frame = ToyFrame()
+
+    def frame_actions(self, trans, b, t, device):
+        return None
+
+    def new_state(self):
+        return {}
+
+    def observe(self, state, z, actions, context_level=None, generator=None):
+        state["frame"] = self.tok.decode(z[:, -1:])[:, 0]
