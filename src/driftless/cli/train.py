@@ -44,7 +44,7 @@ def _add_stage_flags(p: argparse.ArgumentParser, spec: StageSpec) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from driftless.train.distributed import shutdown
+    from driftless.train.distributed import cleanup
     from driftless.train.stages import run_stage
 
     spec = get_stage(args.stage)
@@ -53,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
         summary = run_stage(dataclass_from_args(StageArgs, args, kind=args.stage, overrides=parse_overrides(args.set),
                                                 train=dataclass_from_args(TrainConfig, args), options=options))
     finally:
-        shutdown()  # under torchrun: leave the process group cleanly (NCCL warns of leaks otherwise)
+        cleanup()  # under torchrun: leave the process group
     if summary.get("rank", 0) == 0 or "ranks_in_sync" in summary:
         # one write per line: under torchrun every rank shares this stdout, and print() writes the
         # text and its newline separately, so two ranks' summaries could land on one line

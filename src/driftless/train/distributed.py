@@ -101,12 +101,8 @@ def broadcast_object(obj, info: DistInfo, group=None):
     return box[0]
 
 
-def shutdown() -> None:
-    """Destroy the default process group if one is initialised (the end of a torchrun process)."""
+def cleanup() -> None:
+    """Destroy the default process group if one is initialised (the end of a torchrun process;
+    NCCL warns of leaked resources otherwise)."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -714,4 +714,4 @@ def train_world(cfg: WorldRunConfig) -> dict | None:
     try:
         return WorldRun(cfg, info).run()
     finally:
-        cleanup(info)
+        cleanup()

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 from driftless import checkpoint, runtime
+from driftless.diffusion.guidance import MAX_GUIDANCE  # the guidance scales' bound, shared with the dynamics
 from driftless.models.common import as_int_tensor, as_tensor, check_video
 from driftless.models.registry import load_model
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MAX_STEPS = 1000  # sampling steps per frame; more than the diffusion levels adds nothing
-MAX_GUIDANCE = 100.0  # cfg_scale; far beyond any useful guidance, and finite in bfloat16 products
 MAX_TEMPERATURE = 100.0  # a noise or softmax scale beyond this gives noise, then overflow
 CHUNK_FRAMES = 256  # frames of one chunk of encode / decode / infer_actions on a large batch
 TRANSIENT_FACTOR = 1.25  # peak over KV caches: 15 MB per session over 13.9 MB of caches (shipped world, CPU)
