@@ -20,14 +20,14 @@ for _ in $(seq 600); do [ -f $TOK/config.json ] && break; sleep 2; done
 stamp train-world
 python3 -m torch.distributed.run --standalone --nproc-per-node $NG -m driftless train world \
   --data $D/train --val-data $D/val --test-data $D/test --out $W/run --preset $PRESET \
-  --set tokenizer.latent_dim=$LD --init-from tokenizer=$TOK --budget $BUDGET --shares 0.1,0.3,0.6 \
-  --reserve 0.15 > $R/train-world.log 2>&1
+  --set tokenizer.latent_dim=$LD --init-from tokenizer=$TOK --budget $BUDGET --shares ${SHARES:-0.1,0.3,0.6} \
+  --reserve 0.15 ${WORLD_ARGS:-} > $R/train-world.log 2>&1
 cp $W/run/run.json $W/run/eval.json $R/ 2>/dev/null
 for s in tokenizer lam dynamics; do cp $W/run/$s/metrics.jsonl $R/metrics-$s.jsonl 2>/dev/null; done
 tar cf $P/world.tar -C $W/run world && ls -la $P >> $R/status.txt
 tar czf $P/eval-plots.tgz -C $W/run eval-plots 2>/dev/null
 stamp tune
 # the context noise level chosen on validation (benchmarks 1.6); world.json comes back in the results
-$DL world tune $W/run/world --data $D/val --rollouts 16 --frames 400 --clips 64 --no-progress --json $R/tune.json > $R/tune.log 2>&1
+$DL world tune $W/run/world --data $D/val ${TUNE_ARGS:---rollouts 16 --frames 400 --clips 64} --no-progress --json $R/tune.json > $R/tune.log 2>&1
 cp $W/run/world/world.json $R/world-tuned.json
 stamp done

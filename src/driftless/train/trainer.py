@@ -198,7 +198,12 @@ class Trainer:
                 find_unused_parameters=bool(getattr(model, "unused_parameters", False)))
         self.compiled = cfg.compile if cfg.compile is not None else info.device.type == "cuda"
         if self.compiled:
-            wrapped = torch.compile(wrapped)
+            # Stages trained in one process (`train world`) share LossModule.forward's code object:
+            # without a reset, dynamo's automatic dynamic shapes turns the second stage's graph
+            # symbolic, which Inductor (torch 2.11, H200, LAM under DDP) failed to compile. Shapes
+            # are static within a stage, so each new shape (validation) gets its own static graph.
+            torch._dynamo.reset()
+            wrapped = torch.compile(wrapped, dynamic=False)
         self.forward = wrapped
         self.ckpt_dir = self.out / "checkpoint" if self.out is not None else None
         self.metrics_path = self.out / "metrics.jsonl" if self.out is not None else None
