@@ -88,6 +88,10 @@ class VectorQuantizer(nn.Module):
         }
         return z_q, idx, loss, stats
 
+    # Both codebook rewrites run eagerly (a graph break under torch.compile): traced, the write
+    # became an in-place update of a parameter the compiled backward had saved, and the step
+    # after the VQ warm-up failed ("modified by an inplace operation"; tests/test_trainer.py).
+    @torch.compiler.disable
     @torch.no_grad()
     def init_kmeans(self, flat: torch.Tensor, iters: int = 20) -> None:
         """Set the codebook to k-means centres of `flat` (n, dim) (k-means++ seeding; cosine
@@ -113,6 +117,7 @@ class VectorQuantizer(nn.Module):
         self.codebook.data.copy_(centres.to(self.codebook.dtype))
         self.usage.fill_(1.0 / k)
 
+    @torch.compiler.disable
     @torch.no_grad()
     def _reset_dead(self, flat: torch.Tensor) -> None:
         # a candidate replacement for every code, kept only where the code is dead: no host sync
