@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -218,3 +219,22 @@ def test_resume_a_checkpoint_saved_before_a_config_field_existed(tmp_path):
         del header["config"][stack]["temporal_window"]  # as written before the field existed
     cfg_path.write_text(json.dumps(header))
     assert _stage(store.root, tmp_path / "run", 4, resume=True)["step"] == 4
+
+
+def test_compiled_lam_trains_past_its_vq_warm_up(tmp_path, monkeypatch):
+    """The LAM's k-means initialisation and dead-code resets rewrite its codebook during the
+    forward pass. Traced by torch.compile, that rewrite was an in-place update of a parameter the
+    compiled backward had saved, and the first step after the VQ warm-up failed (seen on the
+    H200 under torchrun). AOT autograd's eager backend runs the same tracing without Inductor's
+    code generation, which keeps this test short on a CPU."""
+    import functools
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    store = make_store(tmp_path / "store", episodes=3, length=10)
+    train = TrainConfig(steps=5, batch_size=2, warmup=1, log_every=1, val_every=0, save_every=100, seed=3,
+                        compile=True)
+    summary = run_stage(StageArgs(kind="lam", data=str(store.root), out=str(tmp_path / "lam"), preset="debug",
+                                  train=train, workers=0, device="cpu", clip_len=4, overrides={"vq_warmup": 2}))
+    lines = [json.loads(x) for x in (tmp_path / "lam" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in lines if r.get("split") == "train"]
+    assert summary["step"] == 5 and len(losses) == 5 and all(map(math.isfinite, losses))
