@@ -106,8 +106,12 @@ def test_plan_budget_batches_and_flags():
     assert identity(WorldRunConfig(out="a", data="d", budget=60)) == identity(WorldRunConfig(out="b", data="d"))
     assert identity(WorldRunConfig(out="a", data="d", device="cuda", max_minutes=3)) == identity(
         WorldRunConfig(out="a", data="d"))
-    with pytest.raises(ValueError, match="shares"):
-        make_plan(WorldRunConfig(out="o", data="d", shares="1,0,1"), "cpu")
+    for bad in ("1,-1,1", "0,0,0", "1,1"):
+        with pytest.raises(ValueError, match="shares"):
+            make_plan(WorldRunConfig(out="o", data="d", shares=bad), "cpu")
+    kept = make_plan(WorldRunConfig(out="o", data="d", shares="0,1,1", budget=10), "cuda")["stages"]
+    assert kept["tokenizer"]["steps"] == 0 and kept["tokenizer"]["time_budget"] == 0
+    assert kept["lam"]["time_budget"] == pytest.approx(4.5)
     assert stop_rule("lam:5") == ("lam", 5) and stop_rule("world") == ("world", None)
     for bad in ("nope", "latents:3", "lam:x"):
         with pytest.raises(ValueError, match="stop-after"):
@@ -175,6 +179,30 @@ def test_train_world_on_another_procgen_game(tmp_path):
     assert ev["data"]["path"].endswith("test")
     # the controls evaluation branches the run's own game (the debug plan: 4 states of 4 frames)
     assert ev["controls"]["available"] and ev["controls"]["game"] == "ninja" and ev["controls"]["starts"] == 4
+
+
+def test_a_share_of_0_keeps_the_init_from_weights_untrained(world_stores, debug_world, tmp_path, capsys):
+    """--shares 0,... with --init-from tokenizer=CKPT: the tokenizer stage trains no step (nothing
+    to compile on a GPU), its checkpoint holds CKPT's weights and its fitted statistics; a 0 share
+    for a stage --init-from says nothing about is refused before anything runs."""
+    from driftless import checkpoint
+
+    src = debug_world / "tokenizer"
+    out = tmp_path / "run"
+    rc, status = _train_world(world_stores, out, "--init-from", f"tokenizer={src}", "--shares", "0,1,1",
+                              "--stop-after", "tokenizer")
+    entry = status["stages"]["tokenizer"]
+    assert entry["state"] == "done" and entry["step"] == 0 and status["plan"]["stages"]["tokenizer"]["steps"] == 0
+    got = checkpoint.read_weights(out / "tokenizer" / "checkpoint", ema=True)
+    want = checkpoint.read_weights(src)
+    assert set(got) == set(want) and all(torch.equal(got[k].float(), want[k].float()) for k in want)
+    header = checkpoint.read_header(out / "tokenizer" / "checkpoint", "tokenizer")
+    assert len(header["config"]["latent_mean"]) == header["config"]["latent_dim"]
+    capsys.readouterr()
+    assert main(["train", "world", "--data", str(world_stores / "toy-train"), "--out", str(tmp_path / "other"),
+                 "--preset", "debug", "--device", "cpu", "--shares", "1,0,1"]) != 0
+    assert "--shares gives the lam stage" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
 
 
 @pytest.mark.slow

@@ -93,7 +93,8 @@ class WorldRunConfig:
                                        "(exactly reproducible); default: the preset's (debug 0, small 60, base 240)")
     shares: str = option("0.4,0.2,0.4", metavar="TOK,LAM,DYN",
                          help="how the training part of --budget is split over tokenizer, LAM and dynamics "
-                              "(default 0.4,0.2,0.4)")
+                              "(default 0.4,0.2,0.4); 0 keeps a stage's --init-from weights untrained "
+                              "(e.g. 0,0.35,0.65 with --init-from tokenizer=CKPT)")
     reserve: float = option(0.1, metavar="FRACTION", help="fraction of --budget kept for the latent cache, world build and evaluation "
                                       "(default 0.1)")
     tokenizer_steps: int = option(0, metavar="N", help="tokenizer optimizer steps (0: the preset's; with a budget: no bound)")
@@ -163,13 +164,14 @@ def identity(cfg: WorldRunConfig) -> dict:
     return json.loads(json.dumps(d))
 
 
-def _shares(text: str) -> dict[str, float]:
+def parse_shares(text: str) -> dict[str, float]:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if len(values) != 3 or min(values) <= 0:
-        raise ValueError(f"--shares takes three positive numbers TOK,LAM,DYN, got {text!r}")
+    if len(values) != 3 or min(values) < 0 or sum(values) <= 0:
+        raise ValueError(f"--shares takes three numbers TOK,LAM,DYN, none negative and not all 0 (0: the stage "
+                         f"keeps its --init-from weights untrained), got {text!r}")
     return {s: v / sum(values) for s, v in zip(TRAINED, values)}
 
 
@@ -181,11 +183,13 @@ def make_plan(cfg: WorldRunConfig, device: str) -> dict:
     budget = ident["budget"]
     if budget < 0 or not 0 <= cfg.reserve < 1:
         raise ValueError(f"--budget must be >= 0 and --reserve in [0, 1), got {budget}, {cfg.reserve}")
-    shares = _shares(cfg.shares)
+    shares = parse_shares(cfg.shares)
     dev = "cuda" if torch.device(device).type == "cuda" else "cpu"
     stages = {}
     for s in TRAINED:
-        steps = ident[f"{s}_steps"] or UNBOUNDED_STEPS
+        # a share of 0: the stage takes its --init-from weights as they are (0 steps: no compile,
+        # no training; the stage still fits its statistics and writes its checkpoint)
+        steps = 0 if shares[s] == 0 else ident[f"{s}_steps"] or UNBOUNDED_STEPS
         stages[s] = {"steps": steps, "time_budget": round(budget * (1 - cfg.reserve) * shares[s], 4),
                      "batch_size": cfg.__dict__[f"{s}_batch"] or plan.batch[dev][s], "lr": plan.lr[s],
                      "warmup": min(plan.warmup, max(1, steps // 5)), "log_every": plan.log_every,

@@ -76,7 +76,7 @@ from driftless.runtime import default_device
 from driftless.train.distributed import DistInfo, broadcast_object, cleanup, control_group, setup
 from driftless.train.specs import StageArgs
 from driftless.train.world_plan import (RESERVED, STAGES, TRAINED, WorldRunConfig, differences, identity, make_plan,
-                                        stage_overrides, stop_rule)
+                                        parse_shares, stage_overrides, stop_rule)
 
 RUN_FILE = "run.json"
 FORMAT = "driftless-train-world"
@@ -252,6 +252,11 @@ class WorldRun:
             raise ValueError("give either --data STORE or --game NAME (to generate the data)")
         self._settings()
         self.init = _init_sources(cfg.init_from) if cfg.init_from else {}
+        kept = [s for s, share in parse_shares(cfg.shares).items() if share == 0 and s not in self.init]
+        if kept:
+            raise ValueError(f"--shares gives the {' and '.join(kept)} stage(s) 0, which keeps the weights --init-from "
+                             f"gives them untrained, but --init-from gives none for them (e.g. --init-from "
+                             f"{kept[0]}=CHECKPOINT, or a share above 0)")
         self.paths = self._data_paths()
         self.status = self._open()
         self.plan = self.status["plan"]
@@ -392,8 +397,11 @@ class WorldRun:
         if stage in TRAINED:
             p = self.plan["stages"][stage]
             ws = self.info.world_size
-            what = (f"{p['time_budget']:.2f} min" if p["time_budget"] else f"{p['steps']} steps") + \
-                   f", batch {batch or p['batch_size']}" + (f" x {ws} processes" if ws > 1 else "")
+            if not p["steps"]:
+                what = "0 steps: the --init-from weights as they are"
+            else:
+                what = (f"{p['time_budget']:.2f} min" if p["time_budget"] else f"{p['steps']} steps") + \
+                       f", batch {batch or p['batch_size']}" + (f" x {ws} processes" if ws > 1 else "")
             head += f" ({what})"
         eta = self.eta_minutes()
         if eta is None:
@@ -566,7 +574,7 @@ class WorldRun:
         statistics, comes off the stages still to run), at least a tenth of its planned share;
         recorded in run.json so that a resumed stage keeps its budget."""
         p = self.plan["stages"][stage]
-        if not self.plan["budget"] or (self.out / stage / "checkpoint" / "config.json").exists():
+        if not self.plan["budget"] or not p["steps"] or (self.out / stage / "checkpoint" / "config.json").exists():
             return
         st = self.status["stages"]
         p.setdefault("planned_time_budget", p["time_budget"])
