@@ -238,3 +238,23 @@ def test_compiled_lam_trains_past_its_vq_warm_up(tmp_path, monkeypatch):
     lines = [json.loads(x) for x in (tmp_path / "lam" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in lines if r.get("split") == "train"]
     assert summary["step"] == 5 and len(losses) == 5 and all(map(math.isfinite, losses))
+
+
+def test_a_compile_cache_file_carries_the_compiled_artifacts(tmp_path):
+    """--compile-cache FILE: a compiled run writes what it compiled to FILE, a later process
+    hands it to torch.compile; a missing file is fine and a damaged one costs a compile, not the
+    run (a warning names it)."""
+    from driftless.train import compile_cache
+
+    path = tmp_path / "cache" / "h200.bin"
+    assert compile_cache.load(path) == 0
+    cfg = TrainConfig(steps=2, warmup=1, log_every=1, val_every=0, save_every=0, compile=True,
+                      compile_cache=str(path))
+    Trainer(Flaky(bad_steps=set()), cfg, tmp_path / "run", DistInfo(), "toy", {"a": 1}).fit(_batches)
+    assert path.stat().st_size > 0
+    code = "from driftless.train import compile_cache; import sys; print(compile_cache.load(sys.argv[1]))"
+    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and int(res.stdout.split()[-1]) > 0, res.stderr[-2000:]
+    path.write_bytes(b"not a cache")
+    with pytest.warns(UserWarning, match="could not be read"):
+        assert compile_cache.load(path) == 0

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from driftless import checkpoint
 from driftless.config import normalized, option
+from driftless.train import compile_cache
 from driftless.train.distributed import DistInfo, all_reduce_mean, any_rank, barrier, max_over_ranks
 
 
@@ -59,6 +60,11 @@ class TrainConfig:
     precision: str = option("auto", choices=("auto", "fp32", "bf16"),
                             help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16")
     compile: bool | None = option(None, help="torch.compile the model (default: on with CUDA, off on the CPU)")
+    compile_cache: str | None = option(None, metavar="FILE",
+                                       help="torch.compile artifacts: read before compiling when FILE exists, "
+                                            "rewritten after training; carry it to a fresh machine of the same GPU "
+                                            "kind and PyTorch version to skip most of each stage's compile time "
+                                            "(unpickled by PyTorch: only a file you wrote)")
     log_every: int = option(50, help="steps between training log lines in metrics.jsonl")
     val_every: int = option(1000, help="steps between validations (0: never)")
     save_every: int = option(1000, help="steps between checkpoints (0: only at the end)")
@@ -203,6 +209,8 @@ class Trainer:
             # symbolic, which Inductor (torch 2.11, H200, LAM under DDP) failed to compile. Shapes
             # are static within a stage, so each new shape (validation) gets its own static graph.
             torch._dynamo.reset()
+            if cfg.compile_cache:
+                compile_cache.load(cfg.compile_cache)
             wrapped = torch.compile(wrapped, dynamic=False)
         self.forward = wrapped
         self.ckpt_dir = self.out / "checkpoint" if self.out is not None else None
@@ -458,6 +466,8 @@ class Trainer:
         if stopped != "nonfinite":
             self.meta["time_spent_s"] = t_offset + time.time() - t_start
             self.save()
+        if self.compiled and cfg.compile_cache and info.is_main:
+            compile_cache.save(cfg.compile_cache)
         self._read_nonfinite(step_last)
         return {"step": self.step, "stopped": stopped, "seconds": time.time() - t_start,
                 "nonfinite_total": self.nonfinite_total, **self.rank_sync()}

@@ -133,9 +133,14 @@ class WorldRunConfig:
                                          "steps of it; the same command again continues")
     force: bool = option(False, help="start over: remove what an earlier run wrote in OUT")
     progress: bool = option(True, help="progress lines and bars (--no-progress: fewer)")
+    compile_cache: str | None = option(None, metavar="FILE",
+                                       help="torch.compile artifacts of every stage: read when FILE exists, "
+                                            "rewritten after each stage; carry it to a fresh machine of the same GPU "
+                                            "kind and PyTorch version to skip most compile time (unpickled by "
+                                            "PyTorch: only a file you wrote)")
 
 
-INVOCATION = ("device", "workers", "max_minutes", "stop_after", "force", "progress")
+INVOCATION = ("device", "workers", "max_minutes", "stop_after", "force", "progress", "compile_cache")
 
 
 # ---- a run's identity and plan -------------------------------------------------------------------

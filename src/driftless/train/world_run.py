@@ -526,7 +526,8 @@ class WorldRun:
         train = TrainConfig(steps=p["steps"], batch_size=batch or p["batch_size"], lr=p["lr"], warmup=p["warmup"],
                             seed=self.cfg.seed, log_every=p["log_every"], val_every=p["val_every"],
                             save_every=p["save_every"], time_budget=p["time_budget"],
-                            max_minutes=max(remaining, 1e-3) if remaining is not None else 0.0, stop_after=stop_steps)
+                            max_minutes=max(remaining, 1e-3) if remaining is not None else 0.0, stop_after=stop_steps,
+                            compile_cache=self.cfg.compile_cache)
         if stage == "dynamics":
             data = str(self.out / "latents" / "train")
             val = self.out / "latents" / "val"
