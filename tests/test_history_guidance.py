@@ -205,3 +205,49 @@ def test_eval_flag_and_the_onnx_export_refusal(world):
     world.sampling = world.sampling.updated(history_guidance=1.5)  # as a world.json default would
     with pytest.raises(ValueError, match="world's sampling default"):
         sampling_options(world)
+
+
+def test_history_dropout_drops_a_prefix_of_some_clips_to_the_top_level():
+    """drop_history: in the dropped clips every frame before a cut (1..t-1) is at K and the rest
+    keep their levels; about a fraction p of clips is dropped; p = 0 changes nothing."""
+    from driftless.models.frame_forcing import drop_history
+
+    torch.manual_seed(0)
+    levels = torch.randint(0, 500, (4000, 6))
+    assert torch.equal(drop_history(levels, 0.0, 1000), levels)
+    out = drop_history(levels, 0.25, 1000)
+    changed = (out != levels).any(dim=1)
+    assert 0.2 < changed.float().mean() < 0.3
+    for row, new in zip(levels[changed], out[changed]):
+        cut = int((new == 1000).long().argmin())  # first frame kept
+        assert 1 <= cut <= 5 and (new[:cut] == 1000).all() and torch.equal(new[cut:], row[cut:])
+    everything = drop_history(levels, 1.0, 1000)
+    assert (everything[:, 0] == 1000).all() and (everything[:, -1] == levels[:, -1]).all()
+
+
+def test_history_dropout_trains_and_is_checked():
+    """The config's history_dropout reaches the forcing model's training loss: at p = 1 every
+    clip's first frame is noised at the top level K; out-of-range values and other frame models
+    refuse it."""
+    base = registry.preset("dynamics", "debug")
+    top = base.diffusion.levels
+    batch = {"latents": torch.randn(64, base.clip_len, base.tokens_per_frame, base.latent_dim),
+             "actions": torch.randint(0, base.num_actions, (64, base.clip_len - 1))}
+    seen = {}
+    for p in (0.0, 1.0):
+        torch.manual_seed(0)
+        dyn = Dynamics(override(base, {"history_dropout": p}))
+        q_sample = dyn.frame.diffusion.q_sample
+
+        def spy(x0, k, noise, p=p, q_sample=q_sample):
+            seen[p] = k.clone()
+            return q_sample(x0, k, noise)
+
+        dyn.frame.diffusion.q_sample = spy
+        loss = dyn.training_loss(batch)[0]
+        assert torch.isfinite(loss)
+    assert (seen[1.0][:, 0] == top).all() and (seen[0.0][:, 0] == top).float().mean() < 0.1
+    with pytest.raises(ValueError, match="history_dropout"):
+        override(base, {"history_dropout": 1.5})
+    with pytest.raises(ValueError, match="history_dropout"):
+        override(base, {"history_dropout": 0.1, "frame_model": "mar"})

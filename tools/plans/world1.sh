@@ -1,11 +1,17 @@
-# issue 17 (with 15, 16), next GPU session: retrain the shipped-size CoinRun world at scale on
-# the 36.7 dB tokenizer (latent_dim 32; runs/s25/tok-c32, fp16 EMA), with held-action data
-# (the data command's default policy), in one `driftless train world` under torchrun.
-# Call 1 carries .whl and .gl and starts this plan; call 2 (chained within 30 s) carries
-# runs/s25/tok-c32, which the plan waits for; call 3 waits and brings back the world (fp16,
-# < 16 MB) and the evaluation. Knobs: EPI, BUDGET (minutes of the train-world run), NG (GPUs),
-# PRESET and LD (latent channels) for a CPU smoke run.
-EPI=${EPI:-5000}; BUDGET=${BUDGET:-19}; PRESET=${PRESET:-small}; LD=${LD:-32}; W=${W:-/tmp/job/w}; D=$W/data; DL="python3 -m driftless"
+# issue 17 (with 15, 16): retrain the shipped-size CoinRun world at scale on the 36.7 dB tokenizer
+# (latent_dim 32; runs/s25/tok-c32, fp16 EMA, kept untrained: tokenizer share 0), with held-action
+# data (the data command's default policy), in one `driftless train world` under torchrun.
+# Calls (chain them; a machine stays warm 30 s after a call):
+#   1. carry [".whl", ".gl"]: `bash tools/gpu_job.sh start tools/plans/world1.sh 3` - returns at
+#      once (the tree with the wheels is at the 64 MiB cap, so the tokenizer travels in call 2;
+#      stop 26 lost 8 device-minutes following the plan in call 1 while it waited for call 2);
+#   2. carry ["runs/s25/tok-c32", "runs/compile"]: `bash tools/gpu_job.sh wait 550`;
+#   3. `bash tools/gpu_job.sh wait 540` until world.tar is back, then give_back.
+# Brings back: world.tar (fp16, < 16 MB), eval-plots.tgz, compile.bin.gz (torch.compile artifacts
+# for the next run: keep as runs/compile/h200.bin), results.tar.gz (run.json, eval.json, logs).
+# Knobs: EPI, BUDGET (minutes of the train-world run), NG (GPUs), PRESET and LD (latent channels)
+# for a CPU smoke run, SHARES, WORLD_ARGS (more train-world flags), TUNE_ARGS.
+EPI=${EPI:-5000}; BUDGET=${BUDGET:-19}; CC=${CC:-runs/compile/h200.bin}; PRESET=${PRESET:-small}; LD=${LD:-32}; W=${W:-/tmp/job/w}; D=$W/data; DL="python3 -m driftless"
 TOK=${TOK:-runs/s25/tok-c32}; NG=${NG:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 stamp() { echo "$(date +%T) $*" >> $R/status.txt; }
@@ -17,15 +23,17 @@ $DL data coinrun --out $D/test --episodes 254 --split test --workers 30
 $DL data coinrun --out $D/test --episodes 16 --split test --workers 16 --same-level-frames 1100
 stamp waiting-for-tokenizer
 for _ in $(seq 600); do [ -f $TOK/config.json ] && break; sleep 2; done
+[ -f $CC ] && cp $CC $W/compile.bin
 stamp train-world
 python3 -m torch.distributed.run --standalone --nproc-per-node $NG -m driftless train world \
   --data $D/train --val-data $D/val --test-data $D/test --out $W/run --preset $PRESET \
-  --set tokenizer.latent_dim=$LD --init-from tokenizer=$TOK --budget $BUDGET --shares ${SHARES:-0.1,0.3,0.6} \
-  --reserve 0.15 ${WORLD_ARGS:-} > $R/train-world.log 2>&1
+  --set tokenizer.latent_dim=$LD --init-from tokenizer=$TOK --budget $BUDGET --shares ${SHARES:-0,0.35,0.65} \
+  --reserve 0.15 --eval-size quick --compile-cache $W/compile.bin ${WORLD_ARGS:-} > $R/train-world.log 2>&1
 cp $W/run/run.json $W/run/eval.json $R/ 2>/dev/null
 for s in tokenizer lam dynamics; do cp $W/run/$s/metrics.jsonl $R/metrics-$s.jsonl 2>/dev/null; done
 tar cf $P/world.tar -C $W/run world && ls -la $P >> $R/status.txt
 tar czf $P/eval-plots.tgz -C $W/run eval-plots 2>/dev/null
+gzip -c $W/compile.bin > $P/compile.bin.gz 2>/dev/null; ls -la $P >> $R/status.txt
 stamp tune
 # the context noise level chosen on validation (benchmarks 1.6); world.json comes back in the results
 $DL world tune $W/run/world --data $D/val ${TUNE_ARGS:---rollouts 16 --frames 400 --clips 64} --no-progress --json $R/tune.json > $R/tune.log 2>&1

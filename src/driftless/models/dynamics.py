@@ -63,6 +63,10 @@ class DynamicsConfig:
     action_dropout: float = 0.1  # probability of the null action in training (for CFG)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     teacher_forcing: bool = False
+    # probability per training clip that every frame before a random frame is at the top noise
+    # level K - the past dropped, as history guidance's history-free branch holds it (the
+    # forcing frame model; benchmarks 1.7: without it that branch is a past never trained on)
+    history_dropout: float = 0.0
     frame_model: str = "forcing"  # a key of FRAME_MODELS: forcing | mar | maskgit (module docstring)
     clip_len: int = 16  # training clip length
     context_window: int = 16  # frames attended at inference (sliding window)
@@ -80,6 +84,10 @@ class DynamicsConfig:
             variant_of = [name for name, frame in FRAME_MODELS.items() if frame.teacher_forcing]
             raise ValueError(f"teacher_forcing is a variant of frame_model={' or '.join(map(repr, variant_of))}, "
                              f"not of {self.frame_model!r}")
+        if not 0.0 <= self.history_dropout <= 1.0:
+            raise ValueError(f"history_dropout is a probability in [0, 1], got {self.history_dropout}")
+        if self.history_dropout and self.frame_model != "forcing":
+            raise ValueError(f"history_dropout is trained by frame_model='forcing' only, not {self.frame_model!r}")
         if self.action_source == "none":
             self.num_actions = 0
         if self.backbone.cond_dim != self.backbone.dim:

@@ -3,7 +3,9 @@ frames of the tokenizer's continuous latents, trained with Diffusion Forcing.
 
 Every frame of a training clip gets its own noise level k_t (0 = clean ... K = pure noise); the
 model denoises all frames at once, frame t seeing only frames <= t. Teacher forcing (clean
-history, noisy next frame) is the config's `teacher_forcing` flag of this model.
+history, noisy next frame) is the config's `teacher_forcing` flag of this model. With the config's
+`history_dropout` = p, a fraction p of the clips have their past dropped (`drop_history`), which
+trains the history-free branch that history guidance asks for.
 
 Sampling one frame: DDIM over `steps` from noise scaled by the temperature, with optional
 classifier-free guidance on the action; the finished frame is appended to the caches at the
@@ -38,6 +40,19 @@ from driftless.models.frames import Backbone, BuildShared, FrameModel, no_shared
 
 if TYPE_CHECKING:
     from driftless.models.dynamics import DynamicsConfig, RolloutState
+
+
+def drop_history(levels: torch.Tensor, p: float, top: int) -> torch.Tensor:
+    """levels (b, t) -> the same, except that in a fraction `p` of the clips every frame before a
+    random frame 1..t-1 is at the top level `top`: a past that carries nothing, as the history-free
+    branch of history guidance holds it (`FrameModel.history_free_context`). Drawn on the device."""
+    b, t = levels.shape
+    if t < 2 or p <= 0:
+        return levels
+    dropped = torch.rand(b, device=levels.device) < p  # (b,)
+    cut = torch.randint(1, t, (b,), device=levels.device)  # frames [0, cut) dropped
+    before = torch.arange(t, device=levels.device)[None] < cut[:, None]  # (b, t)
+    return torch.where(dropped[:, None] & before, torch.full_like(levels, top), levels)
 
 
 class ForcingFrame(FrameModel):
@@ -83,6 +98,8 @@ class ForcingFrame(FrameModel):
             levels[:, -1] = self.diffusion.sample_levels((b,), x0.device)
         else:
             levels = self.diffusion.sample_levels((b, t), x0.device, low=0)
+        if self.cfg.history_dropout:
+            levels = drop_history(levels, self.cfg.history_dropout, self.cfg.diffusion.levels)
         noise = torch.randn_like(x0)
         xk = self.diffusion.q_sample(x0, levels, noise)
         out = self(run, xk, levels, acts)
