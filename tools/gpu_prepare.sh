@@ -2,23 +2,20 @@
 # Prepare what a GPU machine lacks, here (with network), before a device session:
 #   .whl/  cp312 wheels of Procgen and what it needs (the device has Python 3.12, no network)
 #   .gl/   Debian packages of libGL and friends (Procgen renders with OpenGL)
+# `bash tools/gpu_prepare.sh maze` instead fills .whl-maze/ with MuJoCo, Gymnasium and
+# Gymnasium-Robotics (Maze2D; no GL needed: MUJOCO_GL=disable), LZMA-repacked to ~40 MB.
 # Both folders are git-ignored; name them in the device call's `carry`. On the device:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #   mkdir -p /tmp/gl && for f in .gl/*.deb; do dpkg -x $f /tmp/gl; done
 #   export PYTHONPATH=/tmp/site:src LD_LIBRARY_PATH=/tmp/gl/usr/lib/x86_64-linux-gnu:/tmp/gl/lib/x86_64-linux-gnu
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p .whl .gl
 plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" \
-    -d .whl procgen-mirror==0.10.7 gym3==0.3.3 gym-notices cffi pycparser
-python3 -m pip wheel -q --no-deps -w .whl gym==0.26.2
-# the working tree that travels is capped at 64 MiB: Procgen's wheel (48 MB, deflate) repacked with
-# LZMA is 41 MB, which leaves room for the repository (pip reads LZMA members through zipfile)
-python3 - <<'PY'
-import glob, os, zipfile
-for path in glob.glob(".whl/procgen_mirror-*.whl"):
+repack() {  # $1: a glob of wheels to repack with LZMA (pip reads LZMA members through zipfile)
+python3 - "$1" <<'PY'
+import glob, os, sys, zipfile
+for path in glob.glob(sys.argv[1]):
     src = zipfile.ZipFile(path)
     if all(i.compress_type == zipfile.ZIP_LZMA for i in src.infolist()):
         continue
@@ -29,6 +26,23 @@ for path in glob.glob(".whl/procgen_mirror-*.whl"):
     os.replace(tmp, path)
     print(f"repacked {path} with LZMA: {os.path.getsize(path) / 1e6:.1f} MB")
 PY
+}
+if [ "${1:-}" = maze ]; then
+  mkdir -p .whl-maze
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" \
+      -d .whl-maze mujoco==4.0.0 mujoco-core==4.0.0 mujoco-studio==4.0.0 glfw pyopengl gymnasium==1.4.0 \
+      gymnasium-robotics==1.4.2 farama-notifications cloudpickle typing-extensions
+  repack ".whl-maze/gymnasium_robotics-*.whl"; repack ".whl-maze/mujoco_studio-*.whl"
+  du -sh .whl-maze
+  exit 0
+fi
+mkdir -p .whl .gl
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" \
+    -d .whl procgen-mirror==0.10.7 gym3==0.3.3 gym-notices cffi pycparser
+python3 -m pip wheel -q --no-deps -w .whl gym==0.26.2
+# the working tree that travels is capped at 64 MiB: Procgen's wheel (48 MB, deflate) repacked with
+# LZMA is 41 MB, which leaves room for the repository
+repack ".whl/procgen_mirror-*.whl"
 o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
 mkdir -p /tmp/amd64/partial
 apt-get $o update -qq
