@@ -10,7 +10,8 @@
 # Brings back: world.tar (fp16, < 16 MB), eval-plots.tgz, compile.bin.gz (torch.compile artifacts
 # for the next run: keep as runs/compile/h200.bin), results.tar.gz (run.json, eval.json, logs).
 # Knobs: EPI, BUDGET (minutes of the train-world run), NG (GPUs), PRESET and LD (latent channels)
-# for a CPU smoke run, SHARES, WORLD_ARGS (more train-world flags), TUNE_ARGS.
+# for a CPU smoke run, SHARES, WORLD_ARGS (more train-world flags; default: history dropout 0.1,
+# which history guidance needs, benchmarks 1.7), TUNE_ARGS.
 EPI=${EPI:-5000}; BUDGET=${BUDGET:-19}; CC=${CC:-runs/compile/h200.bin}; PRESET=${PRESET:-small}; LD=${LD:-32}; W=${W:-/tmp/job/w}; D=$W/data; DL="python3 -m driftless"
 TOK=${TOK:-runs/s25/tok-c32}; NG=${NG:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -28,12 +29,12 @@ stamp train-world
 python3 -m torch.distributed.run --standalone --nproc-per-node $NG -m driftless train world \
   --data $D/train --val-data $D/val --test-data $D/test --out $W/run --preset $PRESET \
   --set tokenizer.latent_dim=$LD --init-from tokenizer=$TOK --budget $BUDGET --shares ${SHARES:-0,0.35,0.65} \
-  --reserve 0.15 --eval-size quick --compile-cache $W/compile.bin ${WORLD_ARGS:-} > $R/train-world.log 2>&1
+  --reserve 0.15 --eval-size quick --compile-cache $W/compile.bin ${WORLD_ARGS:---set dynamics.history_dropout=0.1} > $R/train-world.log 2>&1
 cp $W/run/run.json $W/run/eval.json $R/ 2>/dev/null
 for s in tokenizer lam dynamics; do cp $W/run/$s/metrics.jsonl $R/metrics-$s.jsonl 2>/dev/null; done
 tar cf $P/world.tar -C $W/run world && ls -la $P >> $R/status.txt
 tar czf $P/eval-plots.tgz -C $W/run eval-plots 2>/dev/null
-gzip -c $W/compile.bin > $P/compile.bin.gz 2>/dev/null; ls -la $P >> $R/status.txt
+[ -f $W/compile.bin ] && gzip -c $W/compile.bin > $P/compile.bin.gz; ls -la $P >> $R/status.txt
 stamp tune
 # the context noise level chosen on validation (benchmarks 1.6); world.json comes back in the results
 $DL world tune $W/run/world --data $D/val ${TUNE_ARGS:---rollouts 16 --frames 400 --clips 64} --no-progress --json $R/tune.json > $R/tune.log 2>&1
