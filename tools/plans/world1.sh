@@ -15,7 +15,8 @@
 # Brings back: world.tar (fp16, < 16 MB), eval-plots.tgz, eval-full-plots.tgz, compile.bin.gz.part00.. (torch.compile
 # artifacts for the next run: cat the parts | gunzip > runs/compile/h200.bin), results.tar.gz (run.json, eval.json,
 # tune.json, world-tuned.json, eval-full.json, logs). Timeline: data 1.4 min, the run 17 (+1-2
-# of compiling beyond its budget without a compile cache), tune ~1.5, full evaluation ~3: call 4.
+# of compiling beyond its budget without a compile cache), key map by effect ~0.5, tune ~1.5,
+# full evaluation ~3: call 4.
 # Knobs: EPI, BUDGET (minutes of the train-world run), NG (GPUs), PRESET and LD (latent channels)
 # for a CPU smoke run, INIT (--init-from; default tokenizer=$TOK) and WAIT_FOR (a file carried in
 # call 2 that the plan waits for), SHARES, WORLD_ARGS (more train-world flags; default: history dropout 0.1,
@@ -45,6 +46,10 @@ tar czf $P/eval-plots.tgz -C $W/run eval-plots 2>/dev/null
 # (a file comes back only under 16 MB: a larger cache comes back in parts, `cat` them together)
 [ -f $W/compile.bin ] && gzip -c $W/compile.bin > $W/compile.bin.gz && split -b 15M -d $W/compile.bin.gz $P/compile.bin.gz.part
 ls -la $P >> $R/status.txt
+stamp refit-actions
+# the key map fitted by effect (Procgen branches; issue 15), before the tuning and the evaluation
+$DL world refit-actions $W/run/world --method effect --game coinrun --action-starts 64 --no-progress > $R/refit.log 2>&1
+cp $W/run/world/world.json $R/world-refit.json
 stamp tune
 # the context noise level chosen on validation (benchmarks 1.6); world.json comes back in the results
 $DL world tune $W/run/world --data $D/val ${TUNE_ARGS:---rollouts 16 --frames 400 --clips 64} --no-progress --json $R/tune.json > $R/tune.log 2>&1
