@@ -258,3 +258,33 @@ def test_a_compile_cache_file_carries_the_compiled_artifacts(tmp_path):
     path.write_bytes(b"not a cache")
     with pytest.warns(UserWarning, match="could not be read"):
         assert compile_cache.load(path) == 0
+
+
+def test_a_model_can_ask_for_one_step_uncompiled(tmp_path, monkeypatch):
+    """`eager_step` (read after before_train_step): that step's forward runs as plain Python,
+    the others through the compiled graph, which is traced once (its Python runs only then)."""
+    import functools
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+
+    class OneEager(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(3))
+            self.steps, self.eager_step, self.python_runs, self.after_3 = 0, False, [], None
+
+        def before_train_step(self):
+            self.steps += 1
+            self.eager_step = self.steps == 3
+            if self.steps == 4:
+                self.after_3 = list(self.python_runs)
+
+        def training_loss(self, batch):
+            self.python_runs.append(torch.compiler.is_compiling())
+            return ((self.w - batch["x"]) ** 2).mean(), {}
+
+    model = OneEager()
+    cfg = TrainConfig(steps=5, warmup=1, log_every=1, val_every=0, save_every=0, compile=True)
+    Trainer(model, cfg, tmp_path, DistInfo(), "toy", {"a": 1}).fit(_batches)
+    # traced at step 1; step 3 ran as Python, outside any compiled region; no other step did
+    assert model.python_runs[0] is True and model.after_3[-1] is False and model.python_runs.count(False) == 1

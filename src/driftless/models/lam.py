@@ -145,6 +145,12 @@ class LatentActionModel(nn.Module):
         warm = self.cfg.vq_warmup
         return "warmup" if step < warm else ("kmeans" if step == warm and warm > 0 else "vq")
 
+    @property
+    def eager_step(self) -> bool:
+        """The Trainer runs the k-means step uncompiled: a graph for one step costs more to compile
+        (about 40 s on the H200, benchmarks 5.7) than the step it would speed up."""
+        return self._phase == "kmeans"
+
     def before_train_step(self) -> None:
         """Called by the Trainer before each step, outside compiled code: advances a host-side
         copy of `train_steps`, so the forward pass never reads a device counter (a sync, and a

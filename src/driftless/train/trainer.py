@@ -4,6 +4,9 @@ A model trains here if it has
     training_loss(batch) -> (loss tensor, {name: scalar tensor})
 and optionally
     before_train_step() -> None   (host-side bookkeeping, called outside compiled code)
+    eager_step: bool              (read after that hook: true for a step that should run
+                                  uncompiled, as the LAM's one k-means step - compiling a graph
+                                  used once costs more than it saves)
     unused_parameters: bool       (true when some steps' loss leaves parameters out, as the LAM's
                                   codebook in its VQ warm-up: DDP then looks for them every step,
                                   and leaves their gradient None as one process does).
@@ -211,6 +214,7 @@ class Trainer:
             torch._dynamo.reset()
             if cfg.compile_cache:
                 compile_cache.load(cfg.compile_cache)
+            self._eager_forward = wrapped  # (the same module uncompiled: `eager_step`)
             wrapped = torch.compile(wrapped, dynamic=False)
         self.forward = wrapped
         self.ckpt_dir = self.out / "checkpoint" if self.out is not None else None
@@ -363,8 +367,9 @@ class Trainer:
         hook = getattr(self.model, "before_train_step", None)
         if hook is not None:  # host-side bookkeeping of the model, kept out of compiled code
             hook()
+        forward = self._eager_forward if self.compiled and getattr(self.model, "eager_step", False) else self.forward
         with torch.autocast(self.info.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            loss, metrics = self.forward(batch)
+            loss, metrics = forward(batch)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         bad = (~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))).float()  # () 1.0 = skip
