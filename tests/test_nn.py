@@ -81,11 +81,21 @@ def test_vq_straight_through_usage_and_dead_code_reset():
     loss.backward()
     assert z.grad is not None and torch.isfinite(z.grad).all()
     assert 1.0 <= float(stats["vq_perplexity"]) <= 16.0
-    # with usage_decay=0 every code unused in this batch is reset to a batch vector
+    # with usage_decay=0 every code unused in this batch is reset to one of its vectors - by the
+    # owner between steps, never inside the forward pass
     z2 = torch.randn(8, 4)
     before = vq.codebook.detach().clone()
-    vq(z2)
-    assert not torch.equal(before, vq.codebook.detach())
+    _, idx2, _, _ = vq(z2)
+    assert torch.equal(before, vq.codebook.detach())
+    vq.apply_dead_code_reset()
+    after = vq.codebook.detach()
+    unused = torch.ones(16, dtype=torch.bool)
+    unused[idx2.unique()] = False
+    assert torch.equal(after[~unused], before[~unused]) and not torch.equal(after[unused], before[unused])
+    batch = torch.nn.functional.normalize(z2, dim=-1)
+    assert all(torch.isclose(batch, row).all(dim=1).any() for row in after[unused])
+    vq.apply_dead_code_reset()  # nothing pending: nothing changes
+    assert torch.equal(vq.codebook.detach(), after)
     with pytest.raises(ValueError, match=r"\[0, 16\)"):
         vq.lookup(torch.tensor([16]))
 

@@ -151,6 +151,11 @@ class LatentActionModel(nn.Module):
         (about 40 s on the H200, benchmarks 5.7) than the step it would speed up."""
         return self._phase == "kmeans"
 
+    def after_train_step(self) -> None:
+        """Called by the Trainer after each update, outside compiled code (every rank together):
+        the step's dead codes replaced (`VectorQuantizer.apply_dead_code_reset`)."""
+        self.vq.apply_dead_code_reset()
+
     def before_train_step(self) -> None:
         """Called by the Trainer before each step, outside compiled code: advances a host-side
         copy of `train_steps`, so the forward pass never reads a device counter (a sync, and a

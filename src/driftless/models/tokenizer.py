@@ -166,6 +166,12 @@ class Tokenizer(nn.Module):
         z, reg, stats = self._bottleneck(self._encode_features(x), sample=self.training)
         return self._decode_raw(z), reg, stats
 
+    def after_train_step(self) -> None:
+        """Called by the Trainer after each update, outside compiled code: the VQ bottleneck's
+        dead codes are replaced here, not inside the step (`VectorQuantizer`)."""
+        if self.cfg.bottleneck == "vq":
+            self.vq.apply_dead_code_reset()
+
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         x = pixels_to_unit(batch["frames"])
         recon, reg, stats = self(x)

@@ -20,7 +20,10 @@ class VectorQuantizer(nn.Module):
     * loss = codebook term + beta * commitment term (VQ-VAE);
     * a code whose running share of assignments falls under `dead_fraction / num_codes` (i.e.
       used that many times less than under uniform use) is re-initialised from a random input
-      vector of the current batch, identically on every rank under DDP.
+      vector of a training batch, identically on every rank under DDP. The training forward
+      only records the candidates (a buffer); the owner applies them between steps with
+      `apply_dead_code_reset()` (its `after_train_step`), so the codebook is never rewritten
+      inside a compiled step and the step stays one graph.
     """
 
     def __init__(
@@ -42,6 +45,9 @@ class VectorQuantizer(nn.Module):
         self.codebook = nn.Parameter(torch.randn(num_codes, dim) / dim**0.5)
         # running fraction of assignments per code; starts uniform so nothing is "dead" at step 0
         self.register_buffer("usage", torch.full((num_codes,), 1.0 / num_codes))
+        # a replacement for every code from the last training batch, and whether there is one yet
+        self.register_buffer("candidates", torch.zeros(num_codes, dim), persistent=False)
+        self.register_buffer("has_candidates", torch.zeros((), dtype=torch.bool), persistent=False)
 
     def codes(self) -> torch.Tensor:
         cb = self.codebook
@@ -81,14 +87,18 @@ class VectorQuantizer(nn.Module):
         if self.training:
             with torch.no_grad():
                 self.usage.mul_(self.usage_decay).add_(probs, alpha=1 - self.usage_decay)
-                self._reset_dead(zf.reshape(-1, self.dim))
+                flat = zf.reshape(-1, self.dim)
+                if flat.shape[0]:
+                    pick = torch.randint(0, flat.shape[0], (self.num_codes,), device=flat.device)
+                    self.candidates.copy_(flat[pick].to(self.candidates.dtype))
+                    self.has_candidates.fill_(True)
         stats = {
             "vq_perplexity": perplexity.detach(),
             "vq_usage": (counts > 0).float().mean().detach(),
         }
         return z_q, idx, loss, stats
 
-    # Both codebook rewrites run eagerly (a graph break under torch.compile): traced, the write
+    # Codebook rewrites run eagerly, outside the training forward's graph: traced, the write
     # became an in-place update of a parameter the compiled backward had saved, and the step
     # after the VQ warm-up failed ("modified by an inplace operation"; tests/test_trainer.py).
     @torch.compiler.disable
@@ -119,17 +129,18 @@ class VectorQuantizer(nn.Module):
 
     @torch.compiler.disable
     @torch.no_grad()
-    def _reset_dead(self, flat: torch.Tensor) -> None:
-        # a candidate replacement for every code, kept only where the code is dead: no host sync
-        if flat.shape[0] == 0:
-            return
-        dead = self.usage < self.dead_threshold  # (K,)
-        pick = torch.randint(0, flat.shape[0], (self.num_codes,), device=flat.device)
-        new = flat[pick].to(self.codebook.dtype)  # (K, dim)
+    def apply_dead_code_reset(self) -> None:
+        """Replace every dead code by its candidate from the last training batch (rank 0's under
+        DDP: every rank must call this at the same point). No host sync: a mask decides."""
+        cand = self.candidates.to(self.codebook.dtype)
         if dist.is_available() and dist.is_initialized():
-            dist.broadcast(new, src=0)
-        self.codebook.data.copy_(torch.where(dead[:, None], new, self.codebook.data))
+            cand = cand.contiguous()
+            dist.broadcast(cand, src=0)
+        # (a skipped, non-finite step leaves non-finite candidates: never copied in)
+        dead = (self.usage < self.dead_threshold) & self.has_candidates & torch.isfinite(cand).all(dim=1)  # (K,)
+        self.codebook.data.copy_(torch.where(dead[:, None], cand, self.codebook.data))
         self.usage.copy_(torch.where(dead, torch.full_like(self.usage, 1.0 / self.num_codes), self.usage))
+        self.has_candidates.fill_(False)
 
 
 class DiagonalGaussian(nn.Module):

@@ -4,7 +4,9 @@ A model trains here if it has
     training_loss(batch) -> (loss tensor, {name: scalar tensor})
 and optionally
     before_train_step() -> None   (host-side bookkeeping, called outside compiled code)
-    eager_step: bool              (read after that hook: true for a step that should run
+    after_train_step() -> None    (after the update, outside compiled code: changes to the
+                                  weights the step itself must not see, as dead VQ codes)
+    eager_step: bool              (read after before_train_step: true for a step that should run
                                   uncompiled, as the LAM's one k-means step - compiling a graph
                                   used once costs more than it saves)
     unused_parameters: bool       (true when some steps' loss leaves parameters out, as the LAM's
@@ -380,6 +382,9 @@ class Trainer:
         masked_step(self.optimizer, bad)
         self._update_ema(ok=1.0 - bad)
         self.optimizer.zero_grad(set_to_none=True)
+        hook = getattr(self.model, "after_train_step", None)
+        if hook is not None:  # e.g. dead VQ codes replaced, outside compiled code, before any checkpoint
+            hook()
         self.step += 1
         self._bad_total += bad
         self._bad_run = (self._bad_run + bad) * bad  # consecutive skipped steps, 0 after a good one
