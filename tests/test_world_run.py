@@ -189,8 +189,8 @@ def test_a_share_of_0_keeps_the_init_from_weights_untrained(world_stores, debug_
 
     src = debug_world / "tokenizer"
     out = tmp_path / "run"
-    rc, status = _train_world(world_stores, out, "--init-from", f"tokenizer={src}", "--shares", "0,1,1",
-                              "--stop-after", "tokenizer")
+    _, status = _train_world(world_stores, out, "--init-from", f"tokenizer={src}", "--shares", "0,1,1",
+                             "--stop-after", "tokenizer")
     entry = status["stages"]["tokenizer"]
     assert entry["state"] == "done" and entry["step"] == 0 and status["plan"]["stages"]["tokenizer"]["steps"] == 0
     got = checkpoint.read_weights(out / "tokenizer" / "checkpoint", ema=True)

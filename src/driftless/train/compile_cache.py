@@ -30,7 +30,7 @@ def load(path: str | Path) -> int:
         return 0
     try:
         info = torch.compiler.load_cache_artifacts(p.read_bytes())
-    except Exception as e:  # a damaged or foreign file costs a compile, never the run
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file costs a compile, never the run
         warnings.warn(f"compile cache {p} could not be read ({e}): compiling from scratch", stacklevel=2)
         return 0
     if info is None:  # (PyTorch logs its reason and returns nothing)
