@@ -44,7 +44,9 @@ for s in tokenizer lam dynamics; do cp $W/run/$s/metrics.jsonl $R/metrics-$s.jso
 tar cf $P/world.tar -C $W/run world && ls -la $P >> $R/status.txt
 tar czf $P/eval-plots.tgz -C $W/run eval-plots 2>/dev/null
 # (a file comes back only under 16 MB: a larger cache comes back in parts, `cat` them together)
-[ -f $W/compile.bin ] && gzip -c $W/compile.bin > $W/compile.bin.gz && split -b 15M -d $W/compile.bin.gz $P/compile.bin.gz.part
+# (at most 3 parts: 8 files come back in all)
+[ -f $W/compile.bin ] && gzip -c $W/compile.bin > $W/compile.bin.gz && ls -la $W/compile.bin* >> $R/status.txt &&
+  [ "$(stat -c %s $W/compile.bin.gz)" -le 47185920 ] && split -b 15M -d $W/compile.bin.gz $P/compile.bin.gz.part
 ls -la $P >> $R/status.txt
 stamp refit-actions
 # the key map fitted by effect (Procgen branches; issue 15), before the tuning and the evaluation
