@@ -250,6 +250,9 @@ def test_vq_latent_cache_feeds_maskgit_training(tmp_path, small_store):
     kl = registry.build("tokenizer", registry.preset("tokenizer", "debug")).eval()
     kl_cache = LatentCache(build_latent_cache(small_store, kl, tmp_path / "lat-kl", chunk=8, batch_size=4))
     assert kl_cache.indices is None and "indices" not in LatentClips(kl_cache, 6, 3, "none").batch(0)
+    # batches are read ahead on another thread: any batching writes every frame to its own row
+    one = LatentCache(build_latent_cache(small_store, kl, tmp_path / "lat-kl-1", chunk=8, batch_size=1))
+    assert np.allclose(one.latents.astype(np.float32), kl_cache.latents.astype(np.float32), atol=2e-3)
 
     common = ["--preset", "debug", "--steps", "2", "--batch-size", "2", "--actions", "true", "--device", "cpu",
               "--log-every", "1", "--val-every", "0", "--save-every", "0", "--warmup", "1"]
