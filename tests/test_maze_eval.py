@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("gymnasium_robotics")
 
@@ -65,3 +66,22 @@ def test_cli_train_and_plan(tmp_path):
                               "--device", "cpu"])
     with pytest.raises(ValueError, match="trained on maze"):
         args.func(args)
+    # a second session continues the first one's weights; another configuration is refused
+    from driftless import checkpoint
+    from driftless.models.registry import load_model
+    from driftless.plan.train import _continue_from
+
+    common = ["--data", str(tmp_path / "open.npz"), "--preset", "debug", "--batch", "4", "--frame-stack", "5",
+              "--tokens", "3", "--device", "cpu", "--init-from", str(ck)]
+    args = parser.parse_args(["plan", "train", "--out", str(tmp_path / "ck2"), "--steps", "1", *common])
+    assert args.func(args) == 0
+    first, model = checkpoint.read_weights(ck), load_model(ck, "cpu", kind="sequence_df")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    _continue_from(model, str(ck), "cpu")
+    assert all(torch.equal(v.float(), first[k].float()) for k, v in model.state_dict().items())
+    other = parser.parse_args(["plan", "train", "--out", str(tmp_path / "ck3"), "--steps", "1", *common[:-6],
+                               "--frame-stack", "4", "--tokens", "3", "--device", "cpu", "--init-from", str(ck)])
+    with pytest.raises(ValueError, match="another configuration.*frame_stack"):
+        other.func(other)

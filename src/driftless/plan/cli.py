@@ -33,7 +33,8 @@ def _train(args: argparse.Namespace) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     info = train_maze_model(args.data, args.out, args.baseline, args.preset, args.steps, args.batch, args.lr,
                             args.frame_stack, args.tokens, default_device(args.device), args.seed,
-                            max_minutes=args.max_minutes, compile=args.compile, half=args.half)
+                            max_minutes=args.max_minutes, compile=args.compile, half=args.half,
+                            init_from=args.init_from)
     print(json.dumps(info))
     return 0
 
@@ -116,6 +117,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stop after this many minutes (the learning-rate decay follows the clock)")
     t.add_argument("--compile", action="store_true", help="torch.compile the network for training")
     t.add_argument("--half", action="store_true", help="store the weights in float16 (half the size)")
+    t.add_argument("--init-from", metavar="CKPT",
+                   help="continue a checkpoint of the same configuration (its EMA weights; a fresh optimizer "
+                        "and schedule): train over several sessions")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     t.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")

@@ -61,11 +61,32 @@ def fit(model: sdf.SequenceDF, sample: Sampler, cfg: FitConfig,
     return ema, [r["loss"] for r in log]
 
 
+def _continue_from(model: sdf.SequenceDF, path: str, device: str) -> None:
+    """Load the weights of the checkpoint at `path` into `model`; refused, naming the fields,
+    when it was made with another configuration (preset, baseline, frame stack, tokens, maze)."""
+    from driftless.config import to_dict
+    from driftless.models.registry import load_model
+
+    src = load_model(path, device, kind=sdf.SequenceDF.kind)
+    mine, theirs = to_dict(model.cfg), to_dict(src.cfg)
+    keep = ("maze", "frame_stack", "tokens", "baseline")  # the provenance that must agree
+    mine["meta"] = {k: v for k, v in mine["meta"].items() if k in keep}
+    theirs["meta"] = {k: v for k, v in theirs.get("meta", {}).items() if k in keep}
+    diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if diff:
+        raise ValueError(f"--init-from {path}: a model of another configuration ("
+                         + "; ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in diff)
+                         + "); continue it with the same --preset, --baseline, --frame-stack, --tokens and maze")
+    model.load_state_dict({k: v.float() for k, v in src.state_dict().items()})
+
+
 def train_maze_model(data_path: str, out: str, baseline: str | None, preset: str, steps: int, batch: int,
                      lr: float, frame_stack: int, tokens: int | None, device: str, seed: int = 0,
                      progress: bool = True, max_minutes: float = 0.0, compile: bool = False,
-                     half: bool = False) -> dict:
-    """Train a Diffusion-Forcing (or Diffuser-like) sequence model on a maze dataset; save it."""
+                     half: bool = False, init_from: str | None = None) -> dict:
+    """Train a Diffusion-Forcing (or Diffuser-like) sequence model on a maze dataset; save it.
+    `init_from`: a checkpoint of the same configuration to continue (its EMA weights, a fresh
+    optimizer and schedule): a model trained over several short GPU sessions."""
     data = load_dataset(data_path)
     if preset not in sdf.PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(sdf.PRESETS)}")
@@ -75,6 +96,8 @@ def train_maze_model(data_path: str, out: str, baseline: str | None, preset: str
     windows = MazeTokens(data, tokens, frame_stack, device=device)
     model = sdf.SequenceDF(cfg).to(device)
     model.set_stats(**windows.stats())
+    if init_from:
+        _continue_from(model, init_from, device)
     ema, trace = fit(model, windows.sample, FitConfig(steps=steps, batch=batch, lr=lr, seed=seed,
                                                       max_seconds=60 * max_minutes, compile=compile),
                      progress=progress)
