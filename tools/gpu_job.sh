@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run a long plan on a lent GPU machine across several device calls (each call <= 10 minutes).
-#   bash tools/gpu_job.sh start PLAN SECONDS   install the Procgen wheels and GL libs (if carried),
+#   bash tools/gpu_job.sh start PLAN SECONDS   install the carried wheels (.whl, .whl-maze) and GL libs,
 #                                              start PLAN detached, follow it up to SECONDS, pack
 #   bash tools/gpu_job.sh wait SECONDS         follow the running plan up to SECONDS, pack
 # The plan outlives a call while the machine stays warm (30 s after a call: chain the calls); seen
@@ -17,9 +17,11 @@ export R=$ROOT/res P=$ROOT/pack DRIFTLESS_GIT_COMMIT=${DRIFTLESS_GIT_COMMIT:-unk
 mkdir -p "$R" "$P"
 if [ "$verb" = start ]; then
   plan=$2; secs=${3:-540}
-  if [ -d "$REPO/.whl" ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$REPO"/.whl/*.whl || exit 1
-  fi
+  for d in "$REPO/.whl" "$REPO/.whl-maze"; do  # Procgen's, MuJoCo's (tools/gpu_prepare.sh [maze])
+    if [ -d "$d" ]; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$d"/*.whl || exit 1
+    fi
+  done
   if [ -d "$REPO/.gl" ]; then mkdir -p /tmp/gl && for f in "$REPO"/.gl/*.deb; do dpkg -x "$f" /tmp/gl; done; fi
   nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader
   rm -f "$ROOT/pid"

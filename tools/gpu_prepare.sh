@@ -3,7 +3,8 @@
 #   .whl/  cp312 wheels of Procgen and what it needs (the device has Python 3.12, no network)
 #   .gl/   Debian packages of libGL and friends (Procgen renders with OpenGL)
 # `bash tools/gpu_prepare.sh maze` instead fills .whl-maze/ with MuJoCo, Gymnasium and
-# Gymnasium-Robotics (Maze2D; no GL needed: MUJOCO_GL=disable), LZMA-repacked to ~40 MB.
+# Gymnasium-Robotics and what importing them needs (Maze2D; no GL: MUJOCO_GL=disable), LZMA-repacked,
+# about 36 MiB.
 # Both folders are git-ignored; name them in the device call's `carry`. On the device:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #   mkdir -p /tmp/gl && for f in .gl/*.deb; do dpkg -x $f /tmp/gl; done
@@ -30,9 +31,11 @@ PY
 if [ "${1:-}" = maze ]; then
   mkdir -p .whl-maze
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" \
-      -d .whl-maze mujoco==4.0.0 mujoco-core==4.0.0 mujoco-studio==4.0.0 glfw pyopengl gymnasium==1.4.0 \
-      gymnasium-robotics==1.4.2 farama-notifications cloudpickle typing-extensions
-  repack ".whl-maze/gymnasium_robotics-*.whl"; repack ".whl-maze/mujoco_studio-*.whl"
+      -d .whl-maze mujoco==4.0.0 mujoco-core==4.0.0 glfw pyopengl gymnasium==1.4.0 \
+      gymnasium-robotics==1.4.2 farama-notifications cloudpickle typing-extensions pettingzoo==1.27.0 imageio
+  # (not mujoco-studio, 9 MB: a viewer that `import mujoco` does not need; glfw's bundled library
+  # needs only libc, so no GL packages either)
+  repack ".whl-maze/gymnasium_robotics-*.whl"
   du -sh .whl-maze
   exit 0
 fi
