@@ -183,7 +183,7 @@ def test_train_world_on_another_procgen_game(tmp_path):
 
 def test_a_share_of_0_keeps_the_init_from_weights_untrained(world_stores, debug_world, tmp_path, capsys):
     """--shares 0,... with --init-from tokenizer=CKPT: the tokenizer stage trains no step (nothing
-    to compile on a GPU), its checkpoint holds CKPT's weights and its fitted statistics; a 0 share
+    to compile on a GPU), its checkpoint holds CKPT's weights and latent statistics; a 0 share
     for a stage --init-from says nothing about is refused before anything runs."""
     from driftless import checkpoint
 
@@ -197,7 +197,10 @@ def test_a_share_of_0_keeps_the_init_from_weights_untrained(world_stores, debug_
     want = checkpoint.read_weights(src)
     assert set(got) == set(want) and all(torch.equal(got[k].float(), want[k].float()) for k in want)
     header = checkpoint.read_header(out / "tokenizer" / "checkpoint", "tokenizer")
-    assert len(header["config"]["latent_mean"]) == header["config"]["latent_dim"]
+    source = checkpoint.read_header(src, "tokenizer")["config"]
+    assert source["latent_mean"] is not None  # kept as it came, not measured again
+    assert header["config"]["latent_mean"] == source["latent_mean"]
+    assert header["config"]["latent_std"] == source["latent_std"]
     capsys.readouterr()
     assert main(["train", "world", "--data", str(world_stores / "toy-train"), "--out", str(tmp_path / "other"),
                  "--preset", "debug", "--device", "cpu", "--shares", "1,0,1"]) != 0

@@ -195,7 +195,11 @@ def init_checkpoint(args, source: Path, dest: Path) -> str:
     """Write the checkpoint a stage starts from (`_fit_init`) to `dest`; returns its path."""
     cfg, state, fresh = _fit_init(args, source)
     header = checkpoint.read_header(source, args.kind)
-    checkpoint.save(dest, args.kind, to_dict(cfg), state,
+    config = to_dict(cfg)
+    for key in ("latent_mean", "latent_std"):  # a tokenizer's fitted statistics travel with it
+        if key in config and header.get("config", {}).get(key) is not None:
+            config[key] = header["config"][key]
+    checkpoint.save(dest, args.kind, config, state,
                     meta={"source": str(source), "fresh": fresh, "preset": header.get("meta", {}).get("preset")})
     return str(dest)
 

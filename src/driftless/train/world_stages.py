@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
+from driftless import checkpoint
 from driftless.config import option, override
 from driftless.eval.metrics import psnr, ssim
 from driftless.models.common import pixels_to_unit, unit_to_pixels
@@ -172,10 +173,17 @@ def lam_validation(model, batch: dict) -> tuple[dict, torch.Tensor]:
 @torch.no_grad()
 def fit_tokenizer_stats(trainer: Trainer, stream_fn, a: StageArgs) -> None:
     """Measure per-channel latent statistics with the EMA tokenizer and store them in the
-    checkpoint's config (so `encode` returns normalised latents)."""
+    checkpoint's config (so `encode` returns normalised latents). A tokenizer taken untrained
+    from --init-from (0 steps) keeps the statistics it came with, when it has them."""
     tok = trainer.ema_model.eval()
-    frames = (b["frames"].to(trainer.info.device) for b in itertools.islice(stream_fn(0), a.stats_batches))
-    mean, std = tok.fit_latent_stats(frames)
+    saved = checkpoint.read_header(a.init_from, "tokenizer")["config"] if a.init_from and trainer.step == 0 else {}
+    if saved.get("latent_mean") is not None and saved.get("latent_std") is not None:
+        mean, std = list(saved["latent_mean"]), list(saved["latent_std"])
+        tok.latent_mean.copy_(torch.tensor(mean))
+        tok.latent_std.copy_(torch.tensor(std))
+    else:
+        frames = (b["frames"].to(trainer.info.device) for b in itertools.islice(stream_fn(0), a.stats_batches))
+        mean, std = tok.fit_latent_stats(frames)
     trainer.model.latent_mean.copy_(tok.latent_mean)
     trainer.model.latent_std.copy_(tok.latent_std)
     trainer.model_config = {**trainer.model_config, "latent_mean": mean, "latent_std": std}
