@@ -148,7 +148,8 @@ class LatentActionModel(nn.Module):
     @property
     def eager_step(self) -> bool:
         """The Trainer runs the k-means step uncompiled: a graph for one step costs more to compile
-        (about 40 s on the H200, benchmarks 5.7) than the step it would speed up."""
+        than the step it would speed up (the VQ phase change, k-means and quantised graphs
+        together, cost 85 s of compiling on the H200; benchmarks 5.7)."""
         return self._phase == "kmeans"
 
     def after_train_step(self) -> None:
