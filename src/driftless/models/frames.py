@@ -33,9 +33,9 @@ The frame model owns everything that depends on what a frame is made of:
   scheduling matrix (only models that denoise whole frames; the default refuses);
 * history guidance (`guides_history = True`, forcing only): a rollout state made with
   `history_free=True` carries a second, history-free branch in the same caches: batch rows
-  [b, 2b) hold the past as pure noise at the top level K (`history_free_context`), which
-  Diffusion Forcing's per-frame levels reach in training, so the same network is also the model
-  without a past. `observe` appends every known frame to both branches; the frame model runs
+  [b, 2b) hold the past as pure noise at the top level K (`history_free_context`), so the same
+  network is also the model without a past (trained as one with the dynamics' `history_dropout`;
+  per-frame levels alone almost never put a whole past at K). `observe` appends every known frame to both branches; the frame model runs
   both in one forward pass of 2b rows and combines them (see frame_forcing.py).
 
 Frame models: `forcing` (models/frame_forcing.py; teacher forcing is its variant), `mar`
@@ -162,10 +162,11 @@ class FrameModel(nn.Module, ABC):
     def history_free_context(self, inputs: torch.Tensor,
                              generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Known frames (b, n, s, c) -> (the frames as the history-free branch holds them, their
-        levels (b, n)): pure noise at the top level K. Diffusion Forcing trains every frame at a
-        level drawn from [0, K], K included, so a past at K is one the model has learnt to read as
-        carrying nothing. The frames' own trace at K (alpha_K * x0; alpha_K = 1e-3 for the sigmoid
-        and cosine schedules) is left out, so the branch is exactly independent of them."""
+        levels (b, n)): pure noise at the top level K. Diffusion Forcing draws each frame's level
+        from [0, K] independently, so a past *all* at K is almost never seen in training (benchmarks
+        1.7); the dynamics' `history_dropout` trains it. The frames' own trace at K (alpha_K * x0;
+        alpha_K = 1e-3 for the sigmoid and cosine schedules) is left out, so the branch is exactly
+        independent of them."""
         b, n = inputs.shape[:2]
         top = self.cfg.diffusion.levels
         levels = torch.full((b, n), top, dtype=torch.long, device=inputs.device)

@@ -162,11 +162,16 @@ def identity(cfg: WorldRunConfig) -> dict:
     for key in ("data", "val_data", "test_data"):
         d[key] = _abs(d[key])
     if cfg.init_from and "=" in cfg.init_from:
-        d["init_from"] = ",".join(f"{stage.strip()}={_abs(ckpt)}" for stage, _, ckpt in
-                                  (part.partition("=") for part in cfg.init_from.split(",")))
+        d["init_from"] = ",".join(f"{stage}={_abs(ckpt)}" for stage, ckpt in init_pairs(cfg.init_from))
     elif cfg.init_from and Path(cfg.init_from).exists():
         d["init_from"] = _abs(cfg.init_from)
     return json.loads(json.dumps(d))
+
+
+def init_pairs(text: str) -> list[tuple[str, str]]:
+    """--init-from's per-stage form "tokenizer=CKPT[,lam=CKPT]..." -> [(stage, checkpoint), ...]
+    as written (`world_run._init_sources` checks them)."""
+    return [(stage.strip(), ckpt) for stage, _, ckpt in (part.partition("=") for part in text.split(","))]
 
 
 def parse_shares(text: str) -> dict[str, float]:
@@ -193,7 +198,7 @@ def make_plan(cfg: WorldRunConfig, device: str) -> dict:
     stages = {}
     for s in TRAINED:
         # a share of 0: the stage takes its --init-from weights as they are (0 steps: no compile,
-        # no training; the stage still fits its statistics and writes its checkpoint)
+        # no training; it writes its checkpoint, a tokenizer with the statistics it came with)
         steps = 0 if shares[s] == 0 else ident[f"{s}_steps"] or UNBOUNDED_STEPS
         stages[s] = {"steps": steps, "time_budget": round(budget * (1 - cfg.reserve) * shares[s], 4),
                      "batch_size": cfg.__dict__[f"{s}_batch"] or plan.batch[dev][s], "lr": plan.lr[s],

@@ -75,8 +75,8 @@ from driftless.config import to_dict
 from driftless.runtime import default_device
 from driftless.train.distributed import DistInfo, broadcast_object, cleanup, control_group, setup
 from driftless.train.specs import StageArgs
-from driftless.train.world_plan import (RESERVED, STAGES, TRAINED, WorldRunConfig, differences, identity, make_plan,
-                                        parse_shares, stage_overrides, stop_rule)
+from driftless.train.world_plan import (RESERVED, STAGES, TRAINED, WorldRunConfig, differences, identity,
+                                        init_pairs, make_plan, parse_shares, stage_overrides, stop_rule)
 
 RUN_FILE = "run.json"
 FORMAT = "driftless-train-world"
@@ -130,12 +130,10 @@ def _init_sources(path: str) -> dict[str, Path]:
     stage ("tokenizer=CKPT[,lam=CKPT][,dynamics=CKPT]"; the stages not named start fresh)."""
     if "=" in path:
         found = {}
-        for part in path.split(","):
-            stage, _, ckpt = part.partition("=")
-            stage = stage.strip()
+        for stage, ckpt in init_pairs(path):
             if stage not in TRAINED or not ckpt:
                 raise ValueError(f"--init-from {path}: expected STAGE=CHECKPOINT pairs with STAGE one of "
-                                 f"{', '.join(TRAINED)}, got {part!r}")
+                                 f"{', '.join(TRAINED)}, got {stage}={ckpt!r}")
             if not (Path(ckpt) / "config.json").exists():
                 raise FileNotFoundError(f"--init-from {stage}={ckpt}: no checkpoint there (a folder with config.json)")
             found[stage] = Path(ckpt)
@@ -510,7 +508,7 @@ class WorldRun:
         if self.stop and self.stop[0] == stage and self.stop[1] is None and stage != self.active[-1]:
             raise RunStopped(f"--stop-after {stage}")
 
-    def _stage_data(self, entry: dict) -> str:
+    def _stage_data(self, entry: dict) -> None:
         from driftless.data.coinrun import generate
 
         d = self.plan["data"]
@@ -518,7 +516,6 @@ class WorldRun:
             generate(self.paths[split], n, split=split, workers=os.cpu_count() or 1, envs_per_worker=min(16, n),
                      seed=self.cfg.seed, max_frames_per_episode=d["max_frames_per_episode"] or None,
                      game=d["game"], verbose=self.cfg.progress)
-        return "done"
 
     def _train_args(self, stage: str, batch: int | None = None) -> StageArgs:
         from driftless.train.specs import get_stage
@@ -638,7 +635,7 @@ class WorldRun:
         entry["val"] = {k: v for k, v in _last_val(self.out / stage / "metrics.jsonl").items() if k not in ("split",)}
         self._finished(stage, entry)
 
-    def _stage_latents(self, entry: dict) -> str:
+    def _stage_latents(self, entry: dict) -> None:
         from driftless.data.latents import build_latent_cache
         from driftless.data.store import EpisodeStore
         from driftless.models.registry import load_model
@@ -655,9 +652,8 @@ class WorldRun:
                 build_latent_cache(EpisodeStore(self.paths[split]), tok, dest, lam=lam,
                                    batch_size=self.plan["latent_batch"], device=self.device,
                                    tokenizer_path=str(tok_path), lam_path=str(lam_path))
-        return "done"
 
-    def _stage_world(self, entry: dict) -> str:
+    def _stage_world(self, entry: dict) -> None:
         from driftless.world.build import build_world, fit_world_action_map
 
         ck = {s: self.out / s / "checkpoint" for s in TRAINED}
@@ -675,9 +671,8 @@ class WorldRun:
                     action_map=action_map, name=name,
                     extra={"trained_by": {"command": "driftless train world", "run": str(self.out.resolve()),
                                           "config": self.ident, "plan": self.plan}})
-        return "done"
 
-    def _stage_eval(self, entry: dict) -> str:
+    def _stage_eval(self, entry: dict) -> None:
         from driftless.data.store import EpisodeStore
         from driftless.eval.evaluate import evaluate, sized_config
         from driftless.eval.plots import write_all
@@ -706,7 +701,6 @@ class WorldRun:
                 node = node.get(k) if isinstance(node, dict) else None
             if node is not None:
                 entry[key] = node
-        return "done"
 
 
 def _exit_code(e: BaseException) -> int:
