@@ -251,3 +251,49 @@ def test_history_dropout_trains_and_is_checked():
         override(base, {"history_dropout": 1.5})
     with pytest.raises(ValueError, match="history_dropout"):
         override(base, {"history_dropout": 0.1, "frame_model": "mar"})
+
+
+def test_clean_history_makes_a_prefix_of_some_clips_nearly_clean():
+    """clean_history: in the chosen clips every frame before a cut (1..t-1) is at a level in
+    [0, top] and the rest keep their levels; about a fraction p of clips is chosen; p = 0 changes
+    nothing."""
+    from driftless.models.frame_forcing import clean_history
+
+    torch.manual_seed(0)
+    levels = torch.randint(500, 1001, (4000, 6))  # all above `top`: a changed frame is visible
+    assert torch.equal(clean_history(levels, 0.0, 100), levels)
+    out = clean_history(levels, 0.25, 100)
+    changed = (out != levels).any(dim=1)
+    assert 0.2 < changed.float().mean() < 0.3
+    for row, new in zip(levels[changed], out[changed]):
+        cut = int((new <= 100).long().argmin())  # first frame kept
+        assert 1 <= cut <= 5 and (new[:cut] <= 100).all() and torch.equal(new[cut:], row[cut:])
+    everything = clean_history(levels, 1.0, 100)
+    assert (everything[:, 0] <= 100).all() and torch.equal(everything[:, -1], levels[:, -1])
+    assert everything[:, 0].float().std() > 10  # drawn, not a constant
+
+
+def test_clean_history_trains_and_is_checked():
+    """The config's clean_history reaches the forcing model's training loss (at p = 1 every clip's
+    first frame is at most clean_history_level; at p = 0 most are above it); bad values and other
+    frame models refuse it."""
+    base = registry.preset("dynamics", "debug")
+    batch = {"latents": torch.randn(64, base.clip_len, base.tokens_per_frame, base.latent_dim),
+             "actions": torch.randint(0, base.num_actions, (64, base.clip_len - 1))}
+    seen = {}
+    for p in (0.0, 1.0):
+        torch.manual_seed(0)
+        dyn = Dynamics(override(base, {"clean_history": p, "clean_history_level": 20}))
+        q_sample = dyn.frame.diffusion.q_sample
+
+        def spy(x0, k, noise, p=p, q_sample=q_sample):
+            seen[p] = k.clone()
+            return q_sample(x0, k, noise)
+
+        dyn.frame.diffusion.q_sample = spy
+        assert torch.isfinite(dyn.training_loss(batch)[0])
+    assert (seen[1.0][:, 0] <= 20).all() and (seen[0.0][:, 0] <= 20).float().mean() < 0.5
+    for bad in ({"clean_history": 1.5}, {"clean_history": 0.5, "frame_model": "mar"},
+                {"clean_history_level": base.diffusion.levels + 1}):
+        with pytest.raises(ValueError, match="clean_history"):
+            override(base, bad)

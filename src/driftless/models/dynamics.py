@@ -67,6 +67,13 @@ class DynamicsConfig:
     # level K - the past dropped, as history guidance's history-free branch holds it (the
     # forcing frame model; benchmarks 1.7: without it that branch is a past never trained on)
     history_dropout: float = 0.0
+    # probability per training clip that every frame before a random frame is nearly clean (a level
+    # drawn in [0, clean_history_level]), as the past is held at play (the context level); plain
+    # Diffusion Forcing draws every frame's level uniformly in [0, K], so a clean past is rare in
+    # training (P(level <= 15) = 1.5 % per frame) and the model copies unchanged detail poorly
+    # (benchmarks 2.5). The forcing frame model only.
+    clean_history: float = 0.0
+    clean_history_level: int = 100
     frame_model: str = "forcing"  # a key of FRAME_MODELS: forcing | mar | maskgit (module docstring)
     clip_len: int = 16  # training clip length
     context_window: int = 16  # frames attended at inference (sliding window)
@@ -88,6 +95,13 @@ class DynamicsConfig:
             raise ValueError(f"history_dropout is a probability in [0, 1], got {self.history_dropout}")
         if self.history_dropout and self.frame_model != "forcing":
             raise ValueError(f"history_dropout is trained by frame_model='forcing' only, not {self.frame_model!r}")
+        if not 0.0 <= self.clean_history <= 1.0:
+            raise ValueError(f"clean_history is a probability in [0, 1], got {self.clean_history}")
+        if self.clean_history and self.frame_model != "forcing":
+            raise ValueError(f"clean_history is trained by frame_model='forcing' only, not {self.frame_model!r}")
+        if not 0 <= self.clean_history_level <= self.diffusion.levels:
+            raise ValueError(f"clean_history_level is a noise level in [0, {self.diffusion.levels}], "
+                             f"got {self.clean_history_level}")
         if self.action_source == "none":
             self.num_actions = 0
         if self.backbone.cond_dim != self.backbone.dim:

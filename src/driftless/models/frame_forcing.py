@@ -5,7 +5,9 @@ Every frame of a training clip gets its own noise level k_t (0 = clean ... K = p
 model denoises all frames at once, frame t seeing only frames <= t. Teacher forcing (clean
 history, noisy next frame) is the config's `teacher_forcing` flag of this model. With the config's
 `history_dropout` = p, a fraction p of the clips have their past dropped (`drop_history`), which
-trains the history-free branch that history guidance asks for.
+trains the history-free branch that history guidance asks for; with `clean_history` = q, a
+fraction q have a nearly clean past (`clean_history`), the condition every frame of a rollout
+is generated under.
 
 Sampling one frame: DDIM over `steps` from noise scaled by the temperature, with optional
 classifier-free guidance on the action; the finished frame is appended to the caches at the
@@ -55,6 +57,20 @@ def drop_history(levels: torch.Tensor, p: float, top: int) -> torch.Tensor:
     return torch.where(dropped[:, None] & before, torch.full_like(levels, top), levels)
 
 
+def clean_history(levels: torch.Tensor, p: float, top: int) -> torch.Tensor:
+    """levels (b, t) -> the same, except that in a fraction `p` of the clips every frame before a
+    random frame 1..t-1 gets a level drawn uniformly in [0, top]: a nearly clean past, as a rollout
+    holds it (the context level), under the frames still to be denoised. Drawn on the device."""
+    b, t = levels.shape
+    if t < 2 or p <= 0:
+        return levels
+    chosen = torch.rand(b, device=levels.device) < p  # (b,)
+    cut = torch.randint(1, t, (b,), device=levels.device)  # frames [0, cut) made clean
+    before = torch.arange(t, device=levels.device)[None] < cut[:, None]  # (b, t)
+    low = torch.randint(0, top + 1, (b, t), device=levels.device, dtype=levels.dtype)
+    return torch.where(chosen[:, None] & before, low, levels)
+
+
 class ForcingFrame(FrameModel):
     """Latents in through `latent_in`, the denoiser's output (the diffusion parametrisation) out
     through `latent_out`."""
@@ -98,6 +114,8 @@ class ForcingFrame(FrameModel):
             levels[:, -1] = self.diffusion.sample_levels((b,), x0.device)
         else:
             levels = self.diffusion.sample_levels((b, t), x0.device, low=0)
+            if self.cfg.clean_history:
+                levels = clean_history(levels, self.cfg.clean_history, self.cfg.clean_history_level)
         if self.cfg.history_dropout:
             levels = drop_history(levels, self.cfg.history_dropout, self.cfg.diffusion.levels)
         noise = torch.randn_like(x0)
