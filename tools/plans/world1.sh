@@ -17,11 +17,13 @@
 # tune.json, world-tuned.json, eval-full.json, logs). Timeline: data 1.4 min, the run 17 (+1-2
 # of compiling beyond its budget without a compile cache), key map by effect ~0.5, tune ~1.5,
 # full evaluation ~3: call 4.
+# (CACHE, not CC: the H200 machine exports CC=/opt/gcc/bin/gcc, which stop 27's run copied in as
+# its compile cache; torch warned and compiled from scratch.)
 # Knobs: EPI, BUDGET (minutes of the train-world run), NG (GPUs), PRESET and LD (latent channels)
 # for a CPU smoke run, INIT (--init-from; default tokenizer=$TOK) and WAIT_FOR (a file carried in
 # call 2 that the plan waits for), SHARES, WORLD_ARGS (more train-world flags; default: history dropout 0.1,
 # which history guidance needs, benchmarks 1.7), TUNE_ARGS.
-EPI=${EPI:-5000}; BUDGET=${BUDGET:-17}; CC=${CC:-runs/compile/h200.bin}; PRESET=${PRESET:-small}; LD=${LD:-32}; W=${W:-/tmp/job/w}; D=$W/data; DL="python3 -m driftless"
+EPI=${EPI:-5000}; BUDGET=${BUDGET:-17}; CACHE=${CACHE:-runs/compile/h200.bin}; PRESET=${PRESET:-small}; LD=${LD:-32}; W=${W:-/tmp/job/w}; D=$W/data; DL="python3 -m driftless"
 TOK=${TOK:-runs/s25/tok-c32}; INIT=${INIT:-tokenizer=$TOK}; WAIT_FOR=${WAIT_FOR:-$TOK/config.json}; NG=${NG:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 stamp() { echo "$(date +%T) $*" >> $R/status.txt; }
@@ -33,7 +35,7 @@ $DL data coinrun --out $D/test --episodes 254 --split test --workers 30
 $DL data coinrun --out $D/test --episodes 16 --split test --workers 16 --same-level-frames 1100
 stamp waiting-for-tokenizer
 for _ in $(seq 600); do [ -f $WAIT_FOR ] && break; sleep 2; done
-[ -f $CC ] && cp $CC $W/compile.bin
+[ -f $CACHE ] && cp $CACHE $W/compile.bin
 stamp train-world
 python3 -m torch.distributed.run --standalone --nproc-per-node $NG -m driftless train world \
   --data $D/train --val-data $D/val --test-data $D/test --out $W/run --preset $PRESET \
