@@ -10,10 +10,10 @@ import pytest
 
 import driftless
 from driftless.cli import main
-from driftless.eval.tune import TuneConfig, choose, tune_context_level
+from driftless.eval.tune import TuneConfig, choose, choose_temperature, tune_context_level
 
 TINY = dict(levels=(15, 500), clips=2, horizon=2, rollouts=2, frames=12, drift_window=4, bank_size=32,
-            reference_size=16, batch_size=4, progress=False)
+            reference_size=16, batch_size=4, progress=False, temperatures=())
 
 
 def _store(root, split="val", episodes=4, length=24, seed=0):
@@ -146,3 +146,52 @@ def test_the_onnx_export_takes_the_worlds_context_level_and_window(world_copy, t
     assert c["latents_max_abs"] < 1e-4 and c["frames_max_abs"] <= 1, c  # against World with window 3, level 400
     with pytest.raises(ValueError, match=r"window must be an integer in \[1, 6\]"):
         export_onnx(world_copy, tmp_path / "too-long", window=7, check_frames=0, log=lambda *a: None)
+
+
+def test_the_temperature_rule():
+    """The best short-horizon PSNR wins if it gains temperature_min_gain dB and its long rollouts
+    hold (not frozen, same-level score not lower by more than min_gain); the long rollouts are
+    measured only for a challenger."""
+    cfg = TuneConfig(temperature_min_gain=0.1, max_frozen=0.25, min_gain=0.05)
+    short = [{"temperature": 1.0, "psnr": 20.0}, {"temperature": 0.7, "psnr": 21.0}, {"temperature": 0.5, "psnr": 20.5}]
+    asked = []
+
+    def long_of(t, frozen=0.0, score=0.5):
+        asked.append(t)
+        return {"frozen_rate": frozen, "same_level_score": score}
+
+    got = choose_temperature(short, 1.0, {"same_level_score": 0.5}, long_of, cfg)
+    assert got["temperature"] == 0.7 and asked == [0.7]
+    assert choose_temperature(short, 1.0, {"same_level_score": 0.5},
+                              lambda t: long_of(t, frozen=0.5), cfg)["temperature"] == 1.0
+    lower = choose_temperature(short, 1.0, {"same_level_score": 0.5}, lambda t: long_of(t, score=0.3), cfg)
+    assert lower["temperature"] == 1.0 and "same-level" in lower["reason"]
+    small = [{"temperature": 1.0, "psnr": 20.0}, {"temperature": 0.7, "psnr": 20.05}]
+    asked.clear()
+    assert choose_temperature(small, 1.0, {}, long_of, cfg)["temperature"] == 1.0 and asked == []
+    with pytest.raises(ValueError, match="temperatures"):
+        TuneConfig(temperatures=(3.0,))
+
+
+def test_tune_writes_a_temperature(world_copy, tmp_path, capsys):
+    """With candidate temperatures the tune measures each at the chosen level on the same clips
+    (the current one reuses the level's own numbers), stores the choice as sampling.temperature
+    and the evidence as tuning.temperature; World takes it as its default. 'none' turns it off."""
+    data = _store(tmp_path / "val")
+    cfg = TuneConfig(**{**TINY, "levels": (15,), "temperatures": (1.0, 0.0), "temperature_min_gain": 0.0})
+    record = tune_context_level(world_copy, data, cfg, log=lambda *a: None)
+    temp = record["temperature"]
+    assert [c["temperature"] for c in temp["candidates"]] == [1.0, 0.0] and temp["previous"] == 1.0
+    level = record["candidates"][0]
+    assert temp["candidates"][0]["psnr"] == level["psnr"]  # the current temperature: the level's own figure
+    assert temp["candidates"][1]["psnr"] != level["psnr"]  # another temperature generates other frames
+    meta = json.loads((world_copy / "world.json").read_text())
+    assert meta["sampling"]["temperature"] == temp["chosen"] and meta["tuning"]["temperature"] == temp
+    assert "temperature" not in meta["tuning"]["context_level"]
+    assert driftless.load(world_copy).sampling.temperature == temp["chosen"]
+    rc = main(["world", "tune", str(world_copy), "--data", str(data), "--levels", "15", "--clips", "2", "--horizon", "2",
+               "--rollouts", "2", "--frames", "12", "--drift-window", "4", "--batch-size", "4", "--temperatures",
+               "none", "--dry-run", "--no-progress"])
+    assert rc == 0 and "chosen: temperature" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["world", "tune", str(world_copy), "--data", str(data), "--temperatures", "1,x"])

@@ -95,6 +95,16 @@ def _levels(text: str) -> tuple[int, ...]:
     return levels
 
 
+def _temperatures(text: str) -> tuple[float, ...]:
+    if text.strip().lower() in ("", "none", "off"):
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,0.85,0.7,0.5 (or 'none'), "
+                                         f"got {text!r}")
+
+
 def _tune(args: argparse.Namespace) -> int:
     from driftless.checkpoint import write_json
     from driftless.eval.tune import TuneConfig, tune_context_level
@@ -103,6 +113,7 @@ def _tune(args: argparse.Namespace) -> int:
     cfg = TuneConfig(levels=args.levels, split=args.split, allow_test=args.allow_test, clips=args.clips,
                      horizon=args.horizon, rollouts=args.rollouts, frames=args.frames, drift_window=args.drift_window,
                      psnr_tolerance=args.psnr_tolerance, max_frozen=args.max_frozen, min_gain=args.min_gain,
+                     temperatures=args.temperatures, temperature_min_gain=args.temperature_min_gain,
                      batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
     folder = world_folder(args.world)  # (a missing world fails here, before the store is read)
     record = tune_context_level(folder, args.data, cfg, write=not args.dry_run, threads=args.threads)
@@ -114,10 +125,16 @@ def _tune(args: argparse.Namespace) -> int:
     for level, why in record["excluded"].items():
         print(f"not eligible: context level {level}: {why}")
     print(f"chosen: context level {record['chosen']} (was {record['previous']}): {record['reason']}")
+    temp = record.get("temperature")
+    if temp:
+        print("  ".join(f"temperature {r['temperature']}: {r['psnr']:.2f} dB" for r in temp["candidates"]))
+        print(f"chosen: temperature {temp['chosen']} (was {temp['previous']}): {temp['reason']}")
     if args.dry_run:
         print(f"--dry-run: {folder / 'world.json'} unchanged")
     else:
-        print(f"wrote sampling.context_level = {record['chosen']} and tuning.context_level to {folder / 'world.json'}")
+        also = f", sampling.temperature = {temp['chosen']}" if temp else ""
+        print(f"wrote sampling.context_level = {record['chosen']}{also} and the evidence under tuning. to "
+              f"{folder / 'world.json'}")
     write_json(record, args.json)
     return 0
 
@@ -182,11 +199,12 @@ def register(sub) -> None:
     r.add_argument("--action-data", help="a store: clips for the motion fit, true actions for co-occurrence")
     _fit_flags(r, "")
     r.set_defaults(func=_refit_cmd)
-    from driftless.eval.tune import DEFAULT_LEVELS, TuneConfig
+    from driftless.eval.tune import DEFAULT_LEVELS, DEFAULT_TEMPERATURES, TuneConfig
 
     d = TuneConfig()
     t = verbs.add_parser(
-        "tune", help="choose the world's context noise level on validation data and store it in world.json",
+        "tune", help="choose the world's context noise level and temperature on validation data and store them "
+                     "in world.json",
         description="Sampling frame by frame, the dynamics holds its generated past at a diffusion noise level, "
                     "the context level (the dynamics' config: 15 of 1000). A noisier past can keep long rollouts "
                     "on the player's level (docs/benchmarks.md, 1.6), too noisy loses the past. This measures "
@@ -197,10 +215,13 @@ def register(sub) -> None:
                     "whose palette stays inside real one-level play's 90th percentile; real play scores about "
                     "0.9). Rule: among candidates whose PSNR is within --psnr-tolerance dB of the best one's and "
                     "whose rollouts are at most --max-frozen frozen, the highest same-level score (ties: higher "
-                    "PSNR); it replaces the current level only if it scores at least --min-gain more. The choice "
-                    "goes into world.json as sampling.context_level (the default of World, play, eval and the "
-                    "ONNX export), with every candidate's numbers, the data, the rule and the date under "
-                    "tuning.context_level; the file is replaced atomically.",
+                    "PSNR); it replaces the current level only if it scores at least --min-gain more. Then, at that "
+                    "level, the temperature (each frame's initial noise scale) with the best short-horizon PSNR of "
+                    "--temperatures, if it gains at least --temperature-min-gain dB and its long rollouts are not "
+                    "more frozen than --max-frozen nor --min-gain lower on same-level score. The choices "
+                    "go into world.json as sampling.context_level and sampling.temperature (the defaults of World, "
+                    "play, eval and the ONNX export), with every candidate's numbers, the data, the rule and the "
+                    "date under tuning.; the file is replaced atomically.",
         epilog="examples:\n"
                "  driftless data coinrun --out data/val-long --episodes 16 --split val --same-level-frames 450\n"
                "  driftless world tune worlds/mine --data data/val-long --threads 1   # a few minutes on 2 CPU cores\n"
@@ -214,6 +235,10 @@ def register(sub) -> None:
     t.add_argument("--levels", type=_levels, default=DEFAULT_LEVELS, metavar="L1,L2,...",
                    help=f"candidate context levels, 0 (clean) up to the dynamics' levels (default "
                         f"{','.join(map(str, DEFAULT_LEVELS))}; the world's current level is always measured too)")
+    t.add_argument("--temperatures", type=_temperatures, default=DEFAULT_TEMPERATURES, metavar="T1,T2,...",
+                   help=f"candidate temperatures at the chosen level (default "
+                        f"{','.join(map(str, DEFAULT_TEMPERATURES))}; the current one is always measured; 'none': "
+                        f"the temperature is not tuned)")
     t.add_argument("--split", default=d.split, help=f"the split to tune on (default {d.split})")
     t.add_argument("--allow-test", action="store_true", help="tune on a store of the test split anyway (its test "
                                                              "figures are then no longer held out)")
@@ -235,6 +260,9 @@ def register(sub) -> None:
                    help=f"largest share of frozen rollouts allowed (default {d.max_frozen})")
     g.add_argument("--min-gain", type=float, default=d.min_gain,
                    help=f"same-level score a candidate must gain over the current level (default {d.min_gain})")
+    g.add_argument("--temperature-min-gain", type=float, default=d.temperature_min_gain,
+                   help=f"short-horizon dB a temperature must gain over the current one (default "
+                        f"{d.temperature_min_gain})")
     g = t.add_argument_group("execution")
     g.add_argument("--dry-run", action="store_true", help="measure and choose, but leave world.json as it is")
     g.add_argument("--json", help="also write the tuning record to this JSON file")

@@ -30,10 +30,18 @@ The rule (`choose`), in order:
    `min_gain` (a few rollouts are noisy: a small gain is not evidence); otherwise the current
    level stays (if the current level is not eligible itself, the winner replaces it anyway).
 
+Then the temperature (the scale of each frame's initial noise; `temperatures`, at the chosen
+level): a stochastic sampler pays PSNR where the future is predictable, a cold one blurs textures
+(docs/benchmarks.md, 2.5). Each candidate is measured by the short-horizon protocol on the same
+clips; the best replaces the current temperature only if it gains at least
+`temperature_min_gain` dB and its long rollouts are no more frozen than `max_frozen` and keep a
+same-level score within `min_gain` of the chosen level's (`choose_temperature`).
+
 Validation only: a store that declares the test split is refused unless `allow_test` (settings
 chosen on the test split make the test figures optimistic). `tune_context_level` writes the choice and
 every candidate's numbers into world.json atomically (`sampling.context_level`, and
-`tuning.context_level`: data, split, rule, numbers, date, code version).
+`tuning.context_level`: data, split, rule, numbers, date, code version; likewise
+`sampling.temperature` and `tuning.temperature`).
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ import numpy as np
 from driftless.runtime import clean_json, run_info
 
 DEFAULT_LEVELS = (15, 100, 300, 500)
+DEFAULT_TEMPERATURES = (1.0, 0.85, 0.7, 0.5)
 
 
 @dataclass
@@ -63,6 +72,10 @@ class TuneConfig:
     psnr_tolerance: float = 0.3  # dB below the best candidate's short-horizon PSNR still eligible
     max_frozen: float = 0.25  # at most this fraction of a candidate's rollouts frozen
     min_gain: float = 0.05  # same-level score a candidate must gain over the current level to replace it
+    # candidate temperatures, measured at the chosen level (the world's current one is always added;
+    # empty: the temperature is not tuned)
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    temperature_min_gain: float = 0.1  # short-horizon dB a temperature must gain over the current one
     bank_size: int = 512  # real frames of the drift measure's bank / calibration (as eval's quick size)
     reference_size: int = 256
     batch_size: int = 16
@@ -79,6 +92,11 @@ class TuneConfig:
                      "reference_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.temperatures = tuple(float(v) for v in self.temperatures)
+        if any(not 0.0 <= v <= 2.0 for v in self.temperatures):
+            raise ValueError(f"temperatures lie in [0, 2], got {list(self.temperatures)}")
+        if self.temperature_min_gain < 0:
+            raise ValueError(f"temperature_min_gain must be >= 0, got {self.temperature_min_gain}")
         if self.drift_window > self.frames:
             raise ValueError(f"drift_window ({self.drift_window}) must not exceed frames ({self.frames})")
         if self.psnr_tolerance < 0 or self.min_gain < 0 or not 0 <= self.max_frozen <= 1:
@@ -152,30 +170,90 @@ def check_store(store, store_info: dict, cfg: TuneConfig, context: int = 1) -> N
                          f"--split val --same-level-frames {need}` or tune with fewer --frames")
 
 
-def measure_level(world, store, level: int, cfg: TuneConfig) -> dict:
-    """One candidate's numbers: the GenieRedux rollout PSNR and the drift / same-level summary."""
-    from driftless.eval.evaluate import EvalConfig, drift_protocol, rollout_protocol
+def _eval_config(cfg: TuneConfig, sampling: dict):
+    from driftless.eval.evaluate import EvalConfig
 
-    ecfg = EvalConfig(split=cfg.split, clips=cfg.clips, context=1, horizon=cfg.horizon,
+    return EvalConfig(split=cfg.split, clips=cfg.clips, context=1, horizon=cfg.horizon,
                       delta_t=min(4, cfg.horizon), drift_frames=cfg.frames, drift_rollouts=cfg.rollouts,
                       drift_window=cfg.drift_window, bank_size=cfg.bank_size, reference_size=cfg.reference_size,
-                      batch_size=cfg.batch_size, seed=cfg.seed, sampling={"context_level": int(level)},
-                      progress=cfg.progress, size="custom")
-    short, _ = rollout_protocol(world, store, ecfg)
-    drift, _ = drift_protocol(world, store, ecfg)
+                      batch_size=cfg.batch_size, seed=cfg.seed, sampling=sampling, progress=cfg.progress,
+                      size="custom")
+
+
+def _short(world, store, cfg: TuneConfig, sampling: dict) -> dict:
+    from driftless.eval.evaluate import rollout_protocol
+
+    short, _ = rollout_protocol(world, store, _eval_config(cfg, sampling))
+    return {"psnr": short["rollout"]["psnr"], "ssim": short["rollout"]["ssim"],
+            "psnr_per_step": short["rollout"]["psnr_per_step"],
+            "delta_psnr": (short["delta"] or {}).get("delta_psnr")}
+
+
+def _long(world, store, cfg: TuneConfig, sampling: dict) -> dict:
+    from driftless.eval.evaluate import drift_protocol
+
+    drift, _ = drift_protocol(world, store, _eval_config(cfg, sampling))
     s, sl = drift["summary"], drift.get("same_level", {}).get("summary", {})
-    out = {
-        "context_level": int(level),
-        "psnr": short["rollout"]["psnr"], "ssim": short["rollout"]["ssim"],
-        "psnr_per_step": short["rollout"]["psnr_per_step"],
-        "delta_psnr": (short["delta"] or {}).get("delta_psnr"),
-        "same_level_score": sl.get("same_level_score"), "morphed_rate": sl.get("morphed_rate"),
-        "palette_tv_first": sl.get("palette_tv_first"), "palette_tv_last": sl.get("palette_tv_last"),
-        "palette_tv_real_limit_last": sl.get("palette_tv_real_limit_last"),
-        "nn_psnr_first": s["nn_psnr_first"], "nn_psnr_last": s["nn_psnr_last"],
-        "collapse_rate_last": s["collapse_rate_last"], "frozen_rate": s.get("frozen_rate"),
-    }
-    return out
+    return {"same_level_score": sl.get("same_level_score"), "morphed_rate": sl.get("morphed_rate"),
+            "palette_tv_first": sl.get("palette_tv_first"), "palette_tv_last": sl.get("palette_tv_last"),
+            "palette_tv_real_limit_last": sl.get("palette_tv_real_limit_last"),
+            "nn_psnr_first": s["nn_psnr_first"], "nn_psnr_last": s["nn_psnr_last"],
+            "collapse_rate_last": s["collapse_rate_last"], "frozen_rate": s.get("frozen_rate")}
+
+
+def measure_level(world, store, level: int, cfg: TuneConfig) -> dict:
+    """One candidate's numbers: the GenieRedux rollout PSNR and the drift / same-level summary."""
+    sampling = {"context_level": int(level)}
+    return {"context_level": int(level), **_short(world, store, cfg, sampling), **_long(world, store, cfg, sampling)}
+
+
+def choose_temperature(short: list[dict], current: float, at_level: dict, long_of, cfg: TuneConfig) -> dict:
+    """short: {"temperature", "psnr"} per candidate (the current one among them); at_level: the
+    chosen level's long-horizon numbers at the current temperature; long_of(t) -> the long-horizon
+    numbers at temperature t (measured only for a challenger) -> {"temperature", "reason", "long"}."""
+    now = next(r for r in short if r["temperature"] == current)
+    top = max(short, key=lambda r: (r["psnr"], r["temperature"] == current))
+    if top["temperature"] == current:
+        return {"temperature": current, "reason": f"the current temperature {current} has the best short-horizon PSNR"}
+    gain = top["psnr"] - now["psnr"]
+    if gain < cfg.temperature_min_gain:
+        return {"temperature": current, "reason": f"temperature {top['temperature']} gains {gain:.2f} dB, less than "
+                                                  f"{cfg.temperature_min_gain}: the current one stays"}
+    long = long_of(top["temperature"])
+    frozen, score, base = long.get("frozen_rate"), long.get("same_level_score"), at_level.get("same_level_score")
+    if frozen is not None and frozen > cfg.max_frozen:
+        return {"temperature": current, "long": long,
+                "reason": f"temperature {top['temperature']} gains {gain:.2f} dB but {frozen:.0%} of its rollouts "
+                          f"are frozen (at most {cfg.max_frozen:.0%}): the current one stays"}
+    if score is not None and base is not None and score < base - cfg.min_gain:
+        return {"temperature": current, "long": long,
+                "reason": f"temperature {top['temperature']} gains {gain:.2f} dB but its same-level score "
+                          f"{score:.3f} is below {base:.3f} by more than {cfg.min_gain}: the current one stays"}
+    return {"temperature": top["temperature"], "long": long,
+            "reason": f"temperature {top['temperature']} has the best short-horizon PSNR, {gain:.2f} dB above the "
+                      f"current {current}, and its long rollouts hold (frozen {frozen}, same-level score {score})"}
+
+
+def _tune_temperature(w, store, level: int, results: list[dict], cfg: TuneConfig, log) -> dict | None:
+    """The temperature at the chosen context level (module docstring) -> its record, or None when
+    cfg.temperatures is empty."""
+    if not cfg.temperatures:
+        return None
+    current = float(w.sampling.temperature)
+    at_level = next(r for r in results if r["context_level"] == level)
+    cands = sorted(set(cfg.temperatures) | {current}, reverse=True)
+    short, t0 = [], time.time()
+    for t in cands:
+        r = ({k: at_level[k] for k in ("psnr", "ssim", "psnr_per_step", "delta_psnr")} if t == current else
+             _short(w, store, cfg, {"context_level": int(level), "temperature": t}))
+        short.append({"temperature": t, **r})
+        log(f"temperature {t} at context level {level}: PSNR {r['psnr']:.2f} dB")
+    decision = choose_temperature(short, current, at_level,
+                                  lambda t: _long(w, store, cfg, {"context_level": int(level), "temperature": t}), cfg)
+    log(f"temperature: {decision['temperature']} ({decision['reason']})")
+    return {"chosen": decision["temperature"], "previous": current, "context_level": int(level),
+            "reason": decision["reason"], "candidates": short, "challenger_long": decision.get("long"),
+            "seconds": round(time.time() - t0, 1)}
 
 
 def tune_context_level(world: str | Path, data: str | Path, cfg: TuneConfig | None = None, write: bool = True,
@@ -224,6 +302,7 @@ def tune_context_level(world: str | Path, data: str | Path, cfg: TuneConfig | No
             f"morphed {r['morphed_rate']}, frozen {r['frozen_rate']} ({r['seconds'] / 60:.1f} min; "
             f"{'done' if i + 1 == len(levels) else f'about {left / 60:.1f} min left'})")
     decision = choose(results, int(current), cfg)
+    temperature = _tune_temperature(w, store, decision["context_level"], results, cfg, log)
     info = run_info(w.device)
     record = {
         "chosen": decision["context_level"], "previous": int(current), "model_default": model_default,
@@ -236,12 +315,16 @@ def tune_context_level(world: str | Path, data: str | Path, cfg: TuneConfig | No
         "code": {"driftless": info["driftless"], "git": info["git"], "torch": info["torch"]},
         "device": info["device_name"] or info["device"], "cpu_count": info["cpu_count"],
         "torch_threads": info["torch_threads"],
+        **({"temperature": temperature} if temperature is not None else {}),
     }
     record = clean_json(record)
     if write:
         meta = json.loads((folder / "world.json").read_text())  # as on disk now (the load above may be stale)
         meta.setdefault("sampling", {})["context_level"] = int(decision["context_level"])
-        meta.setdefault("tuning", {})["context_level"] = record
+        meta.setdefault("tuning", {})["context_level"] = {k: v for k, v in record.items() if k != "temperature"}
+        if temperature is not None:
+            meta["sampling"]["temperature"] = temperature["chosen"]
+            meta["tuning"]["temperature"] = record["temperature"]
         atomic_write_json(folder / "world.json", meta)
         load(folder)  # it still loads
     return record
