@@ -11,13 +11,14 @@
 #      (returns at once: the tree with the wheels is at the 64 MiB cap, the world travels in call 2)
 #   2. carry ["runs/s27/world"]: `bash tools/gpu_job.sh wait 550`
 #   3. `bash tools/gpu_job.sh wait 540` until `plan: finished` (or the budget nearly spent), give_back.
-# Brings back: worldA.tar, worldB.tar (fp16, < 16 MB each), results.tar.gz (run-*.json, eval-*.json,
-# uniform-*.json: GenieRedux protocol on the uniform test store at temperature 1 and 0.7, logs).
-# Timeline: data ~2 min, both arms BUDGET (13) minutes at once (latent cache ~1.4, compiling ~2,
-# dynamics the rest, quick evaluation), uniform-test evaluations ~1.5, then the full protocol
+# Brings back: worldA.tar, worldB.tar (fp16, < 16 MB each, untuned), results.tar.gz (run-*.json,
+# eval-*.json, tune-*.json and world-tuned-*.json: context level and temperature chosen on validation,
+# uniform-*.json: GenieRedux protocol on the uniform test store tuned and untuned, logs).
+# Timeline: data ~2 min, both arms BUDGET (12) minutes at once (latent cache ~1.4, compiling ~2,
+# dynamics the rest, quick evaluation), tune ~2, uniform-test evaluations ~1, then the full protocol
 # (16 x 1000-frame drift) on arm B's world if time is left (it is packed before).
-# Knobs: EPI (training episodes), BUDGET, FULL (0: no full evaluation, for a CPU smoke run), PRESET, INIT, WAIT_FOR, ARGS_A, ARGS_B.
-EPI=${EPI:-5000}; BUDGET=${BUDGET:-13}; PRESET=${PRESET:-small}; W=${W:-/tmp/job/w}; D=$W/data; DL="python3 -m driftless"
+# Knobs: EPI (training episodes), BUDGET, TUNE_ARGS, FULL (0: no full evaluation, for a CPU smoke run), PRESET, INIT, WAIT_FOR, ARGS_A, ARGS_B.
+EPI=${EPI:-5000}; BUDGET=${BUDGET:-12}; PRESET=${PRESET:-small}; W=${W:-/tmp/job/w}; D=$W/data; DL="python3 -m driftless"
 INIT=${INIT:-runs/s27/world}; WAIT_FOR=${WAIT_FOR:-$INIT/world.json}; TEST_EPI=${TEST_EPI:-254}
 ARGS_A=${ARGS_A:---set dynamics.history_dropout=0.1}
 ARGS_B=${ARGS_B:---set dynamics.history_dropout=0.1 --set dynamics.clean_history=0.5}
@@ -40,10 +41,16 @@ arm() {  # arm NAME GPU ARGS...
   cp $W/run$name/run.json $R/run-$name.json; cp $W/run$name/eval.json $R/eval-$name.json
   cp $W/run$name/dynamics/metrics.jsonl $R/metrics-dynamics-$name.jsonl
   tar cf $P/world$name.tar -C $W/run$name world
-  for t in 1.0 0.7; do  # the GenieRedux protocol on the uniform random agent's test levels
-    CUDA_VISIBLE_DEVICES=$gpu $DL eval $W/run$name/world --data $D/utest --clips 256 --temperature $t \
-      --skip recon,drift,actions,controls,fvd --no-progress --json $R/uniform-$name-t$t.json > $R/uniform-$name-t$t.log 2>&1
-  done
+  # context level and temperature chosen on validation (a shorter long horizon than stop 27's tune,
+  # which generated only ~50 frames/s on the H200); world.json comes back in the results
+  CUDA_VISIBLE_DEVICES=$gpu $DL world tune $W/run$name/world --data $D/val \
+    ${TUNE_ARGS:---levels 15,100,300 --clips 32 --rollouts 4 --frames 200} --no-progress --json $R/tune-$name.json > $R/tune-$name.log 2>&1
+  cp $W/run$name/world/world.json $R/world-tuned-$name.json
+  # the GenieRedux protocol on the uniform random agent's test levels: tuned, and the untuned defaults
+  CUDA_VISIBLE_DEVICES=$gpu $DL eval $W/run$name/world --data $D/utest --clips 256 \
+    --skip recon,drift,actions,controls,fvd --no-progress --json $R/uniform-$name.json > $R/uniform-$name.log 2>&1
+  CUDA_VISIBLE_DEVICES=$gpu $DL eval $W/run$name/world --data $D/utest --clips 256 --temperature 1 --context-level 15 \
+    --skip recon,drift,actions,controls,fvd --no-progress --json $R/uniform-$name-untuned.json > $R/uniform-$name-untuned.log 2>&1
   stamp "arm $name done"
 }
 arm A 0 $ARGS_A &
