@@ -225,23 +225,69 @@ def test_resume_a_checkpoint_saved_before_a_config_field_existed(tmp_path):
     assert _stage(store.root, tmp_path / "run", 4, resume=True)["step"] == 4
 
 
-def test_compiled_lam_trains_past_its_vq_warm_up(tmp_path, monkeypatch):
+@pytest.mark.parametrize("scope", ["model", "blocks"])
+def test_compiled_lam_trains_past_its_vq_warm_up(tmp_path, monkeypatch, scope):
     """The LAM's k-means initialisation and dead-code resets rewrite its codebook during the
     forward pass. Traced by torch.compile, that rewrite was an in-place update of a parameter the
     compiled backward had saved, and the first step after the VQ warm-up failed (seen on the
-    H200 under torchrun). AOT autograd's eager backend runs the same tracing without Inductor's
-    code generation, which keeps this test short on a CPU."""
+    H200 under torchrun; compile scope "model" traces the codebook, "blocks" does not). AOT
+    autograd's eager backend runs the same tracing without Inductor's code generation, which
+    keeps this test short on a CPU."""
     import functools
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     store = make_store(tmp_path / "store", episodes=3, length=10)
     train = TrainConfig(steps=5, batch_size=2, warmup=1, log_every=1, val_every=0, save_every=100, seed=3,
-                        compile=True)
+                        compile=True, compile_scope=scope)
     summary = run_stage(StageArgs(kind="lam", data=str(store.root), out=str(tmp_path / "lam"), preset="debug",
                                   train=train, workers=0, device="cpu", clip_len=4, overrides={"vq_warmup": 2}))
     lines = [json.loads(x) for x in (tmp_path / "lam" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in lines if r.get("split") == "train"]
     assert summary["step"] == 5 and len(losses) == 5 and all(map(math.isfinite, losses))
+
+
+class Blocks(nn.Module):
+    """Two ST blocks and a record of whether they ran compiled."""
+
+    def __init__(self):
+        super().__init__()
+        from driftless.nn.st_transformer import STBlock, STConfig
+
+        cfg = STConfig(dim=16, depth=2, heads=2, cond_dim=0, temporal_window=4)
+        self.blocks = nn.ModuleList([STBlock(cfg), STBlock(cfg)])
+        self.seen = []
+
+    def training_loss(self, batch):
+        self.seen.append([b._compiled_call_impl is not None for b in self.blocks])
+        h = batch["x"]
+        for b in self.blocks:
+            h = b(h, None, torch.arange(h.shape[1]))
+        return h.pow(2).mean(), {}
+
+
+def test_compile_scope_blocks_compiles_each_block_during_training_only(tmp_path, monkeypatch):
+    """--compile-scope blocks (the default): every ST block runs compiled while the Trainer trains
+    and is eager again afterwards (the model leaves as it came); scope model compiles the whole
+    loss instead and leaves the blocks alone; a model without blocks is compiled whole."""
+    import functools
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+
+    def batches(start):
+        while True:
+            yield {"x": torch.randn(2, 3, 4, 16)}
+
+    for scope in ("blocks", "model"):
+        model = Blocks()
+        cfg = TrainConfig(steps=2, warmup=1, log_every=1, val_every=0, save_every=0, compile=True, compile_scope=scope)
+        t = Trainer(model, cfg, tmp_path / scope, DistInfo(), "toy", {"a": 1})
+        t.fit(batches)
+        assert model.seen == [[scope == "blocks"] * 2] * 2
+        assert all(b._compiled_call_impl is None for b in model.blocks)
+        assert (t.forward is t._eager_forward) == (scope == "blocks")
+    flat = Trainer(Flaky(bad_steps=set()), TrainConfig(steps=1, warmup=1, compile=True), tmp_path / "flat", DistInfo(),
+                   "toy", {"a": 1})
+    assert flat.forward is not flat._eager_forward  # torch.compile's wrapper: nothing to compile piecewise
 
 
 def test_a_compile_cache_file_carries_the_compiled_artifacts(tmp_path):

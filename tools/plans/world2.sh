@@ -3,6 +3,9 @@
 # budgets, on the same data: A plain Diffusion Forcing, B with clean_history 0.5 (half the clips
 # train with a nearly clean past, the condition every rollout frame is generated under;
 # benchmarks 2.5 measured that world reproducing unchanged detail poorly).
+# The first GPU run with --compile-scope blocks (the default since stop 27): compare the dynamics'
+# first-50-steps time (105 s in stop 27, whole-model compile) and its frames/s (118.6k for two GPUs
+# there; here each arm has one GPU) in metrics-dynamics-*.jsonl.
 # Data: held-action training episodes as stop 27's (a store holds one agent policy: the data
 # command refuses to mix them); test stores of both policies (the GenieRedux protocol's figures on
 # the uniform random agent's, as section 1.3; controls and the quick evaluation on the held one's).

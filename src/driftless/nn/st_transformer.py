@@ -60,6 +60,8 @@ class Mlp(nn.Module):
 
 
 class STBlock(nn.Module):
+    compile_region = True  # the Trainer compiles each block, not the whole model (train/trainer.py)
+
     def __init__(self, cfg: STConfig):
         super().__init__()
         d = cfg.dim
