@@ -37,5 +37,6 @@ if kill -0 "$(cat "$ROOT/pid")" 2>/dev/null; then echo "plan: still running"; el
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 tar czf "$OUT/results.tar.gz" -C "$ROOT" res
 for f in "$P"/*; do [ -f "$f" ] && cp "$f" "$OUT/"; done
-grep -v "it/s\]\|s/it\]\|Warning\|warn" "$R/log.txt" | grep -v "^+ \|^  " | tail -40
+# (progress bars redraw with carriage returns: one line each, then dropped)
+tr '\r' '\n' < "$R/log.txt" | grep -v "%|\|Warning\|warn" | grep -v "^+ \|^  " | tail -40
 ls -la "$OUT"
