@@ -47,12 +47,13 @@ arm() {  # arm NAME GPU ARGS...
   # context level and temperature chosen on validation (a shorter long horizon than stop 27's tune,
   # which generated only ~50 frames/s on the H200); world.json comes back in the results
   CUDA_VISIBLE_DEVICES=$gpu $DL world tune $W/run$name/world --data $D/val \
-    ${TUNE_ARGS:---levels 15,100,300 --clips 32 --rollouts 4 --frames 200} --no-progress --json $R/tune-$name.json > $R/tune-$name.log 2>&1
+    ${TUNE_ARGS:---levels 15,100,300 --clips 32 --rollouts 4 --frames 200} --batch-size 32 --no-progress --json $R/tune-$name.json > $R/tune-$name.log 2>&1
   cp $W/run$name/world/world.json $R/world-tuned-$name.json
   # the GenieRedux protocol on the uniform random agent's test levels: tuned, and the untuned defaults
-  CUDA_VISIBLE_DEVICES=$gpu $DL eval $W/run$name/world --data $D/utest --clips 256 \
+  # (large batches: stop 27's tune stepped about 3 batches a second, so time goes by sequential steps)
+  CUDA_VISIBLE_DEVICES=$gpu $DL eval $W/run$name/world --data $D/utest --clips 256 --batch-size 128 \
     --skip recon,drift,actions,controls,fvd --no-progress --json $R/uniform-$name.json > $R/uniform-$name.log 2>&1
-  CUDA_VISIBLE_DEVICES=$gpu $DL eval $W/run$name/world --data $D/utest --clips 256 --temperature 1 --context-level 15 \
+  CUDA_VISIBLE_DEVICES=$gpu $DL eval $W/run$name/world --data $D/utest --clips 256 --batch-size 128 --temperature 1 --context-level 15 \
     --skip recon,drift,actions,controls,fvd --no-progress --json $R/uniform-$name-untuned.json > $R/uniform-$name-untuned.log 2>&1
   stamp "arm $name done"
 }
@@ -61,7 +62,7 @@ arm B 1 $ARGS_B &
 wait
 ls -la $P >> $R/status.txt
 stamp eval-full-B
-[ "${FULL:-1}" = 1 ] && CUDA_VISIBLE_DEVICES=0 $DL eval $W/runB/world --data $D/test --full --no-progress --json $R/eval-full-B.json \
+[ "${FULL:-1}" = 1 ] && CUDA_VISIBLE_DEVICES=0 $DL eval $W/runB/world --data $D/test --full --batch-size 128 --no-progress --json $R/eval-full-B.json \
   --plots $W/plots-full > $R/eval-full-B.log 2>&1
 tar czf $P/eval-full-plots.tgz -C $W plots-full 2>/dev/null
 stamp done
