@@ -44,31 +44,33 @@ if TYPE_CHECKING:
     from driftless.models.dynamics import DynamicsConfig, RolloutState
 
 
+def _past_of_some_clips(levels: torch.Tensor, p: float) -> torch.Tensor | None:
+    """levels (b, t) -> a mask (b, t): in a fraction `p` of the clips, every frame before a random
+    frame 1..t-1 (None: no clip, t < 2 or p <= 0). Drawn on the device."""
+    b, t = levels.shape
+    if t < 2 or p <= 0:
+        return None
+    chosen = torch.rand(b, device=levels.device) < p  # (b,)
+    cut = torch.randint(1, t, (b,), device=levels.device)  # frames [0, cut) of a chosen clip
+    return chosen[:, None] & (torch.arange(t, device=levels.device)[None] < cut[:, None])  # (b, t)
+
+
 def drop_history(levels: torch.Tensor, p: float, top: int) -> torch.Tensor:
     """levels (b, t) -> the same, except that in a fraction `p` of the clips every frame before a
     random frame 1..t-1 is at the top level `top`: a past that carries nothing, as the history-free
     branch of history guidance holds it (`FrameModel.history_free_context`). Drawn on the device."""
-    b, t = levels.shape
-    if t < 2 or p <= 0:
-        return levels
-    dropped = torch.rand(b, device=levels.device) < p  # (b,)
-    cut = torch.randint(1, t, (b,), device=levels.device)  # frames [0, cut) dropped
-    before = torch.arange(t, device=levels.device)[None] < cut[:, None]  # (b, t)
-    return torch.where(dropped[:, None] & before, torch.full_like(levels, top), levels)
+    past = _past_of_some_clips(levels, p)
+    return levels if past is None else torch.where(past, torch.full_like(levels, top), levels)
 
 
 def clean_history(levels: torch.Tensor, p: float, top: int) -> torch.Tensor:
     """levels (b, t) -> the same, except that in a fraction `p` of the clips every frame before a
     random frame 1..t-1 gets a level drawn uniformly in [0, top]: a nearly clean past, as a rollout
     holds it (the context level), under the frames still to be denoised. Drawn on the device."""
-    b, t = levels.shape
-    if t < 2 or p <= 0:
+    past = _past_of_some_clips(levels, p)
+    if past is None:
         return levels
-    chosen = torch.rand(b, device=levels.device) < p  # (b,)
-    cut = torch.randint(1, t, (b,), device=levels.device)  # frames [0, cut) made clean
-    before = torch.arange(t, device=levels.device)[None] < cut[:, None]  # (b, t)
-    low = torch.randint(0, top + 1, (b, t), device=levels.device, dtype=levels.dtype)
-    return torch.where(chosen[:, None] & before, low, levels)
+    return torch.where(past, torch.randint(0, top + 1, levels.shape, device=levels.device, dtype=levels.dtype), levels)
 
 
 class ForcingFrame(FrameModel):

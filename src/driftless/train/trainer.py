@@ -231,6 +231,7 @@ class Trainer:
                 wrapped, device_ids=[info.device.index] if info.device.type == "cuda" else None,
                 find_unused_parameters=bool(getattr(model, "unused_parameters", False)))
         self.compiled = cfg.compile if cfg.compile is not None else info.device.type == "cuda"
+        self._regions: list[nn.Module] = []  # blocks fit() compiles in place (compile scope "blocks")
         if self.compiled:
             # Stages trained in one process (`train world`) share LossModule.forward's code object:
             # without a reset, dynamo's automatic dynamic shapes turns the second stage's graph
@@ -421,15 +422,13 @@ class Trainer:
     def fit(self, batches: Callable[[int], Iterator[dict]], val_batches: list[dict] | None = None) -> dict:
         """Train until cfg.steps (or cfg.max_minutes). `batches(start)` must yield this rank's
         batches beginning after `start` samples already consumed."""
-        cfg, info = self.cfg, self.info
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
-        regions = getattr(self, "_regions", []) if self.compiled else []
-        compile_regions(regions)
+        compile_regions(self._regions)
         try:
             return self._fit(batches, val_batches)
         finally:
-            compile_regions(regions, on=False)
+            compile_regions(self._regions, on=False)
 
     def _fit(self, batches: Callable[[int], Iterator[dict]], val_batches: list[dict] | None) -> dict:
         cfg, info = self.cfg, self.info
