@@ -208,6 +208,33 @@ def test_a_share_of_0_keeps_the_init_from_weights_untrained(world_stores, debug_
     assert not (tmp_path / "other").exists()
 
 
+def test_init_from_keeps_the_architecture_it_was_trained_with(world_stores, tmp_path, capsys):
+    """A tokenizer with twice the debug preset's latent channels, continued with --init-from and
+    a share of 0: the run adopts its latent width (and says so) instead of refusing it, so a
+    world of a wider tokenizer continues with the same flags it was trained with; --set still
+    wins (and then the shapes are refused, naming the tensors)."""
+    from driftless import checkpoint
+    from driftless.config import override, to_dict
+    from driftless.models import registry
+
+    base = registry.preset("tokenizer", "debug")
+    wide = override(base, {"latent_dim": 2 * base.latent_dim})
+    src = tmp_path / "wide"
+    checkpoint.save(src, "tokenizer", to_dict(wide), registry.build("tokenizer", wide).state_dict(),
+                    meta={"preset": "debug"})
+    out = tmp_path / "run"
+    rc, status = _train_world(world_stores, out, "--init-from", f"tokenizer={src}", "--shares", "0,1,1",
+                              "--stop-after", "tokenizer", "--progress")
+    assert rc == 0 and status["stages"]["tokenizer"]["state"] == "done"
+    header = checkpoint.read_header(out / "tokenizer" / "checkpoint", "tokenizer")
+    assert header["config"]["latent_dim"] == 2 * base.latent_dim
+    assert f"keeps its latent_dim={2 * base.latent_dim}" in capsys.readouterr().out
+    assert main(["train", "world", "--data", str(world_stores / "toy-train"), "--out", str(tmp_path / "narrow"),
+                 "--preset", "debug", "--device", "cpu", "--no-progress", "--init-from", f"tokenizer={src}",
+                 "--shares", "0,1,1", "--set", f"tokenizer.latent_dim={base.latent_dim}"]) != 0
+    assert "does not fit this run's tokenizer" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_budgeted_run_stops_each_stage_on_time_and_resumes_with_its_clock(world_stores, tmp_path):
     """--budget: each stage trains for its share (the cosine schedule over time) and a stage that

@@ -189,6 +189,37 @@ def _fit_init(args, source: Path) -> tuple[Any, dict, list[str]]:
     return cfg, state, fresh
 
 
+# fitted from data (they travel with the weights, init_checkpoint) or set when a world is built
+NOT_ARCHITECTURE = ("latent_mean", "latent_std", "inference_only")
+
+
+def adopted_overrides(stage: str, preset: str, source: Path, overrides: dict, user: set[str] = frozenset()) -> dict:
+    """The model-config fields of the checkpoint at `source` that differ from `stage`'s config in
+    `preset` with the run's `overrides` (the preset plan's and --set), as dotted overrides: a
+    stage continued with --init-from keeps what it was trained with (its latent channels, its
+    depth, its history dropout), except the fields --set gives (`user`), those the other
+    components fix (the dynamics' latent width, grid and action count come from the tokenizer
+    and LAM of this run) and those a checkpoint of an older version does not record."""
+    from driftless.config import override
+    from driftless.models import registry
+    from driftless.models.compose import dynamics_fields
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[prefix + k] = json.loads(json.dumps(v))  # tuples as lists, as the checkpoint has them
+        return out
+
+    saved = flat(checkpoint.read_header(source, stage).get("config", {}))
+    base = flat(to_dict(override(registry.preset(stage, preset), overrides)))
+    derived = set(dynamics_fields(1, (1, 1), 1)) | {"action_source"} if stage == "dynamics" else set()
+    return {k: v for k, v in saved.items() if k in base and base[k] != v and k not in user and k not in derived
+            and k.rpartition(".")[2] not in NOT_ARCHITECTURE}
+
+
 def init_checkpoint(args, source: Path, dest: Path) -> str:
     """Write the checkpoint a stage starts from (`_fit_init`) to `dest`; returns its path."""
     cfg, state, fresh = _fit_init(args, source)
@@ -228,6 +259,7 @@ class WorldRun:
 
     def __init__(self, cfg: WorldRunConfig, info: DistInfo | None = None):
         self.cfg = cfg
+        self.init: dict[str, Path] = {}
         self.out = Path(cfg.out)
         self.info = info if info is not None else DistInfo(device=torch.device(default_device(cfg.device)))
         # one process: the device as asked ("cuda"); under torchrun: this rank's GPU (cuda:LOCAL_RANK)
@@ -244,6 +276,12 @@ class WorldRun:
     def _settings(self) -> None:
         self.stop = stop_rule(self.cfg.stop_after)
         self.overrides = stage_overrides(self.cfg)
+        # a continued stage keeps the architecture it was trained with (--set still wins)
+        self.adopted = {s: adopted_overrides(s, self.cfg.preset, self.init[s], self.overrides[s],
+                                             {k.partition(".")[2] for k in self.cfg.overrides if k.startswith(s + ".")})
+                        for s in TRAINED if s in self.init}
+        for stage, keys in self.adopted.items():
+            self.overrides[stage] = {**keys, **self.overrides[stage]}
         self.ident = identity(self.cfg)
 
     def _prepare(self) -> tuple[dict, dict]:
@@ -252,8 +290,12 @@ class WorldRun:
         cfg = self.cfg
         if bool(cfg.data) == bool(cfg.game):
             raise ValueError("give either --data STORE or --game NAME (to generate the data)")
-        self._settings()
         self.init = _init_sources(cfg.init_from) if cfg.init_from else {}
+        self._settings()
+        for stage, keys in self.adopted.items():
+            if keys:
+                self._say(f"{stage} from {self.init[stage]}: keeps its " + ", ".join(f"{k}={v}" for k, v in keys.items())
+                          + f" (preset {cfg.preset!r} differs; --set {stage}.KEY=VALUE to change)")
         kept = [s for s, share in parse_shares(cfg.shares).items() if share == 0 and s not in self.init]
         if kept:
             raise ValueError(f"--shares gives the {' and '.join(kept)} stage(s) 0, which keeps the weights --init-from "
