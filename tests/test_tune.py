@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 import driftless
 from driftless.cli import main
@@ -99,14 +100,26 @@ def test_tune_refuses_the_test_split_and_short_stores(world_copy, tmp_path, caps
         main(["world", "tune", str(world_copy), "--data", str(test), "--levels", "15,x"])
 
 
-def test_tune_cli_dry_run_with_allow_test(world_copy, tmp_path, capsys):
+def test_tune_cli_dry_run_with_allow_test(world_copy, tmp_path, capsys, monkeypatch):
+    """... on the device asked for: stop 27 and 28 tuned on the H200 machine's CPU, which the
+    command used whatever the machine had, for up to 9 minutes a world."""
+    import driftless.world.world as world_module
+
+    loaded = []
+    real_load = world_module.load
+    monkeypatch.setattr(world_module, "load", lambda *a, **k: loaded.append(k.get("device")) or real_load(*a, **k))
     test = _store(tmp_path / "test", split="test")
     out = tmp_path / "tune.json"
     rc = main(["world", "tune", str(world_copy), "--data", str(test), "--split", "test", "--allow-test",
                "--levels", "15,500", "--clips", "2", "--horizon", "2", "--rollouts", "2", "--frames", "12",
-               "--drift-window", "4", "--batch-size", "4", "--dry-run", "--json", str(out), "--no-progress"])
+               "--drift-window", "4", "--batch-size", "4", "--dry-run", "--json", str(out), "--no-progress",
+               "--device", "cpu"])
     text = capsys.readouterr().out
     assert rc == 0 and "chosen: context level" in text and "unchanged" in text
+    assert loaded == ["cpu"]
+    if not torch.cuda.is_available():
+        assert main(["world", "tune", str(world_copy), "--data", str(test), "--device", "cuda"]) != 0
+        assert "CUDA is not available" in capsys.readouterr().err
     assert "tuning" not in json.loads((world_copy / "world.json").read_text())
     assert [c["context_level"] for c in json.loads(out.read_text())["candidates"]] == [15, 500]
 

@@ -36,6 +36,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _refit(world: str, args: argparse.Namespace, method: str) -> dict:
+    from driftless.runtime import check_device
     from driftless.world.build import refit_action_map
     from driftless.world.controls import BranchConfig
 
@@ -46,7 +47,8 @@ def _refit(world: str, args: argparse.Namespace, method: str) -> dict:
     fit = BranchConfig(starts=args.action_starts, frames=args.action_frames, measure=args.measure, seed=args.seed,
                        batch_size=args.batch_size)
     am = refit_action_map(world, method=method, data=args.action_data, fit=fit, game=args.game,
-                          eval_starts=args.eval_starts, previews=not args.no_previews, progress=not args.no_progress)
+                          eval_starts=args.eval_starts, previews=not args.no_previews, progress=not args.no_progress,
+                          device=check_device(getattr(args, "device", None)))
     print(f"action map ({am['method']}): " + ", ".join(f"{k!r} -> {v}" for k, v in am["keys"].items()))
     held = am.get("heldout")
     if held:
@@ -80,6 +82,7 @@ def _fit_flags(p, data_help: str) -> None:
                    help="how branches are compared: scene shift trajectories (default) or pixel MSE")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch-size", type=int, default=64, help="world rollouts per forward pass")
+    g.add_argument("--device", help="cpu | cuda | cuda:N: where the world rolls out (default: cuda when available)")
     g.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a shared machine)")
     g.add_argument("--no-previews", action="store_true", help="write no preview strips of the latent actions")
     g.add_argument("--no-progress", action="store_true")
@@ -108,6 +111,7 @@ def _temperatures(text: str) -> tuple[float, ...]:
 def _tune(args: argparse.Namespace) -> int:
     from driftless.checkpoint import write_json
     from driftless.eval.tune import TuneConfig, tune_context_level
+    from driftless.runtime import check_device
     from driftless.world.build import world_folder
 
     cfg = TuneConfig(levels=args.levels, split=args.split, allow_test=args.allow_test, clips=args.clips,
@@ -116,7 +120,8 @@ def _tune(args: argparse.Namespace) -> int:
                      temperatures=args.temperatures, temperature_min_gain=args.temperature_min_gain,
                      batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
     folder = world_folder(args.world)  # (a missing world fails here, before the store is read)
-    record = tune_context_level(folder, args.data, cfg, write=not args.dry_run, threads=args.threads)
+    record = tune_context_level(folder, args.data, cfg, write=not args.dry_run, threads=args.threads,
+                                device=check_device(getattr(args, "device", None)))
     print(f"{'  '.join(f'{k:>14}' for k in ('context level', 'PSNR (dB)', 'same-level', 'morphed', 'frozen', 'NN-PSNR last'))}")
     for r in record["candidates"]:
         cells = [r["context_level"], r["psnr"], r["same_level_score"], r["morphed_rate"], r["frozen_rate"],
@@ -270,6 +275,7 @@ def register(sub) -> None:
                                                                         f"(default {d.batch_size})")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the clips, rollouts and sampling (the same "
                                                             "for every candidate)")
+    g.add_argument("--device", help="cpu | cuda | cuda:N: where the world rolls out (default: cuda when available)")
     g.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a shared machine)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=_tune)

@@ -257,10 +257,10 @@ def _tune_temperature(w, store, level: int, results: list[dict], cfg: TuneConfig
 
 
 def tune_context_level(world: str | Path, data: str | Path, cfg: TuneConfig | None = None, write: bool = True,
-                       threads: int | None = None, log=print) -> dict:
+                       threads: int | None = None, log=print, device="cpu") -> dict:
     """Measure `cfg.levels` (and the world's current context level) on the validation store
-    `data`, choose one by the rule, and (with `write`) store it and the evidence in the world's
-    world.json. -> the tuning record."""
+    `data` with the world on `device`, choose one by the rule, and (with `write`) store it and
+    the evidence in the world's world.json. -> the tuning record."""
     import torch
 
     from driftless.checkpoint import atomic_write_json
@@ -272,7 +272,7 @@ def tune_context_level(world: str | Path, data: str | Path, cfg: TuneConfig | No
     folder = world_folder(world)
     if threads:
         torch.set_num_threads(threads)
-    w = load(folder)
+    w = load(folder, device=device)
     if w.dynamics is None or not w.num_actions:
         raise ValueError(f"{folder} has no action-conditioned dynamics model: nothing to tune")
     store, store_info = resolve_store(data, cfg.split)
