@@ -124,7 +124,7 @@ def test_static_caches_play_the_same_frames_as_the_eager_session():
     import driftless
 
     world = driftless.load("coinrun")
-    ctx = world.decode(np.random.default_rng(1).standard_normal((3, 64, 16)).astype(np.float32))
+    ctx = world.decode(np.random.default_rng(1).standard_normal((3, 64, world.tokenizer.cfg.latent_dim)).astype(np.float32))
     actions = np.random.default_rng(2).integers(0, world.num_actions, 20)  # window 16: wraps
     frames = {}
     for static in (False, True):
