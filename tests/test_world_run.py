@@ -208,6 +208,15 @@ def test_a_share_of_0_keeps_the_init_from_weights_untrained(world_stores, debug_
     assert not (tmp_path / "other").exists()
 
 
+def test_no_progress_means_no_progress_bars(world_stores, tmp_path, capsys):
+    """--no-progress silences the stages' own bars too (a GPU job's log held little else)."""
+    capsys.readouterr()
+    rc, status = _train_world(world_stores, tmp_path / "quiet", "--stop-after", "tokenizer:2")
+    assert rc == 0 and status["stages"]["tokenizer"]["step"] == 2
+    captured = capsys.readouterr()
+    assert "train tokenizer" not in captured.err + captured.out and "it/s" not in captured.err
+
+
 def test_init_from_keeps_the_architecture_it_was_trained_with(world_stores, tmp_path, capsys):
     """A tokenizer with twice the debug preset's latent channels, continued with --init-from and
     a share of 0: the run adopts its latent width (and says so) instead of refusing it, so a

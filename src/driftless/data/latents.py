@@ -47,8 +47,10 @@ def _pieces(length: int, chunk: int) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def build_latent_cache(store, tokenizer, out: str | os.PathLike, lam=None, chunk: int = 16,
-                       batch_size: int = 64, device="cpu", tokenizer_path: str = "", lam_path: str = "") -> Path:
-    """Encode every frame of `store` (an EpisodeStore) into a latent cache folder at `out`."""
+                       batch_size: int = 64, device="cpu", tokenizer_path: str = "", lam_path: str = "",
+                       progress: bool = True) -> Path:
+    """Encode every frame of `store` (an EpisodeStore) into a latent cache folder at `out`
+    (`progress`: a progress bar on stderr)."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -80,7 +82,7 @@ def build_latent_cache(store, tokenizer, out: str | os.PathLike, lam=None, chunk
         frames = torch.from_numpy(np.stack([np.asarray(store.frames(e, a, b)) for e, a, b in group]))
         return frames.pin_memory() if pinned else frames
 
-    pbar = tqdm(total=n, desc="encode latents", unit="frame", dynamic_ncols=True)
+    pbar = tqdm(total=n, desc="encode latents", unit="frame", dynamic_ncols=True, disable=not progress)
     # one thread reads the next batches from the store while the device encodes this one (the
     # serial loop gave 47k frames/s on an H200, where the small tokenizer trains - forward and
     # backward - at 60k)

@@ -66,6 +66,7 @@ class StageArgs:
                                      "checkpoint and log (without --resume or --force such a folder is refused)")
     options: Any = None  # the stage's own options: an instance of its spec's `options` (None: defaults)
     stats_batches: int = 64  # tokenizer: batches used to fit latent normalisation statistics
+    progress: bool = True  # the trainer's progress bar (train world --no-progress turns it off)
     init_from: str | None = option(None, metavar="CKPT",
                                    help="start from the (EMA) weights of this checkpoint folder, with a fresh "
                                         "optimizer (fine-tuning, or continuing a run whose optimizer state was "

@@ -45,7 +45,7 @@ def run_stage(a: StageArgs) -> dict:
     model_config = to_dict(cfg)
     meta = {"preset": a.preset, "data": a.data, "overrides": a.overrides, **(spec.meta(a) if spec.meta else {})}
     trainer = Trainer(model, a.train, out, info, a.kind, model_config, meta=meta,
-                      frames_per_sample=clip_len, validation=spec.validation)
+                      frames_per_sample=clip_len, validation=spec.validation, progress=a.progress)
     if a.resume:
         ckpt = out / "checkpoint"
         try:

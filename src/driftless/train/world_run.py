@@ -581,7 +581,7 @@ class WorldRun:
         return StageArgs(kind=stage, data=data, val_data=val, out=str(self.out / stage), preset=self.cfg.preset,
                          overrides=dict(self.overrides[stage]), train=train, workers=self.workers,
                          device=self.device, resume=(self.out / stage).exists(),
-                         stats_batches=self.plan["stats_batches"],
+                         stats_batches=self.plan["stats_batches"], progress=self.cfg.progress,
                          options=spec.options() if spec.options is not None else None)
 
     def _resume_batch(self, stage: str) -> int | None:
@@ -693,7 +693,7 @@ class WorldRun:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda) if cuda else contextlib.nullcontext():
                 build_latent_cache(EpisodeStore(self.paths[split]), tok, dest, lam=lam,
                                    batch_size=self.plan["latent_batch"], device=self.device,
-                                   tokenizer_path=str(tok_path), lam_path=str(lam_path))
+                                   tokenizer_path=str(tok_path), lam_path=str(lam_path), progress=self.cfg.progress)
 
     def _stage_world(self, entry: dict) -> None:
         from driftless.world.build import build_world, fit_world_action_map
