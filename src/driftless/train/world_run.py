@@ -281,7 +281,7 @@ class WorldRun:
                                              {k.partition(".")[2] for k in self.cfg.overrides if k.startswith(s + ".")})
                         for s in TRAINED if s in self.init}
         for stage, keys in self.adopted.items():
-            self.overrides[stage] = {**keys, **self.overrides[stage]}
+            self.overrides[stage] = {**self.overrides[stage], **keys}  # (keys holds no --set field)
         self.ident = identity(self.cfg)
 
     def _prepare(self) -> tuple[dict, dict]:
