@@ -16,11 +16,12 @@
 # steps and at 4 (uniform-s4; val-steps4/8: the same on validation); eval-full*.json: 16 x
 # 1000-frame drift, same-level score and controls on held-action test levels, for this world and,
 # on the second GPU, for the shipped one it started from).
-# Timeline: data ~1.5 min, the run BUDGET (16) minutes (latent cache ~1, compile ~0.5 with block
-# scope, dynamics ~13, quick evaluation), refit ~0.5, tune ~1, uniform ~0.5, full evaluation ~3.
+# Timeline: data ~1.5 min, the run BUDGET (14) minutes (latent cache ~1, compile ~0.5 with block
+# scope, dynamics ~11, quick evaluation), refit ~0.5, tune ~2, steps and uniform ~2, full evaluations ~4
+# (about 26 minutes: the session's 30 leave little room; give BUDGET=12 if the machine starts slowly).
 # Knobs: EPI, TEST_EPI, BUDGET, NG, INIT, ARGS (more train-world flags), TUNE_ARGS, UCLIPS, FULL (0: skip the full
 # evaluations, for a CPU smoke run), PRESET.
-EPI=${EPI:-5000}; BUDGET=${BUDGET:-16}; PRESET=${PRESET:-small}; W=${W:-/tmp/job/w}; D=$W/data; DL="python3 -m driftless"
+EPI=${EPI:-5000}; BUDGET=${BUDGET:-14}; PRESET=${PRESET:-small}; W=${W:-/tmp/job/w}; D=$W/data; DL="python3 -m driftless"
 INIT=${INIT:-coinrun}; TEST_EPI=${TEST_EPI:-254}; UCLIPS=${UCLIPS:-256}; NG=${NG:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 stamp() { echo "$(date +%T) $*" >> $R/status.txt; }
