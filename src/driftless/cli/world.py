@@ -48,7 +48,7 @@ def _refit(world: str, args: argparse.Namespace, method: str) -> dict:
                        batch_size=args.batch_size)
     am = refit_action_map(world, method=method, data=args.action_data, fit=fit, game=args.game,
                           eval_starts=args.eval_starts, previews=not args.no_previews, progress=not args.no_progress,
-                          device=check_device(getattr(args, "device", None)))
+                          device=check_device(args.device))
     print(f"action map ({am['method']}): " + ", ".join(f"{k!r} -> {v}" for k, v in am["keys"].items()))
     held = am.get("heldout")
     if held:
@@ -121,7 +121,7 @@ def _tune(args: argparse.Namespace) -> int:
                      batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
     folder = world_folder(args.world)  # (a missing world fails here, before the store is read)
     record = tune_context_level(folder, args.data, cfg, write=not args.dry_run, threads=args.threads,
-                                device=check_device(getattr(args, "device", None)))
+                                device=check_device(args.device))
     print(f"{'  '.join(f'{k:>14}' for k in ('context level', 'PSNR (dB)', 'same-level', 'morphed', 'frozen', 'NN-PSNR last'))}")
     for r in record["candidates"]:
         cells = [r["context_level"], r["psnr"], r["same_level_score"], r["morphed_rate"], r["frozen_rate"],
