@@ -28,11 +28,7 @@ TOK=${TOK:-runs/s25/tok-c32}; INIT=${INIT:-tokenizer=$TOK}; WAIT_FOR=${WAIT_FOR:
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 stamp() { echo "$(date +%T) $*" >> $R/status.txt; }
 stamp "start, $NG GPU(s)"
-$DL data coinrun --out $D/train --episodes $EPI --split train --workers 30
-$DL data coinrun --out $D/val --episodes $((EPI / 30 + 2)) --split val --workers 30
-$DL data coinrun --out $D/val --episodes 16 --split val --workers 16 --same-level-frames 450
-$DL data coinrun --out $D/test --episodes 254 --split test --workers 30
-$DL data coinrun --out $D/test --episodes 16 --split test --workers 16 --same-level-frames 1100
+source tools/plans/coinrun_data.sh
 stamp waiting-for-tokenizer
 for _ in $(seq 600); do [ -f $WAIT_FOR ] && break; sleep 2; done
 [ -f $CACHE ] && cp $CACHE $W/compile.bin

@@ -22,17 +22,12 @@
 # (16 x 1000-frame drift) on arm B's world if time is left (it is packed before).
 # Knobs: EPI (training episodes), BUDGET, TUNE_ARGS, FULL (0: no full evaluation, for a CPU smoke run), PRESET, INIT, WAIT_FOR, ARGS_A, ARGS_B.
 EPI=${EPI:-5000}; BUDGET=${BUDGET:-12}; PRESET=${PRESET:-small}; W=${W:-/tmp/job/w}; D=$W/data; DL="python3 -m driftless"
-INIT=${INIT:-runs/s27/world}; WAIT_FOR=${WAIT_FOR:-$INIT/world.json}; TEST_EPI=${TEST_EPI:-254}
+INIT=${INIT:-runs/s27/world}; WAIT_FOR=${WAIT_FOR:-$INIT/world.json}
 ARGS_A=${ARGS_A:---set dynamics.history_dropout=0.1}
 ARGS_B=${ARGS_B:---set dynamics.history_dropout=0.1 --set dynamics.clean_history=0.5}
 stamp() { echo "$(date +%T) $*" >> $R/status.txt; }
 stamp start
-$DL data coinrun --out $D/train --episodes $EPI --split train --workers 30
-$DL data coinrun --out $D/val --episodes $((EPI / 30 + 2)) --split val --workers 30
-$DL data coinrun --out $D/val --episodes 16 --split val --workers 16 --same-level-frames 450
-$DL data coinrun --out $D/test --episodes $TEST_EPI --split test --workers 30
-$DL data coinrun --out $D/test --episodes 16 --split test --workers 16 --same-level-frames 1100
-$DL data coinrun --out $D/utest --episodes $TEST_EPI --split test --workers 30 --policy uniform
+UTEST=1 source tools/plans/coinrun_data.sh
 stamp waiting-for-world
 for _ in $(seq 600); do [ -f $WAIT_FOR ] && break; sleep 2; done
 stamp train-arms

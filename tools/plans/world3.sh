@@ -22,16 +22,11 @@
 # Knobs: EPI, TEST_EPI, BUDGET, NG, INIT, ARGS (more train-world flags), TUNE_ARGS, UCLIPS, FULL (0: skip the full
 # evaluations, for a CPU smoke run), PRESET.
 EPI=${EPI:-5000}; BUDGET=${BUDGET:-14}; PRESET=${PRESET:-small}; W=${W:-/tmp/job/w}; D=$W/data; DL="python3 -m driftless"
-INIT=${INIT:-coinrun}; TEST_EPI=${TEST_EPI:-254}; UCLIPS=${UCLIPS:-256}; NG=${NG:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}
+INIT=${INIT:-coinrun}; UCLIPS=${UCLIPS:-256}; NG=${NG:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 stamp() { echo "$(date +%T) $*" >> $R/status.txt; }
 stamp "start, $NG GPU(s)"
-$DL data coinrun --out $D/train --episodes $EPI --split train --workers 30
-$DL data coinrun --out $D/val --episodes $((EPI / 30 + 2)) --split val --workers 30
-$DL data coinrun --out $D/val --episodes 16 --split val --workers 16 --same-level-frames 450
-$DL data coinrun --out $D/test --episodes $TEST_EPI --split test --workers 30
-$DL data coinrun --out $D/test --episodes 16 --split test --workers 16 --same-level-frames 1100
-$DL data coinrun --out $D/utest --episodes $TEST_EPI --split test --workers 30 --policy uniform
+UTEST=1 source tools/plans/coinrun_data.sh
 stamp train-world
 python3 -m torch.distributed.run --standalone --nproc-per-node $NG -m driftless train world \
   --data $D/train --val-data $D/val --test-data $D/test --out $W/run --preset $PRESET --init-from $INIT \
