@@ -11,10 +11,10 @@ import torch
 
 import driftless
 from driftless.cli import main
-from driftless.eval.tune import TuneConfig, choose, choose_temperature, tune_context_level
+from driftless.eval.tune import TuneConfig, choose, choose_steps, choose_temperature, tune_context_level
 
 TINY = dict(levels=(15, 500), clips=2, horizon=2, rollouts=2, frames=12, drift_window=4, bank_size=32,
-            reference_size=16, batch_size=4, progress=False, temperatures=())
+            reference_size=16, batch_size=4, progress=False, temperatures=(), steps=())
 
 
 def _store(root, split="val", episodes=4, length=24, seed=0):
@@ -208,3 +208,59 @@ def test_tune_writes_a_temperature(world_copy, tmp_path, capsys):
     assert rc == 0 and "chosen: temperature" not in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["world", "tune", str(world_copy), "--data", str(data), "--temperatures", "1,x"])
+
+
+def test_the_steps_rule():
+    """The fewest steps within steps_tolerance dB of the best short-horizon PSNR, if their long
+    rollouts hold; a failing challenger passes the choice on to the next fewest; the current
+    steps need no long check."""
+    cfg = TuneConfig(steps_tolerance=0.15, max_frozen=0.25, min_gain=0.05)
+    short = [{"steps": 2, "psnr": 20.0}, {"steps": 3, "psnr": 20.9}, {"steps": 4, "psnr": 21.0},
+             {"steps": 8, "psnr": 21.0}]
+    asked = []
+
+    def long_of(n, bad=()):
+        asked.append(n)
+        return {"frozen_rate": 0.5 if n in bad else 0.0, "same_level_score": 0.5}
+
+    got = choose_steps(short, 8, {"same_level_score": 0.5}, long_of, cfg)
+    assert got["steps"] == 3 and asked == [3]  # 2 steps lose 1 dB: never rolled out long
+    asked.clear()
+    got = choose_steps(short, 8, {"same_level_score": 0.5}, lambda n: long_of(n, bad=(3,)), cfg)
+    assert got["steps"] == 4 and asked == [3, 4] and "frozen" in got["reason"]
+    asked.clear()
+    got = choose_steps(short, 8, {"same_level_score": 0.5}, lambda n: long_of(n, bad=(3, 4)), cfg)
+    assert got["steps"] == 8 and asked == [3, 4]
+    asked.clear()  # more steps than the current ones win only by more than the tolerance
+    assert choose_steps(short, 3, {}, long_of, cfg)["steps"] == 3 and asked == []
+    lower = choose_steps(short, 8, {"same_level_score": 0.9}, long_of, cfg)
+    assert lower["steps"] == 8 and "same-level" in lower["reason"]
+    with pytest.raises(ValueError, match="sampling steps"):
+        TuneConfig(steps=(0,))
+
+
+def test_tune_writes_sampling_steps(world_copy, tmp_path, capsys):
+    """With candidate steps the tune measures each at the chosen level and temperature on the same
+    clips (the current steps reuse the level's own numbers), stores sampling.steps and the evidence
+    as tuning.steps; World takes it as its default; a tolerance of 100 dB picks the fewest."""
+    data = _store(tmp_path / "val")
+    current = driftless.load(world_copy).sampling.steps
+    cfg = TuneConfig(**{**TINY, "levels": (15,), "steps": (1,), "steps_tolerance": 100.0})
+    record = tune_context_level(world_copy, data, cfg, log=lambda *a: None)
+    st = record["steps"]
+    assert [c["steps"] for c in st["candidates"]] == sorted({1, current}) and st["previous"] == current
+    level = record["candidates"][0]
+    assert next(c for c in st["candidates"] if c["steps"] == current)["psnr"] == level["psnr"]
+    assert next(c for c in st["candidates"] if c["steps"] == 1)["psnr"] != level["psnr"]
+    assert st["chosen"] == 1 and st["challenger_long"] is not None
+    meta = json.loads((world_copy / "world.json").read_text())
+    assert meta["sampling"]["steps"] == 1 and meta["tuning"]["steps"] == st
+    assert "steps" not in meta["tuning"]["context_level"]
+    assert driftless.load(world_copy).sampling.steps == 1
+    rc = main(["world", "tune", str(world_copy), "--data", str(data), "--levels", "15", "--clips", "2", "--horizon", "2",
+               "--rollouts", "2", "--frames", "12", "--drift-window", "4", "--batch-size", "4", "--temperatures",
+               "none", "--steps", "1,2", "--dry-run", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "sampling steps (was 1)" in out and "1 steps:" in out and "2 steps:" in out
+    with pytest.raises(SystemExit):
+        main(["world", "tune", str(world_copy), "--data", str(data), "--steps", "2,x"])

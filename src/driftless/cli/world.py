@@ -108,6 +108,15 @@ def _temperatures(text: str) -> tuple[float, ...]:
                                          f"got {text!r}")
 
 
+def _step_counts(text: str) -> tuple[int, ...]:
+    if text.strip().lower() in ("", "none", "off"):
+        return ()
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 2,3,4,8 (or 'none'), got {text!r}")
+
+
 def _tune(args: argparse.Namespace) -> int:
     from driftless.checkpoint import write_json
     from driftless.eval.tune import TuneConfig, tune_context_level
@@ -118,7 +127,8 @@ def _tune(args: argparse.Namespace) -> int:
                      horizon=args.horizon, rollouts=args.rollouts, frames=args.frames, drift_window=args.drift_window,
                      psnr_tolerance=args.psnr_tolerance, max_frozen=args.max_frozen, min_gain=args.min_gain,
                      temperatures=args.temperatures, temperature_min_gain=args.temperature_min_gain,
-                     batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
+                     steps=args.steps, steps_tolerance=args.steps_tolerance, batch_size=args.batch_size,
+                     seed=args.seed, progress=not args.no_progress)
     folder = world_folder(args.world)  # (a missing world fails here, before the store is read)
     record = tune_context_level(folder, args.data, cfg, write=not args.dry_run, threads=args.threads,
                                 device=check_device(args.device))
@@ -134,10 +144,15 @@ def _tune(args: argparse.Namespace) -> int:
     if temp:
         print("  ".join(f"temperature {r['temperature']}: {r['psnr']:.2f} dB" for r in temp["candidates"]))
         print(f"chosen: temperature {temp['chosen']} (was {temp['previous']}): {temp['reason']}")
+    steps = record.get("steps")
+    if steps:
+        print("  ".join(f"{r['steps']} steps: {r['psnr']:.2f} dB" for r in steps["candidates"]))
+        print(f"chosen: {steps['chosen']} sampling steps (was {steps['previous']}): {steps['reason']}")
     if args.dry_run:
         print(f"--dry-run: {folder / 'world.json'} unchanged")
     else:
-        also = f", sampling.temperature = {temp['chosen']}" if temp else ""
+        also = (f", sampling.temperature = {temp['chosen']}" if temp else "") + \
+               (f", sampling.steps = {steps['chosen']}" if steps else "")
         print(f"wrote sampling.context_level = {record['chosen']}{also} and the evidence under tuning. to "
               f"{folder / 'world.json'}")
     write_json(record, args.json)
@@ -204,12 +219,12 @@ def register(sub) -> None:
     r.add_argument("--action-data", help="a store: clips for the motion fit, true actions for co-occurrence")
     _fit_flags(r, "")
     r.set_defaults(func=_refit_cmd)
-    from driftless.eval.tune import DEFAULT_LEVELS, DEFAULT_TEMPERATURES, TuneConfig
+    from driftless.eval.tune import DEFAULT_LEVELS, DEFAULT_STEPS, DEFAULT_TEMPERATURES, TuneConfig
 
     d = TuneConfig()
     t = verbs.add_parser(
-        "tune", help="choose the world's context noise level and temperature on validation data and store them "
-                     "in world.json",
+        "tune", help="choose the world's context noise level, temperature and sampling steps on validation data "
+                     "and store them in world.json",
         description="Sampling frame by frame, the dynamics holds its generated past at a diffusion noise level, "
                     "the context level (the dynamics' config: 15 of 1000). A noisier past can keep long rollouts "
                     "on the player's level (docs/benchmarks.md, 1.6), too noisy loses the past. This measures "
@@ -223,8 +238,11 @@ def register(sub) -> None:
                     "PSNR); it replaces the current level only if it scores at least --min-gain more. Then, at that "
                     "level, the temperature (each frame's initial noise scale) with the best short-horizon PSNR of "
                     "--temperatures, if it gains at least --temperature-min-gain dB and its long rollouts are not "
-                    "more frozen than --max-frozen nor --min-gain lower on same-level score. The choices "
-                    "go into world.json as sampling.context_level and sampling.temperature (the defaults of World, "
+                    "more frozen than --max-frozen nor --min-gain lower on same-level score. Last, at that level "
+                    "and temperature, the sampling steps per frame (each a pass of the dynamics: they set the "
+                    "frame rate of play on a CPU): the fewest of --steps within --steps-tolerance dB of the best "
+                    "short-horizon PSNR whose long rollouts hold. The choices go into world.json as "
+                    "sampling.context_level, sampling.temperature and sampling.steps (the defaults of World, "
                     "play, eval and the ONNX export), with every candidate's numbers, the data, the rule and the "
                     "date under tuning.; the file is replaced atomically.",
         epilog="examples:\n"
@@ -244,6 +262,10 @@ def register(sub) -> None:
                    help=f"candidate temperatures at the chosen level (default "
                         f"{','.join(map(str, DEFAULT_TEMPERATURES))}; the current one is always measured; 'none': "
                         f"the temperature is not tuned)")
+    t.add_argument("--steps", type=_step_counts, default=DEFAULT_STEPS, metavar="N1,N2,...",
+                   help=f"candidate sampling steps per frame at the chosen level and temperature (default "
+                        f"{','.join(map(str, DEFAULT_STEPS))}; the current ones are always measured; 'none': the "
+                        f"steps are not tuned)")
     t.add_argument("--split", default=d.split, help=f"the split to tune on (default {d.split})")
     t.add_argument("--allow-test", action="store_true", help="tune on a store of the test split anyway (its test "
                                                              "figures are then no longer held out)")
@@ -268,6 +290,9 @@ def register(sub) -> None:
     g.add_argument("--temperature-min-gain", type=float, default=d.temperature_min_gain,
                    help=f"short-horizon dB a temperature must gain over the current one (default "
                         f"{d.temperature_min_gain})")
+    g.add_argument("--steps-tolerance", type=float, default=d.steps_tolerance,
+                   help=f"short-horizon dB under the best candidate the fewest steps may lose (default "
+                        f"{d.steps_tolerance})")
     g = t.add_argument_group("execution")
     g.add_argument("--dry-run", action="store_true", help="measure and choose, but leave world.json as it is")
     g.add_argument("--json", help="also write the tuning record to this JSON file")

@@ -37,11 +37,18 @@ clips; the best replaces the current temperature only if it gains at least
 `temperature_min_gain` dB and its long rollouts are no more frozen than `max_frozen` and keep a
 same-level score within `min_gain` of the chosen level's (`choose_temperature`).
 
+Last the sampling steps per frame (`steps`, at the chosen level and temperature): every step is a
+full pass of the dynamics, so on a CPU the steps set the frame rate of play (4 steps against 8
+doubles it). Each candidate is measured by the short-horizon protocol on the same clips; the
+*fewest* steps whose PSNR lies within `steps_tolerance` dB of the best candidate's win, if their
+long rollouts hold as a temperature's must (`choose_steps`); a candidate that fails the long check
+passes the choice to the next fewest.
+
 Validation only: a store that declares the test split is refused unless `allow_test` (settings
 chosen on the test split make the test figures optimistic). `tune_context_level` writes the choice and
 every candidate's numbers into world.json atomically (`sampling.context_level`, and
 `tuning.context_level`: data, split, rule, numbers, date, code version; likewise
-`sampling.temperature` and `tuning.temperature`).
+`sampling.temperature` and `tuning.temperature`, `sampling.steps` and `tuning.steps`).
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from driftless.runtime import clean_json, run_info
 
 DEFAULT_LEVELS = (15, 100, 300, 500)
 DEFAULT_TEMPERATURES = (1.0, 0.85, 0.7, 0.5)
+DEFAULT_STEPS = (2, 3, 4, 8)
 
 
 @dataclass
@@ -76,6 +84,10 @@ class TuneConfig:
     # empty: the temperature is not tuned)
     temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
     temperature_min_gain: float = 0.1  # short-horizon dB a temperature must gain over the current one
+    # candidate sampling steps per frame, measured at the chosen level and temperature (the world's
+    # current steps always added; empty: the steps are not tuned)
+    steps: tuple[int, ...] = DEFAULT_STEPS
+    steps_tolerance: float = 0.15  # short-horizon dB under the best candidate the fewest steps may lose
     bank_size: int = 512  # real frames of the drift measure's bank / calibration (as eval's quick size)
     reference_size: int = 256
     batch_size: int = 16
@@ -95,6 +107,11 @@ class TuneConfig:
         self.temperatures = tuple(float(v) for v in self.temperatures)
         if any(not 0.0 <= v <= 2.0 for v in self.temperatures):
             raise ValueError(f"temperatures lie in [0, 2], got {list(self.temperatures)}")
+        self.steps = tuple(int(v) for v in self.steps)
+        if any(not 1 <= v <= 1000 for v in self.steps):
+            raise ValueError(f"sampling steps lie in [1, 1000], got {list(self.steps)}")
+        if self.steps_tolerance < 0:
+            raise ValueError(f"steps_tolerance must be >= 0, got {self.steps_tolerance}")
         if self.temperature_min_gain < 0:
             raise ValueError(f"temperature_min_gain must be >= 0, got {self.temperature_min_gain}")
         if self.drift_window > self.frames:
@@ -256,6 +273,59 @@ def _tune_temperature(w, store, level: int, results: list[dict], cfg: TuneConfig
             "seconds": round(time.time() - t0, 1)}
 
 
+def choose_steps(short: list[dict], current: int, at_choice: dict, long_of, cfg: TuneConfig) -> dict:
+    """short: {"steps", "psnr"} per candidate (the current one among them); at_choice: the long-horizon
+    numbers at the chosen level and temperature with the current steps; long_of(n) -> the long-horizon
+    numbers with n steps (measured only for a challenger) -> {"steps", "reason", "long"}: the fewest
+    steps within cfg.steps_tolerance dB of the best short-horizon PSNR whose long rollouts hold."""
+    best = max(r["psnr"] for r in short)
+    eligible = sorted((r for r in short if r["psnr"] >= best - cfg.steps_tolerance), key=lambda r: r["steps"])
+    checked = {}
+    for r in eligible:
+        n = r["steps"]
+        if n == current:
+            why = (f"the current {current} steps are the fewest within {cfg.steps_tolerance} dB of the best "
+                   f"short-horizon PSNR ({best:.2f} dB)")
+            return {"steps": current, "reason": why + (f"; fewer failed the long check: {checked}" if checked else "")}
+        long = long_of(n)
+        frozen, score, base = long.get("frozen_rate"), long.get("same_level_score"), at_choice.get("same_level_score")
+        if frozen is not None and frozen > cfg.max_frozen:
+            checked[n] = f"{frozen:.0%} of its rollouts frozen"
+            continue
+        if score is not None and base is not None and score < base - cfg.min_gain:
+            checked[n] = f"same-level score {score:.3f} under {base:.3f} by more than {cfg.min_gain}"
+            continue
+        return {"steps": n, "long": long,
+                "reason": f"{n} steps are the fewest within {cfg.steps_tolerance} dB of the best short-horizon PSNR "
+                          f"({r['psnr']:.2f} against {best:.2f} dB) and their long rollouts hold (frozen {frozen}, "
+                          f"same-level score {score})" + (f"; fewer failed the long check: {checked}" if checked else "")}
+    return {"steps": current, "reason": f"no candidate with fewer steps is within {cfg.steps_tolerance} dB of the best "
+                                        f"short-horizon PSNR ({best:.2f} dB) and holds its long rollouts; "
+                                        f"the current {current} stay" + (f" ({checked})" if checked else "")}
+
+
+def _tune_steps(w, store, level: int, temperature: float, current_short: dict, at_choice: dict, cfg: TuneConfig,
+                log) -> dict | None:
+    """The sampling steps at the chosen level and temperature (module docstring) -> its record, or
+    None when cfg.steps is empty. current_short: the short-horizon numbers already measured there with
+    the world's current steps."""
+    if not cfg.steps:
+        return None
+    current = int(w.sampling.steps)
+    base = {"context_level": int(level), "temperature": float(temperature)}
+    short, t0 = [], time.time()
+    for n in sorted(set(cfg.steps) | {current}):
+        r = ({k: current_short[k] for k in ("psnr", "ssim", "psnr_per_step", "delta_psnr")} if n == current else
+             _short(w, store, cfg, {**base, "steps": n}))
+        short.append({"steps": n, **r})
+        log(f"{n} sampling steps at context level {level}, temperature {temperature}: PSNR {r['psnr']:.2f} dB")
+    decision = choose_steps(short, current, at_choice, lambda n: _long(w, store, cfg, {**base, "steps": n}), cfg)
+    log(f"steps: {decision['steps']} ({decision['reason']})")
+    return {"chosen": decision["steps"], "previous": current, "context_level": int(level),
+            "temperature": float(temperature), "reason": decision["reason"], "candidates": short,
+            "challenger_long": decision.get("long"), "seconds": round(time.time() - t0, 1)}
+
+
 def tune_context_level(world: str | Path, data: str | Path, cfg: TuneConfig | None = None, write: bool = True,
                        threads: int | None = None, log=print, device="cpu") -> dict:
     """Measure `cfg.levels` (and the world's current context level) on the validation store
@@ -302,7 +372,16 @@ def tune_context_level(world: str | Path, data: str | Path, cfg: TuneConfig | No
             f"morphed {r['morphed_rate']}, frozen {r['frozen_rate']} ({r['seconds'] / 60:.1f} min; "
             f"{'done' if i + 1 == len(levels) else f'about {left / 60:.1f} min left'})")
     decision = choose(results, int(current), cfg)
-    temperature = _tune_temperature(w, store, decision["context_level"], results, cfg, log)
+    level = decision["context_level"]
+    temperature = _tune_temperature(w, store, level, results, cfg, log)
+    at_level = next(r for r in results if r["context_level"] == level)
+    if temperature is None or temperature["chosen"] == temperature["previous"]:
+        t_now, here, long_here = float(w.sampling.temperature), at_level, at_level
+    else:
+        t_now = temperature["chosen"]
+        here = next(c for c in temperature["candidates"] if c["temperature"] == t_now)
+        long_here = temperature["challenger_long"]
+    steps = _tune_steps(w, store, level, t_now, here, long_here, cfg, log)
     info = run_info(w.device)
     record = {
         "chosen": decision["context_level"], "previous": int(current), "model_default": model_default,
@@ -316,15 +395,20 @@ def tune_context_level(world: str | Path, data: str | Path, cfg: TuneConfig | No
         "device": info["device_name"] or info["device"], "cpu_count": info["cpu_count"],
         "torch_threads": info["torch_threads"],
         **({"temperature": temperature} if temperature is not None else {}),
+        **({"steps": steps} if steps is not None else {}),
     }
     record = clean_json(record)
     if write:
         meta = json.loads((folder / "world.json").read_text())  # as on disk now (the load above may be stale)
         meta.setdefault("sampling", {})["context_level"] = int(decision["context_level"])
-        meta.setdefault("tuning", {})["context_level"] = {k: v for k, v in record.items() if k != "temperature"}
+        meta.setdefault("tuning", {})["context_level"] = {k: v for k, v in record.items()
+                                                          if k not in ("temperature", "steps")}
         if temperature is not None:
             meta["sampling"]["temperature"] = temperature["chosen"]
             meta["tuning"]["temperature"] = record["temperature"]
+        if steps is not None:
+            meta["sampling"]["steps"] = steps["chosen"]
+            meta["tuning"]["steps"] = record["steps"]
         atomic_write_json(folder / "world.json", meta)
         load(folder)  # it still loads
     return record
