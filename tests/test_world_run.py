@@ -1,6 +1,7 @@
 """`driftless train world`: the whole pipeline on the debug preset, its resume, its run folder."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -206,6 +207,27 @@ def test_a_share_of_0_keeps_the_init_from_weights_untrained(world_stores, debug_
                  "--preset", "debug", "--device", "cpu", "--shares", "1,0,1"]) != 0
     assert "--shares gives the lam stage" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_a_continued_world_keeps_the_sampling_tuned_for_its_dynamics(world_stores, debug_world, tmp_path):
+    """--init-from a world continues its dynamics: the rebuilt world starts from the sampling
+    settings tuned for it (world.json's sampling; stop 29's world came out at the model's 8 steps
+    where its parent played at 4), --sampling-steps still wins; single checkpoints carry none."""
+    from driftless.train.world_run import init_sampling
+
+    src = shutil.copytree(debug_world, tmp_path / "parent")
+    meta = json.loads((src / "world.json").read_text())
+    meta["sampling"] = {"context_level": 7, "temperature": 0.6, "steps": 3}
+    (src / "world.json").write_text(json.dumps(meta))
+    assert init_sampling(str(src)) == (meta["sampling"], src / "world.json")
+    assert init_sampling(f"dynamics={src / 'dynamics'}") == ({}, None)
+    out = tmp_path / "run"
+    rc, status = _train_world(world_stores, out, "--init-from", str(src), "--shares", "0,0,1",
+                              "--stop-after", "world", "--sampling-steps", "2")
+    assert rc == 0 and status["stages"]["world"]["sampling_from"] == str(src / "world.json")
+    got = json.loads((out / "world" / "world.json").read_text())["sampling"]
+    assert got == {"context_level": 7, "temperature": 0.6, "steps": 2}
+    assert init_sampling(str(out)) == (got, out / "world" / "world.json")  # a run folder: its built world
 
 
 def test_no_progress_means_no_progress_bars(world_stores, tmp_path, capsys):

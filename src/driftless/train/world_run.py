@@ -158,6 +158,25 @@ def _init_sources(path: str) -> dict[str, Path]:
     return found
 
 
+def init_sampling(path: str) -> tuple[dict, Path | None]:
+    """The sampling options (world.json's `sampling`: context level, temperature, steps, ...) of the
+    world --init-from names - a world folder, a shipped world's name, or an earlier run folder's
+    built world - and the world.json they came from; ({}, None) for single checkpoints per stage or
+    a run folder without a built world. A continued dynamics model starts from the settings tuned
+    for it (`driftless world tune` chooses again on the new weights)."""
+    if "=" in path:
+        return {}, None
+    p = Path(path)
+    if not p.exists():
+        from driftless.world.world import ASSETS
+
+        p = ASSETS / path
+    for meta_path in (p / "world.json", p / "world" / "world.json"):
+        if meta_path.exists():
+            return dict(json.loads(meta_path.read_text()).get("sampling") or {}), meta_path
+    return {}, None
+
+
 def _fit_init(args, source: Path) -> tuple[Any, dict, list[str]]:
     """(this stage's model config, its state dict holding the weights of `source`, the names left
     fresh) for `args` (the stage's StageArgs); refuses, naming tensors, when `source` was a model
@@ -707,7 +726,15 @@ class WorldRun:
             entry["action_map_accuracy"] = action_map["accuracy"]
         except ValueError as e:  # a store without true actions (videos): no keyboard map
             entry["action_map"] = f"not fitted: {e}"
-        sampling = {"steps": self.cfg.sampling_steps} if self.cfg.sampling_steps else {}
+        sampling = {}
+        if "dynamics" in self.init:  # the continued dynamics' tuned settings (--sampling-steps wins)
+            sampling, source_json = init_sampling(self.cfg.init_from)
+            if sampling:
+                entry["sampling_from"] = str(source_json)
+                self._say(f"world: sampling settings of {source_json} kept ({sampling}); `driftless world tune` "
+                          f"chooses them again for the new weights")
+        if self.cfg.sampling_steps:
+            sampling["steps"] = self.cfg.sampling_steps
         name = self.cfg.game or Path(self.paths["train"]).name.removesuffix("-train")
         build_world(self.out / "world", ck["tokenizer"], ck["dynamics"], ck["lam"], fp16=True, sampling=sampling,
                     action_map=action_map, name=name,
