@@ -228,6 +228,7 @@ def test_the_steps_rule():
     asked.clear()
     got = choose_steps(short, 8, {"same_level_score": 0.5}, lambda n: long_of(n, bad=(3,)), cfg)
     assert got["steps"] == 4 and asked == [3, 4] and "frozen" in got["reason"]
+    assert set(got["longs"]) == {3, 4} and got["longs"][3]["frozen_rate"] == 0.5  # the failed one's numbers kept
     asked.clear()
     got = choose_steps(short, 8, {"same_level_score": 0.5}, lambda n: long_of(n, bad=(3, 4)), cfg)
     assert got["steps"] == 8 and asked == [3, 4]
@@ -252,7 +253,7 @@ def test_tune_writes_sampling_steps(world_copy, tmp_path, capsys):
     level = record["candidates"][0]
     assert next(c for c in st["candidates"] if c["steps"] == current)["psnr"] == level["psnr"]
     assert next(c for c in st["candidates"] if c["steps"] == 1)["psnr"] != level["psnr"]
-    assert st["chosen"] == 1 and st["challenger_long"] is not None
+    assert st["chosen"] == 1 and st["challenger_long"] is not None and st["challengers_long"] == {"1": st["challenger_long"]}
     meta = json.loads((world_copy / "world.json").read_text())
     assert meta["sampling"]["steps"] == 1 and meta["tuning"]["steps"] == st
     assert "steps" not in meta["tuning"]["context_level"]

@@ -276,18 +276,20 @@ def _tune_temperature(w, store, level: int, results: list[dict], cfg: TuneConfig
 def choose_steps(short: list[dict], current: int, at_choice: dict, long_of, cfg: TuneConfig) -> dict:
     """short: {"steps", "psnr"} per candidate (the current one among them); at_choice: the long-horizon
     numbers at the chosen level and temperature with the current steps; long_of(n) -> the long-horizon
-    numbers with n steps (measured only for a challenger) -> {"steps", "reason", "long"}: the fewest
-    steps within cfg.steps_tolerance dB of the best short-horizon PSNR whose long rollouts hold."""
+    numbers with n steps (measured only for a challenger) -> {"steps", "reason", "long" (the winner's,
+    when a challenger), "longs" (every challenger rolled out: n -> its numbers)}: the fewest steps
+    within cfg.steps_tolerance dB of the best short-horizon PSNR whose long rollouts hold."""
     best = max(r["psnr"] for r in short)
     eligible = sorted((r for r in short if r["psnr"] >= best - cfg.steps_tolerance), key=lambda r: r["steps"])
-    checked = {}
+    checked, longs = {}, {}
     for r in eligible:
         n = r["steps"]
         if n == current:
             why = (f"the current {current} steps are the fewest within {cfg.steps_tolerance} dB of the best "
                    f"short-horizon PSNR ({best:.2f} dB)")
-            return {"steps": current, "reason": why + (f"; fewer failed the long check: {checked}" if checked else "")}
-        long = long_of(n)
+            return {"steps": current, "longs": longs,
+                    "reason": why + (f"; fewer failed the long check: {checked}" if checked else "")}
+        long = longs[n] = long_of(n)
         frozen, score, base = long.get("frozen_rate"), long.get("same_level_score"), at_choice.get("same_level_score")
         if frozen is not None and frozen > cfg.max_frozen:
             checked[n] = f"{frozen:.0%} of its rollouts frozen"
@@ -295,13 +297,14 @@ def choose_steps(short: list[dict], current: int, at_choice: dict, long_of, cfg:
         if score is not None and base is not None and score < base - cfg.min_gain:
             checked[n] = f"same-level score {score:.3f} under {base:.3f} by more than {cfg.min_gain}"
             continue
-        return {"steps": n, "long": long,
+        return {"steps": n, "long": long, "longs": longs,
                 "reason": f"{n} steps are the fewest within {cfg.steps_tolerance} dB of the best short-horizon PSNR "
                           f"({r['psnr']:.2f} against {best:.2f} dB) and their long rollouts hold (frozen {frozen}, "
                           f"same-level score {score})" + (f"; fewer failed the long check: {checked}" if checked else "")}
-    return {"steps": current, "reason": f"no candidate with fewer steps is within {cfg.steps_tolerance} dB of the best "
-                                        f"short-horizon PSNR ({best:.2f} dB) and holds its long rollouts; "
-                                        f"the current {current} stay" + (f" ({checked})" if checked else "")}
+    return {"steps": current, "longs": longs,
+            "reason": f"no candidate with fewer steps is within {cfg.steps_tolerance} dB of the best "
+                      f"short-horizon PSNR ({best:.2f} dB) and holds its long rollouts; the current {current} stay"
+                      + (f" ({checked})" if checked else "")}
 
 
 def _tune_steps(w, store, level: int, temperature: float, current_short: dict, at_choice: dict, cfg: TuneConfig,
@@ -323,7 +326,9 @@ def _tune_steps(w, store, level: int, temperature: float, current_short: dict, a
     log(f"steps: {decision['steps']} ({decision['reason']})")
     return {"chosen": decision["steps"], "previous": current, "context_level": int(level),
             "temperature": float(temperature), "reason": decision["reason"], "candidates": short,
-            "challenger_long": decision.get("long"), "seconds": round(time.time() - t0, 1)}
+            "challenger_long": decision.get("long"),
+            "challengers_long": {str(n): v for n, v in decision["longs"].items()},
+            "seconds": round(time.time() - t0, 1)}
 
 
 def tune_context_level(world: str | Path, data: str | Path, cfg: TuneConfig | None = None, write: bool = True,
