@@ -98,23 +98,20 @@ def _levels(text: str) -> tuple[int, ...]:
     return levels
 
 
-def _temperatures(text: str) -> tuple[float, ...]:
-    if text.strip().lower() in ("", "none", "off"):
-        return ()
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,0.85,0.7,0.5 (or 'none'), "
-                                         f"got {text!r}")
+def _optional_list(cast, example: str):
+    """An argparse type: comma-separated values of `cast` (e.g. "1,0.85,0.7"), or 'none' / 'off' /
+    '' for an empty tuple (that part of the tune is skipped)."""
+    what = "integers" if cast is int else "numbers"
 
-
-def _step_counts(text: str) -> tuple[int, ...]:
-    if text.strip().lower() in ("", "none", "off"):
-        return ()
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 2,3,4,8 (or 'none'), got {text!r}")
+    def parse(text: str) -> tuple:
+        if text.strip().lower() in ("", "none", "off"):
+            return ()
+        try:
+            return tuple(cast(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} such as {example} (or 'none'), "
+                                             f"got {text!r}")
+    return parse
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -258,11 +255,11 @@ def register(sub) -> None:
     t.add_argument("--levels", type=_levels, default=DEFAULT_LEVELS, metavar="L1,L2,...",
                    help=f"candidate context levels, 0 (clean) up to the dynamics' levels (default "
                         f"{','.join(map(str, DEFAULT_LEVELS))}; the world's current level is always measured too)")
-    t.add_argument("--temperatures", type=_temperatures, default=DEFAULT_TEMPERATURES, metavar="T1,T2,...",
+    t.add_argument("--temperatures", type=_optional_list(float, "1,0.85,0.7,0.5"), default=DEFAULT_TEMPERATURES, metavar="T1,T2,...",
                    help=f"candidate temperatures at the chosen level (default "
                         f"{','.join(map(str, DEFAULT_TEMPERATURES))}; the current one is always measured; 'none': "
                         f"the temperature is not tuned)")
-    t.add_argument("--steps", type=_step_counts, default=DEFAULT_STEPS, metavar="N1,N2,...",
+    t.add_argument("--steps", type=_optional_list(int, "2,3,4,8"), default=DEFAULT_STEPS, metavar="N1,N2,...",
                    help=f"candidate sampling steps per frame at the chosen level and temperature (default "
                         f"{','.join(map(str, DEFAULT_STEPS))}; the current ones are always measured; 'none': the "
                         f"steps are not tuned)")
