@@ -124,6 +124,17 @@ def find_split(train: str, split: str) -> str | None:
     return next((str(c) for c in candidates if _is_store(c)), None)
 
 
+def _init_folder(path: str) -> Path:
+    """The folder --init-from PATH names: PATH itself, else the shipped world of that name (a path
+    that is neither is returned as given, and does not exist)."""
+    from driftless.world.world import ASSETS
+
+    p = Path(path)
+    if not p.exists() and (ASSETS / path / "world.json").exists():
+        return ASSETS / path
+    return p
+
+
 def _init_sources(path: str) -> dict[str, Path]:
     """The checkpoint each stage starts from: the full checkpoints of an earlier run folder, or
     the components of a world folder (a shipped world by name), or single checkpoints named per
@@ -138,13 +149,9 @@ def _init_sources(path: str) -> dict[str, Path]:
                 raise FileNotFoundError(f"--init-from {stage}={ckpt}: no checkpoint there (a folder with config.json)")
             found[stage] = Path(ckpt)
         return found
-    p = Path(path)
+    p = _init_folder(path)
     if not p.exists():
-        from driftless.world.world import ASSETS
-
-        if not (ASSETS / path / "world.json").exists():
-            raise FileNotFoundError(f"--init-from {path}: no such world folder, run folder or shipped world")
-        p = ASSETS / path
+        raise FileNotFoundError(f"--init-from {path}: no such world folder, run folder or shipped world")
     if (p / RUN_FILE).exists():
         found = {s: p / s / "checkpoint" for s in TRAINED if (p / s / "checkpoint" / "config.json").exists()}
     elif (p / "world.json").exists():
@@ -166,11 +173,7 @@ def init_sampling(path: str) -> tuple[dict, Path | None]:
     for it (`driftless world tune` chooses again on the new weights)."""
     if "=" in path:
         return {}, None
-    p = Path(path)
-    if not p.exists():
-        from driftless.world.world import ASSETS
-
-        p = ASSETS / path
+    p = _init_folder(path)
     for meta_path in (p / "world.json", p / "world" / "world.json"):
         if meta_path.exists():
             return dict(json.loads(meta_path.read_text()).get("sampling") or {}), meta_path
