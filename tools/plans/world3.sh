@@ -20,7 +20,7 @@
 # scope, dynamics ~11, quick evaluation), refit ~0.5, tune ~2, steps and uniform ~2, full evaluations ~4
 # (about 26 minutes: the session's 30 leave little room; give BUDGET=12 if the machine starts slowly).
 # Knobs: EPI, TEST_EPI, BUDGET, NG, INIT, ARGS (more train-world flags), TUNE_ARGS, UCLIPS, FULL (0: skip the full
-# evaluations, for a CPU smoke run), PRESET.
+# evaluations, for a CPU smoke run), PRESET, STEPS_SWEEP (0: no 4-vs-8-steps evaluations), VAL_LONG.
 EPI=${EPI:-5000}; BUDGET=${BUDGET:-14}; PRESET=${PRESET:-small}; W=${W:-/tmp/job/w}; D=$W/data; DL="python3 -m driftless"
 INIT=${INIT:-coinrun}; UCLIPS=${UCLIPS:-256}; NG=${NG:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -42,17 +42,19 @@ $DL world tune $W/run/world --data $D/val ${TUNE_ARGS:---levels 15,100,300 --cli
   --batch-size 64 --no-progress --json $R/tune.json > $R/tune.log 2>&1
 cp $W/run/world/world.json $R/world-tuned.json
 tar cf $P/world.tar -C $W/run world && ls -la $P >> $R/status.txt
+if [ "${STEPS_SWEEP:-1}" = 1 ]; then  # (world4.sh: 0, its tune chooses the steps)
 stamp steps
 # 4 sampling steps (the shipped world's, half the CPU time of 8) against the world's 8, on validation
 for st in 4 8; do
   $DL eval $W/run/world --data $D/val --split val --clips 128 --batch-size 128 --steps $st \
     --skip recon,drift,actions,controls,fvd --no-progress --json $R/val-steps$st.json > $R/val-steps$st.log 2>&1
 done
+fi
 stamp uniform
 # the GenieRedux protocol on the uniform random agent's test levels (the comparison of benchmarks 1.3)
 $DL eval $W/run/world --data $D/utest --clips $UCLIPS --batch-size 128 --skip recon,drift,actions,controls,fvd \
   --no-progress --json $R/uniform.json > $R/uniform.log 2>&1
-$DL eval $W/run/world --data $D/utest --clips $UCLIPS --batch-size 128 --steps 4 --skip recon,drift,actions,controls,fvd \
+[ "${STEPS_SWEEP:-1}" = 1 ] && $DL eval $W/run/world --data $D/utest --clips $UCLIPS --batch-size 128 --steps 4 --skip recon,drift,actions,controls,fvd \
   --no-progress --json $R/uniform-s4.json > $R/uniform-s4.log 2>&1
 $DL eval $INIT --data $D/utest --clips $UCLIPS --batch-size 128 --skip recon,drift,actions,controls,fvd \
   --no-progress --json $R/uniform-init.json > $R/uniform-init.log 2>&1

@@ -18,44 +18,10 @@
 # test levels, this world on GPU 0 and the shipped one on GPU 1).
 # Timeline (stop 29's run of world3.sh: 20 minutes for BUDGET 14): data ~1.5 min, the run BUDGET (15)
 # minutes, refit ~1, tune ~3 (16 x 1000-frame rollouts per candidate), uniform ~1, full evaluations ~2.
-# Knobs: EPI, TEST_EPI, BUDGET, NG, INIT, ARGS (more train-world flags), TUNE_ARGS, UCLIPS, FULL (0: skip the full
-# evaluations, for a CPU smoke run), PRESET, VAL_LONG.
-EPI=${EPI:-5000}; BUDGET=${BUDGET:-15}; VAL_LONG=${VAL_LONG:-1100}; PRESET=${PRESET:-small}; W=${W:-/tmp/job/w}; D=$W/data; DL="python3 -m driftless"
-INIT=${INIT:-coinrun}; UCLIPS=${UCLIPS:-256}; NG=${NG:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-stamp() { echo "$(date +%T) $*" >> $R/status.txt; }
-stamp "start, $NG GPU(s)"
-UTEST=1 source tools/plans/coinrun_data.sh
-stamp train-world
-python3 -m torch.distributed.run --standalone --nproc-per-node $NG -m driftless train world \
-  --data $D/train --val-data $D/val --test-data $D/test --out $W/run --preset $PRESET --init-from $INIT \
-  --budget $BUDGET --shares 0,0,1 --reserve 0.15 --eval-size quick --no-progress \
-  ${ARGS:---set dynamics.clean_history=0.5} > $R/train-world.log 2>&1
-cp $W/run/run.json $W/run/eval.json $R/ 2>/dev/null
-cp $W/run/dynamics/metrics.jsonl $R/metrics-dynamics.jsonl 2>/dev/null
-tar cf $P/world.tar -C $W/run world  # (untuned; replaced below once tuned)
-stamp refit-actions
-$DL world refit-actions $W/run/world --method effect --game coinrun --action-starts 64 --no-progress > $R/refit.log 2>&1
-stamp tune
+# It is world3.sh with these defaults (the same commands; STEPS_SWEEP=0 drops its 4-vs-8-steps
+# evaluations, which the tune's steps rule replaces). Knobs: world3.sh's.
+BUDGET=${BUDGET:-15}; VAL_LONG=${VAL_LONG:-1100}; STEPS_SWEEP=${STEPS_SWEEP:-0}
 # psnr-tolerance 0.5: level-keeping over 1000 frames weighs more for play than half a dB over 10
 # frames (stop 29's validation: level 300 0.49 dB under 100 on 10 frames, same-level 0.69 against 0.54)
-$DL world tune $W/run/world --data $D/val ${TUNE_ARGS:---levels 100,300 --clips 64 --rollouts 16 --frames 1000 --psnr-tolerance 0.5} \
-  --batch-size 64 --no-progress --json $R/tune.json > $R/tune.log 2>&1
-cp $W/run/world/world.json $R/world-tuned.json
-tar cf $P/world.tar -C $W/run world && ls -la $P >> $R/status.txt
-stamp uniform
-# the GenieRedux protocol on the uniform random agent's test levels (the comparison of benchmarks 1.3)
-$DL eval $W/run/world --data $D/utest --clips $UCLIPS --batch-size 128 --skip recon,drift,actions,controls,fvd \
-  --no-progress --json $R/uniform.json > $R/uniform.log 2>&1
-$DL eval $INIT --data $D/utest --clips $UCLIPS --batch-size 128 --skip recon,drift,actions,controls,fvd \
-  --no-progress --json $R/uniform-init.json > $R/uniform-init.log 2>&1
-stamp eval-full
-if [ "${FULL:-1}" = 1 ]; then
-  CUDA_VISIBLE_DEVICES=1 $DL eval $INIT --data $D/test --full --batch-size 128 --no-progress \
-    --json $R/eval-full-init.json > $R/eval-full-init.log 2>&1 &
-  CUDA_VISIBLE_DEVICES=0 $DL eval $W/run/world --data $D/test --full --batch-size 128 --no-progress \
-    --json $R/eval-full.json --plots $W/plots-full > $R/eval-full.log 2>&1
-  wait
-fi
-tar czf $P/eval-full-plots.tgz -C $W plots-full 2>/dev/null
-stamp done
+TUNE_ARGS=${TUNE_ARGS:---levels 100,300 --clips 64 --rollouts 16 --frames 1000 --psnr-tolerance 0.5}
+source tools/plans/world3.sh
