@@ -85,3 +85,57 @@ def test_cli_train_and_plan(tmp_path):
                                "--frame-stack", "4", "--tokens", "3", "--device", "cpu", "--init-from", str(ck)])
     with pytest.raises(ValueError, match="another configuration.*frame_stack"):
         other.func(other)
+
+
+def test_guidance_rule():
+    from driftless.plan.evaluate import choose_guidance
+
+    def s(g, m):
+        return {"guidance": g, "normalized_mean": m}
+
+    assert choose_guidance([s(1.5, 40.0), s(3.0, 80.0), s(6.0, 60.0)])["guidance"] == 3.0
+    # within 1 % of the best, the smallest scale wins; 2 % below does not
+    assert choose_guidance([s(12.0, 100.0), s(6.0, 99.5), s(3.0, 98.0)])["guidance"] == 6.0
+    with pytest.raises(ValueError, match="at least one"):
+        choose_guidance([])
+
+
+def test_cli_tune_stores_the_scale_plan_maze_uses(tmp_path):
+    """`plan tune` scores scales on validation episodes, writes planner.json; `plan maze` takes it."""
+    parser = build_parser()
+    a = parser.parse_args(["data", "maze", "--maze", "open", "--steps", "400", "--out", str(tmp_path), "--quiet"])
+    assert a.func(a) == 0
+    ck = tmp_path / "ck"
+    a = parser.parse_args(["plan", "train", "--data", str(tmp_path / "open.npz"), "--out", str(ck), "--preset",
+                           "debug", "--steps", "2", "--batch", "4", "--frame-stack", "5", "--tokens", "3",
+                           "--device", "cpu"])
+    assert a.func(a) == 0
+    flags = ["--maze", "open", "--checkpoint", str(ck), "--episodes", "2", "--batch", "2", "--mctg", "2",
+             "--sampling-steps", "2", "--device", "cpu"]
+    a = parser.parse_args(["plan", "tune", *flags, "--guidance", "0.5", "2", "--seed", "0"])
+    with pytest.raises(ValueError, match="evaluation seed"):
+        a.func(a)
+    a = parser.parse_args(["plan", "tune", *flags, "--guidance", "0.5", "2", "--json", str(tmp_path / "t.json")])
+    assert a.func(a) == 0
+    settings = json.loads((ck / "planner.json").read_text())
+    rec = settings["single_task"]
+    assert [s["guidance"] for s in rec["scores"]] == [0.5, 2.0]
+    best = max(s["normalized_mean"] for s in rec["scores"])
+    assert rec["guidance"] in (0.5, 2.0) and rec["chosen_by"]["seed"] == 1 and rec["mctg"] == 2
+    assert [s for s in rec["scores"] if s["guidance"] == rec["guidance"]][0]["normalized_mean"] >= best - 0.01 * abs(best)
+    assert json.loads((tmp_path / "t.json").read_text())["guidance"] == rec["guidance"]
+    # plan maze without --guidance plays the tuned scale; --guidance wins; another task keeps the default
+    out = tmp_path / "res.json"
+    a = parser.parse_args(["plan", "maze", *flags, "--episodes", "1", "--batch", "1", "--json", str(out)])
+    assert a.func(a) == 0
+    row = json.loads(out.read_text())[0]
+    assert row["guidance"] == rec["guidance"] and row["guidance_from"].startswith("tuned")
+    a = parser.parse_args(["plan", "maze", *flags, "--episodes", "1", "--batch", "1", "--guidance", "7",
+                           "--json", str(out)])
+    assert a.func(a) == 0 and json.loads(out.read_text())[0]["guidance"] == 7.0
+    a = parser.parse_args(["plan", "maze", *flags, "--episodes", "1", "--batch", "1", "--multi-task",
+                           "--json", str(out)])
+    assert a.func(a) == 0 and json.loads(out.read_text())[0]["guidance_from"] == "default"
+    (ck / "planner.json").write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable planner settings"):
+        a.func(a)

@@ -1,4 +1,4 @@
-"""`driftless plan train|maze|cross`: Diffusion-Forcing planning (Maze2D, compositional crosses);
+"""`driftless plan train|tune|maze|cross`: Diffusion-Forcing planning (Maze2D, compositional crosses);
 `driftless data maze`: D4RL-style Maze2D offline datasets on Gymnasium-Robotics' PointMaze."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ EXAMPLES = """examples:
   driftless data maze --maze medium --steps 1000000 --out data/maze
   driftless plan train --data data/maze/medium.npz --out runs/maze/medium-df
   driftless plan train --data data/maze/medium.npz --out runs/maze/medium-diffuser --baseline diffuser
+  driftless plan tune --maze medium --checkpoint runs/maze/medium-df --guidance 1.5 3 6 12 --seed 1
   driftless plan maze --maze medium --checkpoint runs/maze/medium-df --method df df-plain --episodes 100 --mctg 4
   driftless plan maze --maze medium --checkpoint runs/maze/medium-diffuser --method diffuser-actions diffuser-pd
   driftless plan maze --maze medium --method controller random --multi-task
@@ -54,17 +55,20 @@ def _maze(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.checkpoint} was trained on maze {model.cfg.meta['maze']!r}, not {args.maze!r}")
     fs = model.cfg.meta.get("frame_stack", 1) if model is not None else 1
     horizon = args.horizon or (model.cfg.meta.get("tokens", 30) if model is not None else 30)
+    guidance, source = _guidance(args)
     pcfg = PlannerConfig(horizon=horizon, schedule=args.schedule, uncertainty=args.uncertainty,
-                         sampling_steps=args.sampling_steps, guidance_scale=args.guidance,
+                         sampling_steps=args.sampling_steps, guidance_scale=guidance,
                          guidance_alpha_power=args.guidance_alpha_power,
                          mctg_samples=args.mctg, open_loop=args.open_loop)
+    if source != "--guidance":
+        print(f"goal guidance scale {guidance:g} ({source})")
     summaries = []
     for method in args.method:
         res = evaluate(args.maze, method, args.episodes, model=model, planner_cfg=pcfg, multi_task=args.multi_task,
                        batch=args.batch, seed=args.seed, keep_positions=bool(args.plot))
         s = res.summary()
         s.update({"frame_stack": fs, "horizon_tokens": horizon, "mctg": args.mctg if method == "df" else 1,
-                  "guidance": args.guidance, "alpha_power": args.guidance_alpha_power, "schedule": args.schedule,
+                  "guidance": guidance, "guidance_from": source, "alpha_power": args.guidance_alpha_power, "schedule": args.schedule,
                   "sampling_steps": args.sampling_steps, "device": device})
         summaries.append(s)
         print(json.dumps(s))
@@ -78,6 +82,69 @@ def _maze(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.json, summaries)
+    return 0
+
+
+def _planner_flags(p: argparse.ArgumentParser) -> None:
+    """The Diffusion-Forcing planner's settings, shared by `plan maze` and `plan tune`."""
+    p.add_argument("--mctg", type=int, default=4, help="MCTG: futures averaged per guidance step (method df)")
+    p.add_argument("--guidance-alpha-power", type=float, default=0.0,
+                   help="guidance weight sigma^2/alpha^p: 1 is classifier guidance, 0 (default) guides "
+                        "less at the noisiest levels")
+    p.add_argument("--horizon", type=int, help="plan horizon in tokens (default: the training window)")
+    p.add_argument("--schedule", default="pyramid", choices=["pyramid", "autoregressive", "full_sequence"])
+    p.add_argument("--uncertainty", type=float, default=1.0, help="pyramid: rows each token lags the previous")
+    p.add_argument("--sampling-steps", type=int, help="DDIM steps per token (default: the model's)")
+    p.add_argument("--open-loop", type=int, default=1, help="tokens executed per plan before re-planning")
+
+
+DEFAULT_GUIDANCE = 3.0  # benchmarks 8's scale, used when a checkpoint has no tuned one
+
+
+def _guidance(args: argparse.Namespace) -> tuple[float, str]:
+    """The goal-guidance scale for `plan maze` and where it came from: --guidance, else the
+    checkpoint's planner.json (from `plan tune`) for this task, else the default."""
+    from driftless.plan.evaluate import PLANNER_SETTINGS, load_planner_settings
+
+    if args.guidance is not None:
+        return args.guidance, "--guidance"
+    task = "multi_task" if args.multi_task else "single_task"
+    record = load_planner_settings(args.checkpoint).get(task)
+    if record and "guidance" in record:
+        return float(record["guidance"]), f"tuned, {Path(args.checkpoint) / PLANNER_SETTINGS}"
+    return DEFAULT_GUIDANCE, "default"
+
+
+def _tune(args: argparse.Namespace) -> int:
+    import torch
+
+    from driftless.models.registry import load_model
+    from driftless.plan.evaluate import save_planner_settings, tune_guidance
+    from driftless.plan.planner import PlannerConfig
+
+    torch.set_num_threads(args.threads)
+    device = default_device(args.device)
+    model = load_model(args.checkpoint, device, kind="sequence_df")
+    if model.cfg.meta.get("maze") not in (None, args.maze):
+        raise ValueError(f"{args.checkpoint} was trained on maze {model.cfg.meta['maze']!r}, not {args.maze!r}")
+    horizon = args.horizon or model.cfg.meta.get("tokens", 30)
+    del model
+    pcfg = PlannerConfig(horizon=horizon, schedule=args.schedule, uncertainty=args.uncertainty,
+                         sampling_steps=args.sampling_steps, guidance_alpha_power=args.guidance_alpha_power,
+                         mctg_samples=args.mctg, open_loop=args.open_loop)
+    record = tune_guidance(args.maze, args.checkpoint, args.guidance, pcfg, method=args.method,
+                           episodes=args.episodes, batch=args.batch, seed=args.seed, multi_task=args.multi_task,
+                           device=device, workers=args.workers)
+    record["device"] = device
+    path = save_planner_settings(args.checkpoint, record, args.multi_task)
+    for s in record["scores"]:
+        print(json.dumps(s))
+    print(json.dumps({"chosen_guidance": record["guidance"], "settings": str(path)}))
+    if args.json:
+        from driftless.checkpoint import atomic_write_json
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.json, record)
     return 0
 
 
@@ -136,22 +203,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--multi-task", action="store_true", help="random goal per episode (else the maze's G cell)")
     m.add_argument("--episodes", type=int, default=100)
     m.add_argument("--batch", type=int, default=50, help="episodes run (and planned) together")
-    m.add_argument("--mctg", type=int, default=4, help="MCTG: futures averaged per guidance step (method df)")
-    m.add_argument("--guidance", type=float, default=3.0, help="goal-guidance scale")
-    m.add_argument("--guidance-alpha-power", type=float, default=0.0,
-                   help="guidance weight sigma^2/alpha^p: 1 is classifier guidance, 0 (default) guides "
-                        "less at the noisiest levels")
-    m.add_argument("--horizon", type=int, help="plan horizon in tokens (default: the training window)")
-    m.add_argument("--schedule", default="pyramid", choices=["pyramid", "autoregressive", "full_sequence"])
-    m.add_argument("--uncertainty", type=float, default=1.0, help="pyramid: rows each token lags the previous")
-    m.add_argument("--sampling-steps", type=int, help="DDIM steps per token (default: the model's)")
-    m.add_argument("--open-loop", type=int, default=1, help="tokens executed per plan before re-planning")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--guidance", type=float, default=None,
+                   help=f"goal-guidance scale (default: the checkpoint's tuned one from `plan tune`, "
+                        f"else {DEFAULT_GUIDANCE:g})")
+    _planner_flags(m)
+    m.add_argument("--seed", type=int, default=0, help="episode seed (0: the evaluation episodes)")
     m.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     m.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     m.add_argument("--json", help="write the summaries (a list) to this JSON file")
     m.add_argument("--plot", help="PNG of executed trajectories (one per method)")
     m.set_defaults(plan_func=_maze)
+
+    u = ps.add_parser("tune", help="choose the goal-guidance scale on validation episodes; stored in the checkpoint",
+                      description="Score each --guidance scale on validation episodes (--seed, not the evaluation "
+                                  "seed 0) and store the best in the checkpoint's planner.json, which `plan maze` "
+                                  "then uses unless given --guidance.",
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    u.add_argument("--maze", required=True, choices=["open", "umaze", "medium", "large"])
+    u.add_argument("--checkpoint", required=True, help="sequence model folder (from `plan train`)")
+    u.add_argument("--method", default="df", choices=["df", "df-plain"], help="planner the scale is chosen for")
+    u.add_argument("--guidance", type=float, nargs="+", default=[1.5, 3.0, 6.0, 12.0], help="scales to score")
+    u.add_argument("--multi-task", action="store_true", help="tune for random goals (stored apart)")
+    u.add_argument("--episodes", type=int, default=50, help="validation episodes per scale")
+    u.add_argument("--batch", type=int, default=50, help="episodes run (and planned) together")
+    _planner_flags(u)
+    u.add_argument("--seed", type=int, default=1, help="validation episode seed (0, the evaluation seed, is refused)")
+    u.add_argument("--workers", type=int, default=1, help="processes scoring scales in parallel")
+    u.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    u.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    u.add_argument("--json", help="also write the tuning record to this JSON file")
+    u.set_defaults(plan_func=_tune)
 
     c = ps.add_parser("cross", help="compositional generation: crosses with memory, V shapes without",
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -20,6 +20,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -208,3 +209,98 @@ def plot_rollouts(result: EvalResult, path, count: int = 8, title: str | None = 
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# ---- settings chosen on validation seeds ---------------------------------------------------------
+PLANNER_SETTINGS = "planner.json"  # beside a sequence model's weights: its tuned planner settings
+EVAL_SEED = 0  # the evaluation seed of docs/benchmarks.md section 8; tuning must use others
+
+
+def choose_guidance(scores: list[dict]) -> dict:
+    """The tuning rule: the guidance scale with the highest mean normalised return on the
+    validation episodes; among scales within 1 % of it, the smallest (the gentlest push
+    off the model's prior that plays as well). `scores`: [{"guidance", "normalized_mean", ...}]."""
+    if not scores:
+        raise ValueError("choose_guidance needs at least one scored guidance scale")
+    best = max(s["normalized_mean"] for s in scores)
+    tol = 0.01 * abs(best)
+    return min((s for s in scores if s["normalized_mean"] >= best - tol), key=lambda s: s["guidance"])
+
+
+def _tune_cell(maze: str, checkpoint: str, device: str, cfg: dict, method: str, episodes: int, batch: int,
+               seed: int, multi_task: bool, progress: bool) -> dict:
+    """One guidance scale on the validation episodes (a worker process's job)."""
+    from driftless.models.registry import load_model
+
+    torch.set_num_threads(1)
+    model = load_model(checkpoint, device, kind="sequence_df")
+    res = evaluate(maze, method, episodes, model=model, planner_cfg=PlannerConfig(**cfg), multi_task=multi_task,
+                   batch=batch, seed=seed, progress=progress)
+    return {"guidance": cfg["guidance_scale"], **res.summary()}
+
+
+def tune_guidance(maze: str, checkpoint: str, scales: list[float], planner_cfg: PlannerConfig, method: str = "df",
+                  episodes: int = 50, batch: int = 50, seed: int = 1, multi_task: bool = False, device: str = "cpu",
+                  workers: int = 1, progress: bool = True) -> dict:
+    """Score each goal-guidance scale on `episodes` validation episodes (`seed` != the evaluation
+    seed 0) and choose one with `choose_guidance`. `workers` > 1 scores the scales in parallel
+    processes (each loads the model; on a GPU they share it). Returns the settings record
+    `save_planner_settings` writes: the chosen scale, how it was chosen, every score."""
+    if seed == EVAL_SEED:
+        raise ValueError(f"seed {EVAL_SEED} is the evaluation seed; tune on another (e.g. --seed 1), "
+                         "then evaluate once on seed 0")
+    if method not in ("df", "df-plain"):
+        raise ValueError(f"guidance is tuned for the Diffusion-Forcing planners (df, df-plain), not {method!r}")
+    if not scales or any(s < 0 for s in scales):
+        raise ValueError(f"--guidance needs one or more scales >= 0, got {scales}")
+    base = dataclasses.asdict(planner_cfg)
+    if method == "df-plain":
+        base["mctg_samples"] = 1
+    jobs = [(maze, str(checkpoint), device, {**base, "guidance_scale": float(g)}, method, episodes, batch, seed,
+             multi_task, progress and workers == 1) for g in scales]
+    if workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_tune_cell, *job) for job in jobs]
+            scores = [f.result() for f in tqdm(futures, desc=f"tune {maze}", disable=not progress)]
+    else:
+        scores = [_tune_cell(*job) for job in jobs]
+    chosen = choose_guidance(scores)
+    return {"guidance": chosen["guidance"], "method": method, "mctg": base["mctg_samples"],
+            "sampling_steps": base["sampling_steps"], "horizon_tokens": base["horizon"],
+            "chosen_by": {"rule": "highest mean normalised return; within 1 % of it, the smallest scale",
+                          "seed": seed, "episodes": episodes, "maze": maze},
+            "scores": [{k: s[k] for k in ("guidance", "normalized_mean", "normalized_se", "episodes")}
+                       for s in scores]}
+
+
+def save_planner_settings(checkpoint: str, record: dict, multi_task: bool = False) -> Path:
+    """Store a tuning record in the checkpoint folder's planner.json (atomic; the other task's
+    record is kept): `plan maze` takes its guidance scale from there unless --guidance is given."""
+    from driftless.checkpoint import atomic_write_json
+
+    path = Path(checkpoint) / PLANNER_SETTINGS
+    settings = load_planner_settings(checkpoint)
+    settings["multi_task" if multi_task else "single_task"] = record
+    atomic_write_json(path, settings)
+    return path
+
+
+def load_planner_settings(checkpoint: str | None) -> dict:
+    """The checkpoint's planner.json ({} when there is none); a broken file is an error naming it."""
+    import json
+
+    if not checkpoint:
+        return {}
+    path = Path(checkpoint) / PLANNER_SETTINGS
+    if not path.exists():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable planner settings ({e}); delete it or run `driftless plan tune` again")
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: expected a JSON object of planner settings, got {type(settings).__name__}")
+    return settings

@@ -37,15 +37,17 @@ class FitConfig:
     max_seconds: float = 0.0  # > 0: stop after this long; the learning-rate decay follows the clock
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the network for training
+    log_every: int = 1  # steps per loss record (each record is a host sync: > 1 on a GPU keeps it busy)
 
     def trainer_config(self) -> TrainConfig:
-        """The shared Trainer's settings: every step logged (the loss trace), nothing saved."""
+        """The shared Trainer's settings: a loss record every `log_every` steps, nothing saved."""
         if self.steps < 1 or self.batch < 1:
             raise ValueError(f"fit needs steps >= 1 and batch >= 1, got {self.steps}, {self.batch}")
         return TrainConfig(steps=self.steps, batch_size=self.batch, lr=self.lr, min_lr=0.1 * self.lr,
                            warmup=self.warmup, weight_decay=self.weight_decay, beta2=0.999,
                            grad_clip=self.grad_clip or math.inf, ema_decay=self.ema, seed=self.seed,
-                           precision="auto" if self.bf16 else "fp32", compile=self.compile, log_every=1,
+                           precision="auto" if self.bf16 else "fp32", compile=self.compile,
+                           log_every=max(1, self.log_every),
                            val_every=0, save_every=0, time_budget=self.max_seconds / 60)
 
 
@@ -53,12 +55,20 @@ def fit(model: sdf.SequenceDF, sample: Sampler, cfg: FitConfig,
         progress: bool = True) -> tuple[sdf.SequenceDF, list[float]]:
     """Train on batches from `sample(batch, generator) -> (x0, cond)` in data units (a CPU
     generator seeded per batch; samplers draw their indices with it). Returns (the EMA copy of
-    the model, the loss of every step)."""
+    the model, the loss of every logged step: every step with `log_every` 1, else the mean over
+    each `log_every` steps)."""
+    ema, trace, _ = fit_with_summary(model, sample, cfg, progress)
+    return ema, trace
+
+
+def fit_with_summary(model: sdf.SequenceDF, sample: Sampler, cfg: FitConfig,
+                     progress: bool = True) -> tuple[sdf.SequenceDF, list[float], dict]:
+    """`fit`, also returning the Trainer's summary (steps taken, why it stopped)."""
     tcfg = cfg.trainer_config()
     device = next(model.parameters()).device
     batches = random_batches(lambda b, g: dict(zip(("x0", "cond"), sample(b, g))), cfg.batch, cfg.seed)
-    ema, log, _ = train_in_memory(model, tcfg, batches, device, sdf.SequenceDF.kind, progress)
-    return ema, [r["loss"] for r in log]
+    ema, log, summary = train_in_memory(model, tcfg, batches, device, sdf.SequenceDF.kind, progress)
+    return ema, [r["loss"] for r in log], summary
 
 
 def _continue_from(model: sdf.SequenceDF, path: str, device: str) -> None:
@@ -98,10 +108,13 @@ def train_maze_model(data_path: str, out: str, baseline: str | None, preset: str
     model.set_stats(**windows.stats())
     if init_from:
         _continue_from(model, init_from, device)
-    ema, trace = fit(model, windows.sample, FitConfig(steps=steps, batch=batch, lr=lr, seed=seed,
-                                                      max_seconds=60 * max_minutes, compile=compile),
-                     progress=progress)
-    tail = trace[-100:]
-    meta = {"steps": len(trace), "batch": batch, "final_loss": sum(tail) / len(tail) if tail else None}
+    # on a GPU a loss record every 25 steps: each is a host sync, and the small models step in milliseconds
+    log_every = 25 if torch.device(device).type == "cuda" else 1
+    ema, trace, summary = fit_with_summary(
+        model, windows.sample, FitConfig(steps=steps, batch=batch, lr=lr, seed=seed, max_seconds=60 * max_minutes,
+                                         compile=compile, log_every=log_every), progress=progress)
+    tail = trace[-max(1, 100 // log_every):]
+    meta = {"steps": int(summary["step"]), "batch": batch, "stopped": summary["stopped"],
+            "final_loss": sum(tail) / len(tail) if tail else None}
     sdf.save(ema, out, meta=meta, half=half)
     return {"out": str(out), "tokens": tokens, "params": sum(p.numel() for p in model.parameters()), **meta}
