@@ -136,6 +136,40 @@ def test_cli_tune_stores_the_scale_plan_maze_uses(tmp_path):
     a = parser.parse_args(["plan", "maze", *flags, "--episodes", "1", "--batch", "1", "--multi-task",
                            "--json", str(out)])
     assert a.func(a) == 0 and json.loads(out.read_text())[0]["guidance_from"] == "default"
+    # plan show: one panel per scale, from every open cell; the tuned scale when none is given
+    a = parser.parse_args(["plan", "show", "--maze", "open", "--checkpoint", str(ck), "--out", str(tmp_path / "s.png"),
+                           "--mctg", "1", "--sampling-steps", "2", "--device", "cpu"])
+    assert a.func(a) == 0 and (tmp_path / "s.png").stat().st_size > 1000
+    a = parser.parse_args(["plan", "show", "--maze", "open", "--checkpoint", str(ck), "--out", str(tmp_path / "s.png"),
+                           "--starts=-1:0,-3:2", "--device", "cpu"])
+    with pytest.raises(ValueError, match="inside walls"):
+        a.func(a)
     (ck / "planner.json").write_text("{not json")
     with pytest.raises(ValueError, match="unreadable planner settings"):
         a.func(a)
+
+
+def test_plans_in_walls():
+    from driftless.plan.evaluate import plans_in_walls
+    from driftless.plan.maze import get_maze
+
+    spec = get_maze("umaze")
+    lower, upper = spec.cell_to_xy((3, 1)), spec.cell_to_xy((1, 1))  # the two arms' left ends
+    wall = spec.cell_to_xy((2, 1))  # the U's inner wall between them
+    assert spec.walls[2, 1] and not spec.walls[3, 1] and not spec.walls[1, 1]
+    straight = np.linspace(lower, upper, 30)  # straight up through the inner wall
+    around = np.concatenate([np.linspace(lower, spec.cell_to_xy((3, 3)), 10), np.linspace(spec.cell_to_xy((3, 3)),
+                             spec.cell_to_xy((1, 3)), 10), np.linspace(spec.cell_to_xy((1, 3)), upper, 10)])
+    assert plans_in_walls("umaze", np.stack([straight, around])).tolist() == [True, False]
+    assert spec.walls[spec.xy_to_cell(wall)]
+
+
+def test_impossible_steps():
+    from driftless.plan.evaluate import MAX_STEP, impossible_steps
+
+    walk = np.cumsum(np.full((1, 30, 2), 0.03), axis=1)  # 0.042 per step: allowed
+    assert not impossible_steps(walk).any()
+    walk[0, 10:] += 0.2  # a seam: one step of 0.24
+    got = impossible_steps(walk)
+    assert got.shape == (1, 29) and got.sum() == 1 and got[0, 9]
+    assert 0.07 < MAX_STEP < 0.072

@@ -1,4 +1,4 @@
-"""`driftless plan train|tune|maze|cross`: Diffusion-Forcing planning (Maze2D, compositional crosses);
+"""`driftless plan train|tune|maze|show|cross`: Diffusion-Forcing planning (Maze2D, compositional crosses);
 `driftless data maze`: D4RL-style Maze2D offline datasets on Gymnasium-Robotics' PointMaze."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   driftless plan maze --maze medium --checkpoint runs/maze/medium-df --method df df-plain --episodes 100 --mctg 4
   driftless plan maze --maze medium --checkpoint runs/maze/medium-diffuser --method diffuser-actions diffuser-pd
   driftless plan maze --maze medium --method controller random --multi-task
+  driftless plan show --maze umaze --checkpoint runs/maze/umaze-df --guidance 0 3 12 --out plans.png
   driftless plan cross --out docs/img/cross.png
 """
 
@@ -148,6 +149,39 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _starts(text: str):
+    """`x:y,x:y,...` (centred maze coordinates) -> [[x, y], ...]."""
+    try:
+        return [[float(v) for v in p.split(":")] for p in text.split(",")] if text else None
+    except ValueError:
+        raise ValueError(f"--starts expects x:y pairs separated by commas (e.g. -1:-1,0.5:-1), got {text!r}")
+
+
+def _show(args: argparse.Namespace) -> int:
+    import torch
+
+    from driftless.models.registry import load_model
+    from driftless.plan.evaluate import show_plans
+    from driftless.plan.planner import PlannerConfig
+
+    torch.set_num_threads(args.threads)
+    device = default_device(args.device)
+    model = load_model(args.checkpoint, device, kind="sequence_df")
+    if model.cfg.meta.get("maze") not in (None, args.maze):
+        raise ValueError(f"{args.checkpoint} was trained on maze {model.cfg.meta['maze']!r}, not {args.maze!r}")
+    scales = args.guidance if args.guidance is not None else [0.0, _guidance(args)[0]]
+    pcfg = PlannerConfig(horizon=args.horizon or model.cfg.meta.get("tokens", 30), schedule=args.schedule,
+                         uncertainty=args.uncertainty, sampling_steps=args.sampling_steps,
+                         guidance_alpha_power=args.guidance_alpha_power, mctg_samples=args.mctg,
+                         open_loop=args.open_loop)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    rows = show_plans(args.maze, model, scales, pcfg, args.out, starts=_starts(args.starts), seed=args.seed)
+    for r in rows:
+        print(json.dumps(r))
+    print(json.dumps({"plot": str(args.out)}))
+    return 0
+
+
 def _cross(args: argparse.Namespace) -> int:
     import torch
 
@@ -233,6 +267,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     u.add_argument("--json", help="also write the tuning record to this JSON file")
     u.set_defaults(plan_func=_tune)
+
+    w = ps.add_parser("show", help="draw the planner's first plans from many starts, per guidance scale",
+                      description="Plan once from each start (default: every open cell) towards the maze's goal "
+                                  "for each --guidance scale and draw the plans; reports how many pass through "
+                                  "a wall and how near the goal they end.",
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    w.add_argument("--maze", required=True, choices=["open", "umaze", "medium", "large"])
+    w.add_argument("--checkpoint", required=True, help="sequence model folder (from `plan train`)")
+    w.add_argument("--out", required=True, help="PNG to write")
+    w.add_argument("--guidance", type=float, nargs="+", default=None,
+                   help="scales, one panel each (default: 0 and the checkpoint's tuned scale)")
+    w.add_argument("--starts", default="", help="start positions x:y,x:y,... in centred maze coordinates; write "
+                                                "--starts=-1:-1,... when the first is negative (default: every "
+                                                "open cell's centre)")
+    w.add_argument("--multi-task", action="store_true", help=argparse.SUPPRESS)  # _guidance reads it
+    _planner_flags(w)
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    w.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    w.set_defaults(plan_func=_show)
 
     c = ps.add_parser("cross", help="compositional generation: crosses with memory, V shapes without",
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -62,6 +62,10 @@ def mean_se(x) -> tuple[float, float]:
     return float(x.mean()), se
 
 
+MAZE_DT = 0.01  # the simulator's timestep: a step moves the ball by MAZE_DT x its new velocity
+MAX_STEP = 5 * MAZE_DT * math.sqrt(2)  # the longest step it allows (velocity clipped to 5 per axis)
+
+
 def goal_reward(layout: TokenLayout, goals: torch.Tensor, weight: float = 1.0):
     """Reward for goal guidance: minus the distance to the goal summed over *every* planned
     step, so a plan is better the sooner it reaches the goal and the longer it stays."""
@@ -178,6 +182,22 @@ def evaluate(
                       np.concatenate(goal_list) if keep_positions else None)
 
 
+def _draw_maze(ax, spec) -> None:
+    """Walls as dark squares, the axes fitted to the maze, no ticks."""
+    import matplotlib.pyplot as plt
+
+    rows, cols = spec.shape
+    for (i, j), wall in np.ndenumerate(spec.walls):
+        if wall:
+            x, y = spec.cell_to_xy((i, j))
+            ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), 1, 1, color="0.25"))
+    ax.set_xlim(-cols / 2, cols / 2)
+    ax.set_ylim(-rows / 2, rows / 2)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def plot_rollouts(result: EvalResult, path, count: int = 8, title: str | None = None) -> None:
     """Draw the maze, `count` executed trajectories, their starts and goals, to a PNG."""
     import matplotlib
@@ -190,25 +210,87 @@ def plot_rollouts(result: EvalResult, path, count: int = 8, title: str | None = 
     spec = get_maze(result.maze)
     rows, cols = spec.shape
     fig, ax = plt.subplots(figsize=(3.2 * cols / max(rows, cols) + 0.6, 3.2 * rows / max(rows, cols) + 0.4), dpi=90)
-    for (i, j), wall in np.ndenumerate(spec.walls):
-        if wall:
-            x, y = spec.cell_to_xy((i, j))
-            ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), 1, 1, color="0.25"))
+    _draw_maze(ax, spec)
     cmap = plt.get_cmap("tab10")
     for k in range(min(count, len(result.positions))):
         p = result.positions[k]
         ax.plot(p[:, 0], p[:, 1], color=cmap(k % 10), lw=1.2)
         ax.plot(p[0, 0], p[0, 1], "o", color=cmap(k % 10), ms=4)
         ax.plot(result.goals[k, 0], result.goals[k, 1], "*", color=cmap(k % 10), ms=9, mec="k", mew=0.5)
-    ax.set_xlim(-cols / 2, cols / 2)
-    ax.set_ylim(-rows / 2, rows / 2)
-    ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
     ax.set_title(title or f"{result.method} on {result.maze}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plans_in_walls(maze: str, positions: np.ndarray) -> np.ndarray:
+    """For planned positions (b, steps, 2), whether each plan enters a wall cell (b,) bool: a
+    plan the maze does not allow (the ball cannot pass through a wall)."""
+    spec = get_maze(maze)
+    walls = spec.walls
+    cells = [[walls[spec.xy_to_cell(p)] for p in plan] for plan in positions]
+    return np.array([any(c) for c in cells])
+
+
+def impossible_steps(positions: np.ndarray) -> np.ndarray:
+    """For planned positions (b, steps, 2), which steps move farther than the simulator allows
+    (b, steps - 1) bool: a plan that teleports (seen at the seams between tokens)."""
+    return np.linalg.norm(np.diff(positions, axis=1), axis=-1) > MAX_STEP
+
+
+def show_plans(maze: str, model, scales: list[float], planner_cfg: PlannerConfig, path, starts=None,
+               seed: int = 0) -> list[dict]:
+    """One plan from each start (default: the centre of every open cell but the goal's) towards
+    the maze's goal, for each guidance scale; a PNG with one panel per scale and, per scale, how
+    many plans pass through a wall, how many of their steps are longer than the simulator allows,
+    and how near the goal they end. What `plan maze` would
+    execute first, made visible: the prior keeps plans on routes, guidance pulls them to the goal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spec = get_maze(maze)
+    goal = spec.cell_to_xy(spec.goal_cell)
+    if starts is None:
+        starts = np.stack([spec.cell_to_xy(c) for c in spec.open_cells if c != spec.goal_cell])
+    starts = np.asarray(starts, dtype=np.float64).reshape(-1, 2)
+    bad = [tuple(p) for p in starts if spec.walls[spec.xy_to_cell(p)]]
+    if bad:
+        raise ValueError(f"starts inside walls of {maze}: {bad}; give open positions (x:y, centred coordinates)")
+    obs = np.concatenate([starts, np.zeros_like(starts)], axis=1)  # at rest
+    goals = np.repeat(goal[None], len(starts), axis=0)
+    layout = maze_layout(model.cfg.meta.get("frame_stack", 1))
+    rows, cols = spec.shape
+    fig, axes = plt.subplots(1, len(scales), figsize=(3.0 * len(scales) * cols / max(rows, cols) + 0.4,
+                                                      3.0 * rows / max(rows, cols) + 0.5), dpi=90, squeeze=False)
+    out = []
+    for ax, g in zip(axes[0], scales):
+        cfg = dataclasses.replace(planner_cfg, guidance_scale=float(g))
+        reward = goal_reward(layout, torch.as_tensor(goals)) if g > 0 else None
+        plan = Planner(model, cfg).plan(torch.as_tensor(obs, dtype=torch.float32), reward, horizon=cfg.horizon,
+                                        generator=torch.Generator().manual_seed(seed))
+        pos = layout.get(plan, "obs")[..., :2].float().cpu().numpy()  # (b, steps, 2)
+        through = plans_in_walls(maze, pos)
+        jumps = impossible_steps(np.concatenate([starts[:, None], pos], axis=1))
+        end = np.linalg.norm(pos[:, -1] - goal, axis=-1)
+        _draw_maze(ax, spec)
+        cmap = plt.get_cmap("tab20")
+        for k in range(len(pos)):
+            ax.plot(np.r_[starts[k, 0], pos[k, :, 0]], np.r_[starts[k, 1], pos[k, :, 1]], lw=0.8,
+                    color=cmap(k % 20), alpha=0.35 if through[k] else 0.9, ls="--" if through[k] else "-")
+        ax.plot(starts[:, 0], starts[:, 1], "k.", ms=4)
+        ax.plot(goal[0], goal[1], "*", color="gold", ms=11, mec="k", mew=0.6)
+        ax.set_title(f"guidance {g:g}: {through.mean():.0%} through walls", fontsize=8)
+        out.append({"guidance": float(g), "plans": len(pos), "through_walls": round(float(through.mean()), 3),
+                    "impossible_steps": round(float(jumps.mean()), 4),
+                    "end_distance_mean": round(float(end.mean()), 3),
+                    "ends_at_goal": round(float((end < 0.5).mean()), 3)})
+    fig.suptitle(f"first plans on {maze} (dashed: through a wall)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return out
 
 
 # ---- settings chosen on validation seeds ---------------------------------------------------------
@@ -302,5 +384,5 @@ def load_planner_settings(checkpoint: str | None) -> dict:
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: unreadable planner settings ({e}); delete it or run `driftless plan tune` again")
     if not isinstance(settings, dict):
-        raise ValueError(f"{path}: expected a JSON object of planner settings, got {type(settings).__name__}")
+        raise ValueError(f"{path}: expected a JSON object of planner settings, got {type(settings).__name__}")  # noqa: TRY004 (bad file content)
     return settings
