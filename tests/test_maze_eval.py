@@ -140,6 +140,14 @@ def test_cli_tune_stores_the_scale_plan_maze_uses(tmp_path):
     a = parser.parse_args(["plan", "show", "--maze", "open", "--checkpoint", str(ck), "--out", str(tmp_path / "s.png"),
                            "--mctg", "1", "--sampling-steps", "2", "--device", "cpu"])
     assert a.func(a) == 0 and (tmp_path / "s.png").stat().st_size > 1000
+    from driftless.models.registry import load_model
+    from driftless.plan.evaluate import show_plans
+    from driftless.plan.planner import PlannerConfig
+
+    rows = show_plans("open", load_model(ck, "cpu", kind="sequence_df"), [0.0, 2.0],
+                      PlannerConfig(horizon=3, sampling_steps=2), tmp_path / "t.png")
+    assert [r["guidance"] for r in rows] == [0.0, 2.0] and rows[0]["plans"] == 14  # the open cells but G
+    assert all(0 <= r[k] <= 1 for r in rows for k in ("through_walls", "impossible_steps", "impossible_on_seams"))
     a = parser.parse_args(["plan", "show", "--maze", "open", "--checkpoint", str(ck), "--out", str(tmp_path / "s.png"),
                            "--starts=-1:0,-3:2", "--device", "cpu"])
     with pytest.raises(ValueError, match="inside walls"):

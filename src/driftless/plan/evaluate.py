@@ -242,8 +242,8 @@ def show_plans(maze: str, model, scales: list[float], planner_cfg: PlannerConfig
                seed: int = 0) -> list[dict]:
     """One plan from each start (default: the centre of every open cell but the goal's) towards
     the maze's goal, for each guidance scale; a PNG with one panel per scale and, per scale, how
-    many plans pass through a wall, how many of their steps are longer than the simulator allows,
-    and how near the goal they end. What `plan maze` would
+    many plans pass through a wall, how many of their steps are longer than the simulator allows
+    (and which share of those enter a token: the seams), and how near the goal they end. What `plan maze` would
     execute first, made visible: the prior keeps plans on routes, guidance pulls them to the goal."""
     import matplotlib
 
@@ -272,7 +272,8 @@ def show_plans(maze: str, model, scales: list[float], planner_cfg: PlannerConfig
                                         generator=torch.Generator().manual_seed(seed))
         pos = layout.get(plan, "obs")[..., :2].float().cpu().numpy()  # (b, steps, 2)
         through = plans_in_walls(maze, pos)
-        jumps = impossible_steps(np.concatenate([starts[:, None], pos], axis=1))
+        jumps = impossible_steps(np.concatenate([starts[:, None], pos], axis=1))  # (b, steps): into step i
+        seam = np.arange(jumps.shape[1]) % layout.frame_stack == 0  # the first step of each token
         end = np.linalg.norm(pos[:, -1] - goal, axis=-1)
         _draw_maze(ax, spec)
         cmap = plt.get_cmap("tab20")
@@ -284,6 +285,7 @@ def show_plans(maze: str, model, scales: list[float], planner_cfg: PlannerConfig
         ax.set_title(f"guidance {g:g}: {through.mean():.0%} through walls", fontsize=8)
         out.append({"guidance": float(g), "plans": len(pos), "through_walls": round(float(through.mean()), 3),
                     "impossible_steps": round(float(jumps.mean()), 4),
+                    "impossible_on_seams": round(float(jumps[:, seam].sum() / max(1, jumps.sum())), 3),
                     "end_distance_mean": round(float(end.mean()), 3),
                     "ends_at_goal": round(float((end < 0.5).mean()), 3)})
     fig.suptitle(f"first plans on {maze} (dashed: through a wall)", fontsize=9)
