@@ -110,6 +110,18 @@ def test_cli_tune_stores_the_scale_plan_maze_uses(tmp_path):
                            "debug", "--steps", "2", "--batch", "4", "--frame-stack", "5", "--tokens", "3",
                            "--device", "cpu"])
     assert a.func(a) == 0
+    # --set reaches the model's config; a continuation may change how it is trained (the loss
+    # weighting), not what it is (the width)
+    common = ["plan", "train", "--data", str(tmp_path / "open.npz"), "--preset", "debug", "--steps", "1",
+              "--batch", "4", "--frame-stack", "5", "--tokens", "3", "--device", "cpu", "--init-from", str(ck)]
+    a = parser.parse_args([*common, "--out", str(tmp_path / "u"), "--set", "diffusion.weighting=uniform",
+                           "--precision", "fp32"])
+    assert a.func(a) == 0
+    cfg = json.loads((tmp_path / "u" / "config.json").read_text())
+    assert "uniform" in json.dumps(cfg) and '"precision": "fp32"' in json.dumps(cfg)
+    a = parser.parse_args([*common, "--out", str(tmp_path / "w"), "--set", "width=48"])
+    with pytest.raises(ValueError, match="another configuration"):
+        a.func(a)
     flags = ["--maze", "open", "--checkpoint", str(ck), "--episodes", "2", "--batch", "2", "--mctg", "2",
              "--sampling-steps", "2", "--device", "cpu"]
     a = parser.parse_args(["plan", "tune", *flags, "--guidance", "0.5", "2", "--seed", "0"])

@@ -71,6 +71,27 @@ def test_layout_roundtrip_and_errors():
         PlannerConfig(schedule="zigzag")
 
 
+def test_clean_level_is_what_the_model_is_told(room_model, monkeypatch):
+    """clean_level raises the level the network sees for clean tokens (finished plan tokens and
+    context), and nothing else: the levels above it pass unchanged."""
+    seen = []
+    forward = type(room_model).forward
+
+    def spy(self, x, levels, cond=None):
+        seen.append(levels.detach().clone())
+        return forward(self, x, levels, cond)
+
+    monkeypatch.setattr(type(room_model), "forward", spy)
+    ctx = torch.randn(2, 2, 4)
+    for clean in (0, 3):
+        seen.clear()
+        Planner(room_model, PlannerConfig(horizon=4, sampling_steps=4, guidance_scale=0.0, clean_level=clean)).plan(
+            torch.zeros(2, 2), context=ctx, horizon=4, generator=torch.Generator().manual_seed(0))
+        levels = torch.cat([s.flatten() for s in seen])
+        assert levels.min() == clean  # context and finished tokens: 0, or the floor
+        assert levels.max() > 3 and (levels > 3).sum() > 0
+
+
 @pytest.mark.slow  # trains the tiny room model once (~10 s on 2 cores)
 def test_plan_shapes_and_context_kept(room_model):
     pl = Planner(room_model, PlannerConfig(horizon=5, sampling_steps=4, guidance_scale=0.0))

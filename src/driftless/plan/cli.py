@@ -28,15 +28,18 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from driftless.checkpoint import refuse_overwrite
+    from driftless.config import parse_overrides
     from driftless.plan.train import train_maze_model
 
     refuse_overwrite(args.out, args.force, "checkpoint")
     torch.set_num_threads(args.threads)
-    torch.backends.cuda.matmul.allow_tf32 = True
+    # fp32: full-precision matmuls too (the planner regresses positions to a few thousandths)
+    torch.backends.cuda.matmul.allow_tf32 = args.precision == "bf16"
     info = train_maze_model(args.data, args.out, args.baseline, args.preset, args.steps, args.batch, args.lr,
                             args.frame_stack, args.tokens, default_device(args.device), args.seed,
                             max_minutes=args.max_minutes, compile=args.compile, half=args.half,
-                            init_from=args.init_from)
+                            init_from=args.init_from, overrides=parse_overrides(args.set),
+                            bf16=args.precision == "bf16")
     print(json.dumps(info))
     return 0
 
@@ -60,7 +63,7 @@ def _maze(args: argparse.Namespace) -> int:
     pcfg = PlannerConfig(horizon=horizon, schedule=args.schedule, uncertainty=args.uncertainty,
                          sampling_steps=args.sampling_steps, guidance_scale=guidance,
                          guidance_alpha_power=args.guidance_alpha_power,
-                         mctg_samples=args.mctg, open_loop=args.open_loop)
+                         mctg_samples=args.mctg, open_loop=args.open_loop, clean_level=args.clean_level)
     if source != "--guidance":
         print(f"goal guidance scale {guidance:g} ({source})")
     summaries = []
@@ -70,7 +73,7 @@ def _maze(args: argparse.Namespace) -> int:
         s = res.summary()
         s.update({"frame_stack": fs, "horizon_tokens": horizon, "mctg": args.mctg if method == "df" else 1,
                   "guidance": guidance, "guidance_from": source, "alpha_power": args.guidance_alpha_power, "schedule": args.schedule,
-                  "sampling_steps": args.sampling_steps, "device": device})
+                  "sampling_steps": args.sampling_steps, "clean_level": args.clean_level, "device": device})
         summaries.append(s)
         print(json.dumps(s))
         if args.plot:
@@ -97,6 +100,9 @@ def _planner_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--uncertainty", type=float, default=1.0, help="pyramid: rows each token lags the previous")
     p.add_argument("--sampling-steps", type=int, help="DDIM steps per token (default: the model's)")
     p.add_argument("--open-loop", type=int, default=1, help="tokens executed per plan before re-planning")
+    p.add_argument("--clean-level", type=int, default=0,
+                   help="noise level the model is told for clean tokens (1: the nearest level it was trained on; "
+                        "0: the exact one)")
 
 
 DEFAULT_GUIDANCE = 3.0  # benchmarks 8's scale, used when a checkpoint has no tuned one
@@ -132,7 +138,7 @@ def _tune(args: argparse.Namespace) -> int:
     del model
     pcfg = PlannerConfig(horizon=horizon, schedule=args.schedule, uncertainty=args.uncertainty,
                          sampling_steps=args.sampling_steps, guidance_alpha_power=args.guidance_alpha_power,
-                         mctg_samples=args.mctg, open_loop=args.open_loop)
+                         mctg_samples=args.mctg, open_loop=args.open_loop, clean_level=args.clean_level)
     record = tune_guidance(args.maze, args.checkpoint, args.guidance, pcfg, method=args.method,
                            episodes=args.episodes, batch=args.batch, seed=args.seed, multi_task=args.multi_task,
                            device=device, workers=args.workers)
@@ -173,11 +179,17 @@ def _show(args: argparse.Namespace) -> int:
     pcfg = PlannerConfig(horizon=args.horizon or model.cfg.meta.get("tokens", 30), schedule=args.schedule,
                          uncertainty=args.uncertainty, sampling_steps=args.sampling_steps,
                          guidance_alpha_power=args.guidance_alpha_power, mctg_samples=args.mctg,
-                         open_loop=args.open_loop)
+                         open_loop=args.open_loop, clean_level=args.clean_level)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     rows = show_plans(args.maze, model, scales, pcfg, args.out, starts=_starts(args.starts), seed=args.seed)
     for r in rows:
         print(json.dumps(r))
+    if args.data:
+        from driftless.plan.evaluate import MAX_STEP, position_precision
+        from driftless.plan.maze import load_dataset
+
+        for r in position_precision(model, load_dataset(args.data)):
+            print(json.dumps({"precision": r, "max_step": round(MAX_STEP, 4)}))
     print(json.dumps({"plot": str(args.out)}))
     return 0
 
@@ -216,6 +228,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_dataclass_flags(t, SequenceOptions, only=("frame_stack", "tokens"))
     t.add_argument("--max-minutes", type=float, default=0.0,
                    help="stop after this many minutes (the learning-rate decay follows the clock)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a model config field, e.g. width=256 or diffusion.weighting=uniform")
+    t.add_argument("--precision", default="bf16", choices=["bf16", "fp32"],
+                   help="on a GPU: bf16 autocast (fast) or fp32 without TF32 matmuls (precise); CPU: fp32")
     t.add_argument("--compile", action="store_true", help="torch.compile the network for training")
     t.add_argument("--half", action="store_true", help="store the weights in float16 (half the size)")
     t.add_argument("--init-from", metavar="CKPT",
@@ -281,6 +297,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--starts", default="", help="start positions x:y,x:y,... in centred maze coordinates; write "
                                                 "--starts=-1:-1,... when the first is negative (default: every "
                                                 "open cell's centre)")
+    w.add_argument("--data", help="a maze dataset (.npz, ideally not the training one): also report how exactly the "
+                                  "model places a token's positions, by noise level")
     w.add_argument("--multi-task", action="store_true", help=argparse.SUPPRESS)  # _guidance reads it
     _planner_flags(w)
     w.add_argument("--seed", type=int, default=0)

@@ -100,6 +100,9 @@ class PlannerConfig:
     open_loop: int = 1  # tokens executed before re-planning
     memory: int = 0  # executed tokens kept as clean context: 0 memoryless, -1 all
     context_level: int = 0
+    # the noise level the model is told for clean tokens (finished plan tokens, context): models
+    # trained with a level per token uniform in [0, K] have almost never seen level 0 itself
+    clean_level: int = 0
     eta: float = 0.0
 
     def __post_init__(self) -> None:
@@ -162,6 +165,11 @@ class Planner:
         if n_ctx:
             x = torch.cat([model.normalize(context.to(dev).float()), x], dim=1)
         denoise = model.denoiser(cond_n)
+        if cfg.clean_level > 0:
+            denoise_exact, floor = denoise, cfg.clean_level
+
+            def denoise(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+                return denoise_exact(x, levels.clamp(min=floor))
         guide_r = None
         if reward_fn is not None and cfg.guidance_scale:
             def reward_n(xn: torch.Tensor) -> torch.Tensor:

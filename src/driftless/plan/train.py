@@ -71,6 +71,9 @@ def fit_with_summary(model: sdf.SequenceDF, sample: Sampler, cfg: FitConfig,
     return ema, [r["loss"] for r in log], summary
 
 
+TRAINING_ONLY = ("weighting", "min_snr_gamma", "sampling_steps")  # diffusion fields a continuation may change
+
+
 def _continue_from(model: sdf.SequenceDF, path: str, device: str) -> None:
     """Load the weights of the checkpoint at `path` into `model`; refused, naming the fields,
     when it was made with another configuration (preset, baseline, frame stack, tokens, maze)."""
@@ -81,6 +84,9 @@ def _continue_from(model: sdf.SequenceDF, path: str, device: str) -> None:
     mine, theirs = to_dict(model.cfg), to_dict(src.cfg)
     keep = ("maze", "frame_stack", "tokens", "baseline")  # the provenance that must agree
     mine["meta"] = {k: v for k, v in mine["meta"].items() if k in keep}
+    for d in (mine, theirs):  # how a model is trained or sampled is not what it is: may change between runs
+        for k in TRAINING_ONLY:
+            d.get("diffusion", {}).pop(k, None)
     theirs["meta"] = {k: v for k, v in theirs.get("meta", {}).items() if k in keep}
     diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if diff:
@@ -93,15 +99,17 @@ def _continue_from(model: sdf.SequenceDF, path: str, device: str) -> None:
 def train_maze_model(data_path: str, out: str, baseline: str | None, preset: str, steps: int, batch: int,
                      lr: float, frame_stack: int, tokens: int | None, device: str, seed: int = 0,
                      progress: bool = True, max_minutes: float = 0.0, compile: bool = False,
-                     half: bool = False, init_from: str | None = None) -> dict:
+                     half: bool = False, init_from: str | None = None, overrides: dict | None = None,
+                     bf16: bool = True) -> dict:
     """Train a Diffusion-Forcing (or Diffuser-like) sequence model on a maze dataset; save it.
     `init_from`: a checkpoint of the same configuration to continue (its EMA weights, a fresh
-    optimizer and schedule): a model trained over several short GPU sessions."""
+    optimizer and schedule): a model trained over several short GPU sessions. `overrides`:
+    config fields by dotted name (`--set`), e.g. {"diffusion.weighting": "uniform"}."""
     data = load_dataset(data_path)
     if preset not in sdf.PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(sdf.PRESETS)}")
     options = SequenceOptions(baseline=baseline, frame_stack=frame_stack, tokens=tokens)
-    cfg = maze_config(sdf.PRESETS[preset], data, data_path, options)  # the stage's (plan/stage.py)
+    cfg = maze_config(sdf.PRESETS[preset], data, data_path, options, overrides)  # the stage's (plan/stage.py)
     tokens = cfg.max_tokens
     windows = MazeTokens(data, tokens, frame_stack, device=device)
     model = sdf.SequenceDF(cfg).to(device)
@@ -112,9 +120,10 @@ def train_maze_model(data_path: str, out: str, baseline: str | None, preset: str
     log_every = 25 if torch.device(device).type == "cuda" else 1
     ema, trace, summary = fit_with_summary(
         model, windows.sample, FitConfig(steps=steps, batch=batch, lr=lr, seed=seed, max_seconds=60 * max_minutes,
-                                         compile=compile, log_every=log_every), progress=progress)
+                                         compile=compile, log_every=log_every, bf16=bf16), progress=progress)
     tail = trace[-max(1, 100 // log_every):]
     meta = {"steps": int(summary["step"]), "batch": batch, "stopped": summary["stopped"],
+            "precision": "bf16" if bf16 and torch.device(device).type == "cuda" else "fp32",
             "final_loss": sum(tail) / len(tail) if tail else None}
     sdf.save(ema, out, meta=meta, half=half)
     return {"out": str(out), "tokens": tokens, "params": sum(p.numel() for p in model.parameters()), **meta}
