@@ -188,7 +188,7 @@ def _show(args: argparse.Namespace) -> int:
         from driftless.plan.evaluate import MAX_STEP, position_precision
         from driftless.plan.maze import load_dataset
 
-        for r in position_precision(model, load_dataset(args.data)):
+        for r in position_precision(model, load_dataset(args.data), clean_level=args.clean_level):
             print(json.dumps({"precision": r, "max_step": round(MAX_STEP, 4)}))
     print(json.dumps({"plot": str(args.out)}))
     return 0

@@ -239,10 +239,12 @@ def impossible_steps(positions: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def position_precision(model, data: dict, windows: int = 256, levels=(0, 67, 333, 1000), seed: int = 0) -> list[dict]:
+def position_precision(model, data: dict, windows: int = 256, levels=(0, 67, 333, 1000), seed: int = 0,
+                       clean_level: int = 0) -> list[dict]:
     """How exactly the model places a token, on random windows of a maze dataset `data`: the
     tokens before the middle one clean, the middle one at each noise level, the later ones pure
-    noise (as when planning); the error of the middle token's predicted positions in data units
+    noise (as when planning; the clean ones told `clean_level`, as the planner's setting); the
+    error of the middle token's predicted positions in data units
     (median and 90th percentile over windows and steps) and of its seam (its first predicted
     position against the real one). A plan's steps are at most MAX_STEP long: errors near it
     make plans jump between tokens."""
@@ -261,11 +263,12 @@ def position_precision(model, data: dict, windows: int = 256, levels=(0, 67, 333
         lv = torch.zeros(windows, tokens, dtype=torch.long, device=device)
         lv[:, j], lv[:, j + 1:] = int(k), k_max
         xk = model.diffusion.q_sample(xn, lv, torch.randn(xn.shape, generator=gen, device=device))
-        x0_hat, _ = model.diffusion.predict(model(xk, lv, cn), xk, lv)
+        told = lv.clamp(min=clean_level)  # what the network is told (the planner's clean_level)
+        x0_hat, _ = model.diffusion.predict(model(xk, told, cn), xk, told)
         pred = layout.get(model.unnormalize(x0_hat)[:, j:j + 1], "obs")[..., :2]  # (b, fs, 2)
         true = layout.get(x0[:, j:j + 1], "obs")[..., :2]
         err = (pred - true).norm(dim=-1).float().cpu()  # (b, fs)
-        out.append({"level": int(k), "position_error_median": round(float(err.median()), 4),
+        out.append({"level": int(k), "clean_level": clean_level, "position_error_median": round(float(err.median()), 4),
                     "position_error_p90": round(float(err.quantile(0.9)), 4),
                     "seam_error_median": round(float(err[:, 0].median()), 4)})
     return out
