@@ -1,12 +1,12 @@
 # issue 20, second GPU session: model variants for the maze planners, each chosen on validation.
 # Stop 30 found (docs/benchmarks.md section 8) that the planners' plans jump at the seams between
-# tokens (median position error ~0.07 against a largest physical step of 0.071) and pass through
-# walls, worst after a clean past (level 0, which training with levels uniform in [0, K] almost
-# never shows: --clean-level 1 halves the seam jumps). This session trains VARIANTS of each maze's
-# model side by side, measures each one's precision and first plans (`plan show --data`, on a
-# fresh validation dataset), tunes each one's guidance on validation episodes (seed 1) with
-# --clean-level CLEAN, keeps per maze the variant with the best validation score, and evaluates
-# that one once on the evaluation episodes (seed 0), with and without MCTG.
+# tokens (median position error ~0.06 against a largest physical step of 0.071) and pass through
+# walls. This session trains VARIANTS of each maze's model side by side, measures each one's
+# precision and first plans (`plan show --data`, on a fresh validation dataset), tunes each one's
+# guidance on validation episodes (seed 1), keeps per maze the variant with the best validation
+# score and evaluates that one once on the evaluation episodes (seed 0), with and without MCTG.
+# (--clean-level CLEAN, default 0: it halves the seam jumps of whole plans but changes nothing
+# that one-token MPC executes.)
 # Calls (chain them; a machine stays warm 30 s after a call):
 #   1. carry [".whl-maze", "runs/s30/models"]: `bash tools/gpu_job.sh start tools/plans/maze2.sh 540`
 #   2. and 3. `bash tools/gpu_job.sh wait 540` until `plan: finished`; give_back.
@@ -18,7 +18,7 @@
 # INIT (the folder of stop 30's <maze>-df models), VARIANTS (name:preset:init:extra-flags; extra
 # flags with commas for spaces), DEVICE (cpu: smoke test).
 MAZES=${MAZES:-umaze medium large}; STEPS=${STEPS:-1000000}; MIN=${MIN:-11}; BATCH=${BATCH:-2048}
-EPIS=${EPIS:-100}; VAL_EPIS=${VAL_EPIS:-50}; CLEAN=${CLEAN:-1}; INIT=${INIT:-runs/s30/models}
+EPIS=${EPIS:-100}; VAL_EPIS=${VAL_EPIS:-50}; CLEAN=${CLEAN:-0}; INIT=${INIT:-runs/s30/models}
 DEVICE=${DEVICE:-cuda}; W=${W:-/tmp/job/m}
 SCALES_umaze=${SCALES_umaze:-3 6 12 24}; SCALES_medium=${SCALES_medium:-0.375 0.75 1.5 3}
 SCALES_large=${SCALES_large:-0.375 0.75 1.5 3}
