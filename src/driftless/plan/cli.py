@@ -102,7 +102,8 @@ def _planner_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--open-loop", type=int, default=1, help="tokens executed per plan before re-planning")
     p.add_argument("--clean-level", type=int, default=0,
                    help="noise level the model is told for clean tokens (1: the nearest level it was trained on; "
-                        "0: the exact one)")
+                        "0: the exact one); matters where a plan is used past its first token (--open-loop > 1, "
+                        "plan show): one-token MPC executes a token denoised before any is clean")
 
 
 DEFAULT_GUIDANCE = 3.0  # benchmarks 8's scale, used when a checkpoint has no tuned one
