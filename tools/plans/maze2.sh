@@ -9,6 +9,8 @@
 # that one-token MPC executes.)
 # Calls (chain them; a machine stays warm 30 s after a call):
 #   1. carry [".whl-maze", "runs/s30/models"]: `bash tools/gpu_job.sh start tools/plans/maze2.sh 540`
+#      (tracked tree 21.1 MB + .whl-maze 37.7 + models 7.8 = 63.5 MiB of the 64 MiB cap, 2026-11-30:
+#      check `du` first; pettingzoo's wheel in .whl-maze is not needed by the maze)
 #   2. and 3. `bash tools/gpu_job.sh wait 540` until `plan: finished`; give_back.
 # Brings back: maze-models.tgz (every variant, fp16, with planner.json), maze-plots.tgz,
 # results.tar.gz (train / show / tune / eval JSON and logs, choice.txt).
