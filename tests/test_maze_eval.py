@@ -44,16 +44,22 @@ def test_controller_beats_random():
         evaluate("umaze", "teleport", 1, progress=False)
 
 
-def test_cli_train_and_plan(tmp_path):
-    """`driftless data maze` -> `plan train` -> `plan maze`, tiny sizes."""
-    parser = build_parser()
+def _tiny_checkpoint(parser, tmp_path, steps: int):
+    """`driftless data maze` (the open maze, 400 steps) -> `plan train` (debug preset) into tmp_path/ck."""
     a = parser.parse_args(["data", "maze", "--maze", "open", "--steps", "400", "--out", str(tmp_path), "--quiet"])
     assert a.func(a) == 0
     ck = tmp_path / "ck"
-    args = parser.parse_args(["plan", "train", "--data", str(tmp_path / "open.npz"), "--out", str(ck), "--preset",
-                              "debug", "--steps", "3", "--batch", "4", "--frame-stack", "5", "--tokens", "3",
-                              "--device", "cpu"])
-    assert args.func(args) == 0
+    a = parser.parse_args(["plan", "train", "--data", str(tmp_path / "open.npz"), "--out", str(ck), "--preset",
+                           "debug", "--steps", str(steps), "--batch", "4", "--frame-stack", "5", "--tokens", "3",
+                           "--device", "cpu"])
+    assert a.func(a) == 0
+    return ck
+
+
+def test_cli_train_and_plan(tmp_path):
+    """`driftless data maze` -> `plan train` -> `plan maze`, tiny sizes."""
+    parser = build_parser()
+    ck = _tiny_checkpoint(parser, tmp_path, steps=3)
     out = tmp_path / "res.json"
     args = parser.parse_args(["plan", "maze", "--maze", "open", "--checkpoint", str(ck), "--method", "df",
                               "diffuser-pd", "--episodes", "1", "--batch", "1", "--mctg", "2", "--sampling-steps",
@@ -103,13 +109,7 @@ def test_guidance_rule():
 def test_cli_tune_stores_the_scale_plan_maze_uses(tmp_path):
     """`plan tune` scores scales on validation episodes, writes planner.json; `plan maze` takes it."""
     parser = build_parser()
-    a = parser.parse_args(["data", "maze", "--maze", "open", "--steps", "400", "--out", str(tmp_path), "--quiet"])
-    assert a.func(a) == 0
-    ck = tmp_path / "ck"
-    a = parser.parse_args(["plan", "train", "--data", str(tmp_path / "open.npz"), "--out", str(ck), "--preset",
-                           "debug", "--steps", "2", "--batch", "4", "--frame-stack", "5", "--tokens", "3",
-                           "--device", "cpu"])
-    assert a.func(a) == 0
+    ck = _tiny_checkpoint(parser, tmp_path, steps=2)
     # --set reaches the model's config; a continuation may change how it is trained (the loss
     # weighting), not what it is (the width)
     common = ["plan", "train", "--data", str(tmp_path / "open.npz"), "--preset", "debug", "--steps", "1",

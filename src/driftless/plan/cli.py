@@ -48,22 +48,14 @@ def _maze(args: argparse.Namespace) -> int:
     import torch
 
     from driftless.checkpoint import atomic_write_json
-    from driftless.models.registry import load_model
     from driftless.plan.evaluate import evaluate, plot_rollouts
-    from driftless.plan.planner import PlannerConfig
 
     torch.set_num_threads(args.threads)
     device = default_device(args.device)
-    model = load_model(args.checkpoint, device, kind="sequence_df") if args.checkpoint else None
-    if model is not None and model.cfg.meta.get("maze") not in (None, args.maze):
-        raise ValueError(f"{args.checkpoint} was trained on maze {model.cfg.meta['maze']!r}, not {args.maze!r}")
+    model = _checked_model(args, device) if args.checkpoint else None
     fs = model.cfg.meta.get("frame_stack", 1) if model is not None else 1
-    horizon = args.horizon or (model.cfg.meta.get("tokens", 30) if model is not None else 30)
     guidance, source = _guidance(args)
-    pcfg = PlannerConfig(horizon=horizon, schedule=args.schedule, uncertainty=args.uncertainty,
-                         sampling_steps=args.sampling_steps, guidance_scale=guidance,
-                         guidance_alpha_power=args.guidance_alpha_power,
-                         mctg_samples=args.mctg, open_loop=args.open_loop, clean_level=args.clean_level)
+    pcfg = _planner_config(args, model, guidance)
     if source != "--guidance":
         print(f"goal guidance scale {guidance:g} ({source})")
     summaries = []
@@ -71,7 +63,7 @@ def _maze(args: argparse.Namespace) -> int:
         res = evaluate(args.maze, method, args.episodes, model=model, planner_cfg=pcfg, multi_task=args.multi_task,
                        batch=args.batch, seed=args.seed, keep_positions=bool(args.plot))
         s = res.summary()
-        s.update({"frame_stack": fs, "horizon_tokens": horizon, "mctg": args.mctg if method == "df" else 1,
+        s.update({"frame_stack": fs, "horizon_tokens": pcfg.horizon, "mctg": args.mctg if method == "df" else 1,
                   "guidance": guidance, "guidance_from": source, "alpha_power": args.guidance_alpha_power, "schedule": args.schedule,
                   "sampling_steps": args.sampling_steps, "clean_level": args.clean_level, "device": device})
         summaries.append(s)
@@ -106,6 +98,28 @@ def _planner_flags(p: argparse.ArgumentParser) -> None:
                         "plan show): one-token MPC executes a token denoised before any is clean")
 
 
+def _checked_model(args: argparse.Namespace, device: str):
+    """The --checkpoint's sequence model, refused when it was trained on another maze than --maze."""
+    from driftless.models.registry import load_model
+
+    model = load_model(args.checkpoint, device, kind="sequence_df")
+    if model.cfg.meta.get("maze") not in (None, args.maze):
+        raise ValueError(f"{args.checkpoint} was trained on maze {model.cfg.meta['maze']!r}, not {args.maze!r}")
+    return model
+
+
+def _planner_config(args: argparse.Namespace, model, guidance: float = 1.0):
+    """The planner settings of `_planner_flags`; the horizon defaults to the model's training
+    window (30 tokens without a model)."""
+    from driftless.plan.planner import PlannerConfig
+
+    horizon = args.horizon or (model.cfg.meta.get("tokens", 30) if model is not None else 30)
+    return PlannerConfig(horizon=horizon, schedule=args.schedule, uncertainty=args.uncertainty,
+                         sampling_steps=args.sampling_steps, guidance_scale=guidance,
+                         guidance_alpha_power=args.guidance_alpha_power, mctg_samples=args.mctg,
+                         open_loop=args.open_loop, clean_level=args.clean_level)
+
+
 DEFAULT_GUIDANCE = 3.0  # benchmarks 8's scale, used when a checkpoint has no tuned one
 
 
@@ -126,20 +140,11 @@ def _guidance(args: argparse.Namespace) -> tuple[float, str]:
 def _tune(args: argparse.Namespace) -> int:
     import torch
 
-    from driftless.models.registry import load_model
     from driftless.plan.evaluate import save_planner_settings, tune_guidance
-    from driftless.plan.planner import PlannerConfig
 
     torch.set_num_threads(args.threads)
     device = default_device(args.device)
-    model = load_model(args.checkpoint, device, kind="sequence_df")
-    if model.cfg.meta.get("maze") not in (None, args.maze):
-        raise ValueError(f"{args.checkpoint} was trained on maze {model.cfg.meta['maze']!r}, not {args.maze!r}")
-    horizon = args.horizon or model.cfg.meta.get("tokens", 30)
-    del model
-    pcfg = PlannerConfig(horizon=horizon, schedule=args.schedule, uncertainty=args.uncertainty,
-                         sampling_steps=args.sampling_steps, guidance_alpha_power=args.guidance_alpha_power,
-                         mctg_samples=args.mctg, open_loop=args.open_loop, clean_level=args.clean_level)
+    pcfg = _planner_config(args, _checked_model(args, device))  # the scale is set per scored value
     record = tune_guidance(args.maze, args.checkpoint, args.guidance, pcfg, method=args.method,
                            episodes=args.episodes, batch=args.batch, seed=args.seed, multi_task=args.multi_task,
                            device=device, workers=args.workers)
@@ -167,20 +172,13 @@ def _starts(text: str):
 def _show(args: argparse.Namespace) -> int:
     import torch
 
-    from driftless.models.registry import load_model
     from driftless.plan.evaluate import show_plans
-    from driftless.plan.planner import PlannerConfig
 
     torch.set_num_threads(args.threads)
     device = default_device(args.device)
-    model = load_model(args.checkpoint, device, kind="sequence_df")
-    if model.cfg.meta.get("maze") not in (None, args.maze):
-        raise ValueError(f"{args.checkpoint} was trained on maze {model.cfg.meta['maze']!r}, not {args.maze!r}")
+    model = _checked_model(args, device)
     scales = args.guidance if args.guidance is not None else [0.0, _guidance(args)[0]]
-    pcfg = PlannerConfig(horizon=args.horizon or model.cfg.meta.get("tokens", 30), schedule=args.schedule,
-                         uncertainty=args.uncertainty, sampling_steps=args.sampling_steps,
-                         guidance_alpha_power=args.guidance_alpha_power, mctg_samples=args.mctg,
-                         open_loop=args.open_loop, clean_level=args.clean_level)
+    pcfg = _planner_config(args, model)  # the scale is set per panel
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     rows = show_plans(args.maze, model, scales, pcfg, args.out, starts=_starts(args.starts), seed=args.seed)
     for r in rows:

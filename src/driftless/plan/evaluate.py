@@ -228,8 +228,7 @@ def plans_in_walls(maze: str, positions: np.ndarray) -> np.ndarray:
     plan the maze does not allow (the ball cannot pass through a wall)."""
     spec = get_maze(maze)
     walls = spec.walls
-    cells = [[walls[spec.xy_to_cell(p)] for p in plan] for plan in positions]
-    return np.array([any(c) for c in cells])
+    return np.array([any(walls[spec.xy_to_cell(p)] for p in plan) for plan in positions], dtype=bool)
 
 
 def impossible_steps(positions: np.ndarray) -> np.ndarray:

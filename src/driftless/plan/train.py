@@ -55,8 +55,8 @@ def fit(model: sdf.SequenceDF, sample: Sampler, cfg: FitConfig,
         progress: bool = True) -> tuple[sdf.SequenceDF, list[float]]:
     """Train on batches from `sample(batch, generator) -> (x0, cond)` in data units (a CPU
     generator seeded per batch; samplers draw their indices with it). Returns (the EMA copy of
-    the model, the loss of every logged step: every step with `log_every` 1, else the mean over
-    each `log_every` steps)."""
+    the model, the loss of every logged step: every step with `log_every` 1, else of every
+    `log_every`-th step)."""
     ema, trace, _ = fit_with_summary(model, sample, cfg, progress)
     return ema, trace
 
@@ -117,13 +117,14 @@ def train_maze_model(data_path: str, out: str, baseline: str | None, preset: str
     if init_from:
         _continue_from(model, init_from, device)
     # on a GPU a loss record every 25 steps: each is a host sync, and the small models step in milliseconds
-    log_every = 25 if torch.device(device).type == "cuda" else 1
+    on_gpu = torch.device(device).type == "cuda"
+    log_every = 25 if on_gpu else 1
     ema, trace, summary = fit_with_summary(
         model, windows.sample, FitConfig(steps=steps, batch=batch, lr=lr, seed=seed, max_seconds=60 * max_minutes,
                                          compile=compile, log_every=log_every, bf16=bf16), progress=progress)
     tail = trace[-max(1, 100 // log_every):]
     meta = {"steps": int(summary["step"]), "batch": batch, "stopped": summary["stopped"],
-            "precision": "bf16" if bf16 and torch.device(device).type == "cuda" else "fp32",
+            "precision": "bf16" if bf16 and on_gpu else "fp32",
             "final_loss": sum(tail) / len(tail) if tail else None}
     sdf.save(ema, out, meta=meta, half=half)
     return {"out": str(out), "tokens": tokens, "params": sum(p.numel() for p in model.parameters()), **meta}
