@@ -255,7 +255,8 @@ def register(sub) -> None:
     t.add_argument("--levels", type=_levels, default=DEFAULT_LEVELS, metavar="L1,L2,...",
                    help=f"candidate context levels, 0 (clean) up to the dynamics' levels (default "
                         f"{','.join(map(str, DEFAULT_LEVELS))}; the world's current level is always measured too)")
-    t.add_argument("--temperatures", type=_optional_list(float, "1,0.85,0.7,0.5"), default=DEFAULT_TEMPERATURES, metavar="T1,T2,...",
+    t.add_argument("--temperatures", type=_optional_list(float, "1,0.85,0.7,0.5"), default=DEFAULT_TEMPERATURES,
+                   metavar="T1,T2,...",
                    help=f"candidate temperatures at the chosen level (default "
                         f"{','.join(map(str, DEFAULT_TEMPERATURES))}; the current one is always measured; 'none': "
                         f"the temperature is not tuned)")

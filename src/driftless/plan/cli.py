@@ -64,8 +64,9 @@ def _maze(args: argparse.Namespace) -> int:
                        batch=args.batch, seed=args.seed, keep_positions=bool(args.plot))
         s = res.summary()
         s.update({"frame_stack": fs, "horizon_tokens": pcfg.horizon, "mctg": args.mctg if method == "df" else 1,
-                  "guidance": guidance, "guidance_from": source, "alpha_power": args.guidance_alpha_power, "schedule": args.schedule,
-                  "sampling_steps": args.sampling_steps, "clean_level": args.clean_level, "device": device})
+                  "guidance": guidance, "guidance_from": source, "alpha_power": args.guidance_alpha_power,
+                  "schedule": args.schedule, "sampling_steps": args.sampling_steps, "clean_level": args.clean_level,
+                  "device": device})
         summaries.append(s)
         print(json.dumps(s))
         if args.plot:

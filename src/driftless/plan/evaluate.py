@@ -422,5 +422,7 @@ def load_planner_settings(checkpoint: str | None) -> dict:
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: unreadable planner settings ({e}); delete it or run `driftless plan tune` again")
     if not isinstance(settings, dict):
-        raise ValueError(f"{path}: expected a JSON object of planner settings, got {type(settings).__name__}")  # noqa: TRY004 (bad file content)
+        # a ValueError like the unreadable case: the file's content is wrong, not a caller's type
+        raise ValueError(f"{path}: expected a JSON object of planner settings, "  # noqa: TRY004
+                         f"got {type(settings).__name__}")
     return settings
