@@ -134,6 +134,7 @@ def test_cli_tune_stores_the_scale_plan_maze_uses(tmp_path):
     assert [s["guidance"] for s in rec["scores"]] == [0.5, 2.0]
     best = max(s["normalized_mean"] for s in rec["scores"])
     assert rec["guidance"] in (0.5, 2.0) and rec["chosen_by"]["seed"] == 1 and rec["mctg"] == 2
+    assert rec["precision"] == "fp32"  # the planner's default (bf16 only when asked)
     chosen = next(s for s in rec["scores"] if s["guidance"] == rec["guidance"])
     assert chosen["normalized_mean"] >= best - 0.01 * abs(best)
     assert json.loads((tmp_path / "t.json").read_text())["guidance"] == rec["guidance"]
@@ -143,6 +144,7 @@ def test_cli_tune_stores_the_scale_plan_maze_uses(tmp_path):
     assert a.func(a) == 0
     row = json.loads(out.read_text())[0]
     assert row["guidance"] == rec["guidance"] and row["guidance_from"].startswith("tuned")
+    assert row["precision"] == "fp32"
     a = parser.parse_args(["plan", "maze", *flags, "--episodes", "1", "--batch", "1", "--guidance", "7",
                            "--json", str(out)])
     assert a.func(a) == 0 and json.loads(out.read_text())[0]["guidance"] == 7.0

@@ -69,6 +69,8 @@ def test_layout_roundtrip_and_errors():
         lay.assemble(action=parts["action"])
     with pytest.raises(ValueError):
         PlannerConfig(schedule="zigzag")
+    with pytest.raises(ValueError, match="precision"):
+        PlannerConfig(precision="fp16")
 
 
 def test_clean_level_is_what_the_model_is_told(room_model, monkeypatch):

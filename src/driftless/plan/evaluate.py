@@ -389,7 +389,7 @@ def tune_guidance(maze: str, checkpoint: str, scales: list[float], planner_cfg: 
     chosen = choose_guidance(scores)
     return {"guidance": chosen["guidance"], "method": method, "mctg": base["mctg_samples"],
             "sampling_steps": base["sampling_steps"], "horizon_tokens": base["horizon"],
-            "clean_level": base["clean_level"],
+            "clean_level": base["clean_level"], "precision": base["precision"],
             "chosen_by": {"rule": "highest mean normalised return; within 1 % of it, the smallest scale",
                           "seed": seed, "episodes": episodes, "maze": maze},
             "scores": [{k: s[k] for k in ("guidance", "normalized_mean", "normalized_se", "episodes")}

@@ -87,6 +87,9 @@ class TokenLayout:
         return steps.reshape(steps.shape[:-2] + (n // self.frame_stack, self.token_dim))
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass
 class PlannerConfig:
     horizon: int = 30  # tokens planned (cut to what is left of the episode)
@@ -104,6 +107,9 @@ class PlannerConfig:
     # trained with a level per token uniform in [0, K] have almost never seen level 0 itself
     clean_level: int = 0
     eta: float = 0.0
+    # on a GPU: "fp32" samples in full precision, "bf16" under bf16 autocast (faster; the network's
+    # outputs keep about 3 significant digits, a few hundredths of a maze cell); CPU: always fp32
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULE_KINDS:
@@ -112,6 +118,8 @@ class PlannerConfig:
             raise ValueError("horizon, open_loop and mctg_samples must all be >= 1")
         if self.memory < -1:
             raise ValueError(f"memory must be -1 (all), 0 (none) or a number of tokens, got {self.memory}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 class SequenceModel(Protocol):
@@ -186,7 +194,7 @@ class Planner:
             full_mask = torch.cat([pad, mask.to(dev).expand(b, horizon, dim)], dim=1)
             full_vals = torch.cat([pad.float(), model.normalize(values.to(dev).float().expand(b, horizon, dim))], 1)
             guide_i = inpaint_guide(full_mask, full_vals)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and cfg.precision == "bf16"):
             out = sample_matrix(denoise, model.diffusion, x, self.matrix(horizon, n_ctx), eta=cfg.eta,
                                 generator=generator, guide=chain(guide_r, guide_i))
         return model.unnormalize(out[:, n_ctx:])
