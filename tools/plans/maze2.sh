@@ -82,7 +82,7 @@ for m in $MAZES; do
   best=$(python3 -c "
 import json, sys
 rows = []
-for name in sys.argv[2:]:
+for name in sys.argv[1:]:
     try:
         t = json.load(open(f'$R/tune-$m-{name}.json'))
     except OSError:
