@@ -1,7 +1,8 @@
 """Frames/s of batch-1 play on this CPU: the PyTorch world vs the same world through ONNX Runtime
 (`driftless play --backend torch|onnx`), alternating in one run, for each thread count.
+`--fused-commit` adds both backends with that sampling option on (one backbone pass fewer per frame).
 
-    python tools/cpu_play_bench.py [WORLD] --threads 1,2 --frames 150 --rounds 3 --json out.json
+    python tools/cpu_play_bench.py [WORLD] --threads 1,2 --frames 150 --rounds 3 [--fused-commit] --json out.json
 """
 
 import argparse
@@ -22,26 +23,33 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--fused-commit", action="store_true", help="also time both backends with fused_commit on")
     ap.add_argument("--json")
     a = ap.parse_args()
 
     from driftless.cli.play import choose_backend
-    from driftless.export.onnx import default_start_frame
+    from driftless.export.onnx import default_start_frame, export_onnx
     from driftless.world.onnx_play import OnnxWorld
     from driftless.world.world import load
 
     world = load(a.world)
     steps = world.sampling.steps
     _, folder = choose_backend("onnx", "cpu", world, steps)
+    fused_folder = folder.with_name(folder.name + "-fused")
+    if a.fused_commit and not (fused_folder / "manifest.json").is_file():
+        export_onnx(world, fused_folder, steps=steps, fused_commit=True, log=lambda *x: None)
     start = default_start_frame(world)[None]
     rows = []
     for threads in [int(t) for t in a.threads.split(",")]:
         torch.set_num_threads(threads)
-        backends = {"torch": world, "onnx": OnnxWorld(world, folder, threads=threads)}
+        backends = {"torch": (world, {}), "onnx": (OnnxWorld(world, folder, threads=threads), {})}
+        if a.fused_commit:
+            backends.update({"torch-fused": (world, {"fused_commit": True}),
+                             "onnx-fused": (OnnxWorld(world, fused_folder, threads=threads), {})})
         fps = {k: [] for k in backends}
         for _ in range(a.rounds):
-            for name, w in backends.items():
-                w.reset(start, seed=0)
+            for name, (w, opts) in backends.items():
+                w.reset(start, seed=0, **opts)
                 for i in range(5):
                     w.step(i % world.num_actions)
                 t = time.perf_counter()
@@ -50,7 +58,7 @@ def main() -> None:
                 fps[name].append(a.frames / (time.perf_counter() - t))
         for name, v in fps.items():
             rows.append({"backend": name, "threads": threads, "fps_median": float(np.median(v)), "fps_all": v})
-            print(f"{name:5s} {threads} thread(s): {np.median(v):5.1f} frames/s (rounds: {', '.join(f'{x:.1f}' for x in v)})")
+            print(f"{name:11s} {threads} thread(s): {np.median(v):5.1f} frames/s (rounds: {', '.join(f'{x:.1f}' for x in v)})")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     out = {"world": a.world, "steps": steps, "frames": a.frames, "rounds": a.rounds, "rows": rows,
            "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,

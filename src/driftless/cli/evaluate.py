@@ -102,7 +102,8 @@ def _default(name: str) -> str:
     return f"default {QUICK[name]} quick, {full} full" if name in QUICK else f"default {full}"
 
 
-SAMPLING_FLAGS = ("steps", "eta", "cfg_scale", "context_level", "temperature", "window", "history_guidance")
+SAMPLING_FLAGS = ("steps", "eta", "cfg_scale", "context_level", "temperature", "window", "history_guidance",
+                  "fused_commit")
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict:
@@ -255,6 +256,10 @@ def register(sub) -> None:
                         "out_free the same model with its past at the top noise level; 1 = off, W > 1 pulls towards "
                         "the past; composes with --cfg-scale (each branch guided on the action first); about twice "
                         "the compute per frame (default: the world's)")
+    g.add_argument("--fused-commit", action=argparse.BooleanOptionalAction,
+                   help="forcing: the last denoising pass appends the frame to the context (one backbone pass fewer "
+                        "per frame; frames are then held at the last step's level, not --context-level) "
+                        "(default: the world's)")
     g.add_argument("--window", type=int, help="frames the dynamics attends to (the new one and the window - 1 "
                                               "before it), also the context kept at reset and the tokenizer "
                                               "decoder's window (capped by its own); at most the dynamics' trained "

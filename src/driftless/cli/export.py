@@ -12,6 +12,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--force", action="store_true", help="write into an --out that already holds something")
     p.add_argument("--steps", type=int, help="DDIM steps per frame, unrolled in the step graph (default: the world's)")
+    p.add_argument("--fused-commit", action=argparse.BooleanOptionalAction,
+                   help="the last denoising pass appends the frame to the context: one backbone pass fewer per frame "
+                        "(default: the world's sampling option)")
     p.add_argument("--weights", choices=["auto", "fp16", "fp32"], default="auto",
                    help="auto (default): float16 where that loses nothing (the shipped world's weights are float16), "
                         "else float32; fp16: every large weight in float16 (lossy for float32 worlds); fp32")
@@ -33,7 +36,7 @@ def _onnx(args: argparse.Namespace) -> int:
 
     refuse_overwrite(args.out, args.force, "export")
     manifest = export_onnx(args.world, args.out, steps=args.steps, weights=args.weights,
-                           check_frames=args.check_frames, seed=args.seed)
+                           check_frames=args.check_frames, seed=args.seed, fused_commit=args.fused_commit)
     _summary(manifest, args.out)
     return 0
 
@@ -48,7 +51,7 @@ def _web(args: argparse.Namespace) -> int:
     manifest = export_web(args.world, args.out, ort_dir=args.ort_dir, ort_version=args.ort_version or ORT_VERSION,
                           starts=args.start_frames, start_images=args.start or (), steps=args.steps,
                           weights=args.weights, check_frames=args.check_frames, seed=args.seed,
-                          webgpu=not args.no_webgpu, onnx=args.onnx)
+                          webgpu=not args.no_webgpu, onnx=args.onnx, fused_commit=args.fused_commit)
     s = manifest["sizes"]
     print(f"wrote {args.out}: {s['total'] / 1e6:.1f} MB ({s['onnx'] / 1e6:.1f} MB of graphs, "
           f"{s['runtime'] / 1e6:.1f} MB of {manifest['runtime']['package']} {manifest['runtime']['version']})")

@@ -6,16 +6,17 @@ The folder holds two graphs and a manifest:
   (b, 1, s, c): the tokenizer's encoder, for a start image.
 * `step.onnx`: one whole play frame as a pure function - sample the next frame's latents by
   DDIM from the cached past and the action (the world's default number of steps, unrolled),
-  commit them to the dynamics' KV caches at the context noise level, decode them with the
-  decoder's KV caches. Everything the PyTorch session keeps between frames is an explicit input
-  with a matching `<name>_out` output, so the caller carries it over:
+  commit them to the dynamics' KV caches at the context noise level (or, with the `fused_commit`
+  option, keep the last denoising pass's keys), decode them with the decoder's KV caches.
+  Everything the PyTorch session keeps between frames is an explicit input with a matching
+  `<name>_out` output, so the caller carries it over:
 
   | input | dtype, shape | what |
   | --- | --- | --- |
   | `action` | int64 (b,) | the latent action into the new frame; `num_actions` = the null action (start frames) |
   | `start` | bool () | true: the frame is `given` (a start frame) instead of a sampled one |
   | `given` | float32 (b, 1, s, c) | a start frame's normalised latents (the encoder's output); read when `start` |
-  | `noise` | float32 (draws, b, 1, s, c) | standard normal noise, in the order the sampler draws it: the initial noise, one draw per DDIM step when eta > 0, the context noise of the commit |
+  | `noise` | float32 (draws, b, 1, s, c) | standard normal noise, in the order the sampler draws it: the initial noise, one draw per DDIM step when eta > 0, the context noise of the commit (with the `fused_commit` option: a start frame's, unread for other frames) |
   | `position` | int64 () | frames committed so far (the new frame's time index) |
   | `dyn_k`, `dyn_v` | float32 (layers, b*tokens, heads, capacity, head_dim) | the dynamics' temporal-attention KV ring buffers |
   | `dyn_slot`, `dyn_valid` | int64 (), bool (capacity,) | the ring buffer's write slot and which slots hold a frame |
@@ -89,7 +90,8 @@ def sampling_options(world: World, **overrides) -> SamplingOptions:
     eta = cfg.diffusion.eta if opts.eta is None else opts.eta
     level = cfg.diffusion.context_level if opts.context_level is None else opts.context_level
     return SamplingOptions(steps=opts.steps, cfg_scale=opts.cfg_scale, context_level=level, eta=float(eta),
-                           window=opts.window or cfg.context_window, temperature=opts.temperature)
+                           window=opts.window or cfg.context_window, temperature=opts.temperature,
+                           fused_commit=opts.fused_commit)
 
 
 def noise_draws(opts: SamplingOptions) -> int:
@@ -143,11 +145,22 @@ class PlayStep(nn.Module):
                                    dyn_valid.clone()) for i in range(n_dyn)]
         state = RolloutState(caches=caches, position=position.clone())
         acts = action.reshape(b, 1) if dyn.cfg.num_actions else None
-        tape = NoiseTape(noise.unbind(0))
-        x = frame.sample(dyn.run, state, acts, b, given.device, steps=o.steps, cfg_scale=o.cfg_scale, eta=o.eta,
-                         temperature=o.temperature, generator=tape)
-        x = torch.where(start, given, x)  # (b, 1, s, c)
-        frame.observe(dyn.run, state, x, acts, context_level=o.context_level, generator=tape)
+        if o.fused_commit:  # the last denoising pass appends the frame; a start frame is put in its input
+            frame.check_fused(o.cfg_scale, state)
+            tape = NoiseTape(noise[:-1].unbind(0))  # the sampler's draws; the last one holds a start frame
+
+            def held_start(x, level):  # the given frame at that pass's level, like `World.reset` holds it
+                return torch.where(start, frame.diffusion.q_sample(given.float(), level, noise[-1]), x)
+
+            x = frame.sample(dyn.run, state, acts, b, given.device, steps=o.steps, eta=o.eta,
+                             temperature=o.temperature, generator=tape, commit_last=True, last_input=held_start)
+            x = torch.where(start, given, x)  # (b, 1, s, c)
+        else:
+            tape = NoiseTape(noise.unbind(0))
+            x = frame.sample(dyn.run, state, acts, b, given.device, steps=o.steps, cfg_scale=o.cfg_scale, eta=o.eta,
+                             temperature=o.temperature, generator=tape)
+            x = torch.where(start, given, x)  # (b, 1, s, c)
+            frame.observe(dyn.run, state, x, acts, context_level=o.context_level, generator=tape)
         if tape.taken != len(tape.tensors):
             raise ValueError(f"the sampler drew {tape.taken} noise tensors, the graph was given {len(tape.tensors)}")
         dec = [StaticKVCache.of(dec_kv[2 * i].clone(), dec_kv[2 * i + 1].clone(), dec_slot.clone(),
@@ -387,11 +400,12 @@ def export_onnx(world: World | str | Path, out: str | Path, steps: int | None = 
 def replayed_noise(generator: torch.Generator, manifest: dict, start: bool) -> np.ndarray:
     """The `noise` input that makes the step graph draw what `World.reset` (start) or `World.step`
     draws from `generator`: frame-sized draws in the sampler's order (a start frame draws only
-    its context noise)."""
+    its context noise; with fused_commit a sampled frame draws none)."""
     shape = next(i["shape"] for i in manifest["graphs"]["step"]["inputs"] if i["name"] == "noise")
     draws, frame = shape[0], shape[1:]
     out = np.zeros(shape, np.float32)
-    for i in ([draws - 1] if start else range(draws)):
+    fused = bool(manifest["sampling"].get("fused_commit"))
+    for i in ([draws - 1] if start else range(draws - 1 if fused else draws)):
         out[i] = torch.randn(frame, generator=generator).numpy()
     return out
 
@@ -435,7 +449,7 @@ def _check(world: World, folder: str | Path, frames: int, seed: int, start_frame
     start = default_start_frame(world, seed) if start_frame is None else np.asarray(start_frame, np.uint8)
     actions = np.random.default_rng(seed).integers(0, max(world.num_actions, 1), size=frames)
     sampling = dict(steps=opts.steps, eta=opts.eta, cfg_scale=opts.cfg_scale, context_level=opts.context_level,
-                    temperature=opts.temperature, window=opts.window)
+                    temperature=opts.temperature, window=opts.window, fused_commit=opts.fused_commit)
 
     # the public API with a seed
     starts = np.array(np.broadcast_to(start, (b,) + start.shape))  # (a writable copy)

@@ -283,6 +283,7 @@ class Dynamics(nn.Module):
         batch: int | None = None,
         device=None,
         history_guidance: float = 1.0,
+        fused_commit: bool = False,
     ) -> torch.Tensor:
         """Sample the next frame's latents (b, 1, s, c) given the cached past and its action
         (b,) int (or None when unconditioned), then append it to the caches.
@@ -292,8 +293,13 @@ class Dynamics(nn.Module):
         softmax (maskgit); `eta` applies to forcing only (mar uses its head's `head_eta`).
         maskgit returns code indices (b, 1, s) (`self.frame.to_latents` turns them into latents).
         `history_guidance` (forcing; 1 = off) needs a state made with it (`new_state`); such a
-        state samples its frames through both branches at any scale (1: the past's alone)."""
+        state samples its frames through both branches at any scale (1: the past's alone).
+        `fused_commit` (forcing): the last denoising pass appends the frame to the caches, one pass
+        fewer per frame (models/frame_forcing.py; `context_level` is then unused)."""
         history_guidance = self._history_guidance(history_guidance, state)
+        if fused_commit and not self.frame.fuses_commit:
+            raise ValueError(f"fused_commit needs a frame model that denoises whole frames (forcing), "
+                             f"not {self.frame.name!r}")
         if actions is not None:
             b, device = actions.shape[0], actions.device
             actions = actions.long().reshape(b, 1)
@@ -301,7 +307,8 @@ class Dynamics(nn.Module):
             b = batch or 1
         return self.frame.generate_frame(self.run, state, actions, b, device, steps=steps, cfg_scale=cfg_scale,
                                          eta=eta, context_level=context_level, temperature=temperature,
-                                         generator=generator, history_guidance=history_guidance)
+                                         generator=generator, history_guidance=history_guidance,
+                                         **({"fused_commit": True} if fused_commit else {}))
 
     @torch.no_grad()
     def generate_chunk(

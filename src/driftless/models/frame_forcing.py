@@ -11,7 +11,11 @@ is generated under.
 
 Sampling one frame: DDIM over `steps` from noise scaled by the temperature, with optional
 classifier-free guidance on the action; the finished frame is appended to the caches at the
-context noise level (`FrameModel.observe`). Several frames can be sampled together following a
+context noise level (`FrameModel.observe`), one more backbone pass. With `fused_commit` the last
+denoising pass appends instead: the frame is kept as that pass saw it, at the last DDIM step's
+input level (`fused_level`: 250 of 1000 for 4 steps) and on its DDIM path rather than freshly
+noised, and a frame costs `steps` passes instead of `steps` + 1 (one denoising pass per step is
+needed: no CFG, no history guidance). Several frames can be sampled together following a
 Diffusion-Forcing scheduling matrix (`generate_chunk`: autoregressive, pyramid, full_sequence).
 
 History guidance (`history_guidance` = w, 1 = off; "History-guided video diffusion", Song et
@@ -81,6 +85,7 @@ class ForcingFrame(FrameModel):
     teacher_forcing = True
     moved_from_dynamics = ("latent_in.", "latent_out.")  # top-level in Dynamics before the frame models
     capturable = True
+    fuses_commit = True
     guides_history = True
 
     def __init__(self, cfg: DynamicsConfig, build_shared: BuildShared = no_shared_layers):
@@ -143,15 +148,17 @@ class ForcingFrame(FrameModel):
         branches = 2 if state.history_free else 1  # rows :b see the past; rows b: its history-free branch
         null = torch.full_like(actions, self.null_action) if cfg_scale != 1.0 and actions is not None else None
 
-        def net(x: torch.Tensor, levels: torch.Tensor, acts: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        def net(x: torch.Tensor, levels: torch.Tensor, acts: torch.Tensor | None,
+                commit: bool = False) -> tuple[torch.Tensor, ...]:
             if branches > 1:  # both branches in one pass: (2b, t, ...)
                 x, levels = torch.cat([x, x]), torch.cat([levels, levels])
                 acts = None if acts is None else torch.cat([acts, acts])
-            out = self(run, x, levels, acts, start=state.position, caches=state.caches)
+            out = self(run, x, levels, acts, start=state.position, caches=state.caches, commit=commit)
             return out.chunk(branches)  # (with the past[, history-free])
 
-        def denoise(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-            outs = net(x, levels, actions)
+        def denoise(x: torch.Tensor, levels: torch.Tensor, commit: bool = False) -> torch.Tensor:
+            # commit (fused_commit's last pass; one pass per step): the caches keep this pass's keys
+            outs = net(x, levels, actions, commit)
             if null is not None:  # CFG on the action, within each branch
                 outs = [free_guidance(o, o_null, cfg_scale) for o, o_null in zip(outs, net(x, levels, null))]
             if branches == 1:
@@ -164,22 +171,43 @@ class ForcingFrame(FrameModel):
     def generate_frame(self, run: Backbone, state: RolloutState, actions: torch.Tensor | None, batch: int, device,
                        steps: int | None = None, cfg_scale: float = 1.0, eta: float | None = None,
                        context_level: int | None = None, temperature: float = 1.0,
-                       generator: torch.Generator | None = None, history_guidance: float = 1.0) -> torch.Tensor:
+                       generator: torch.Generator | None = None, history_guidance: float = 1.0,
+                       fused_commit: bool = False) -> torch.Tensor:
         """-> the next frame's latents (b, 1, s, c): `steps` DDIM steps (eta), from noise scaled by
         `temperature`, guided by `history_guidance` on a state with a history-free branch; then
-        appended to the caches."""
+        appended to the caches: at `context_level` by one more pass, or with `fused_commit` by the
+        last denoising pass (module docstring; `context_level` is then unused)."""
+        if fused_commit:
+            self.check_fused(cfg_scale, state)
         x = self.sample(run, state, actions, batch, device, steps=steps, cfg_scale=cfg_scale, eta=eta,
-                        temperature=temperature, generator=generator, history_guidance=history_guidance)
-        self.observe(run, state, x, actions, context_level=context_level, generator=generator)
+                        temperature=temperature, generator=generator, history_guidance=history_guidance,
+                        commit_last=fused_commit)
+        if not fused_commit:
+            self.observe(run, state, x, actions, context_level=context_level, generator=generator)
         return x
+
+    def fused_level(self, steps: int | None = None) -> int:
+        """The level a frame is kept at with `fused_commit`: the last DDIM step's input level.
+        Start frames are held there too (`World.reset`, the ONNX step graph), like generated ones."""
+        steps = self.cfg.diffusion.sampling_steps if steps is None else steps
+        return int(ladder(self.cfg.diffusion.levels, steps)[-2])
+
+    @staticmethod
+    def check_fused(cfg_scale: float, state: RolloutState) -> None:
+        if cfg_scale != 1.0 or state.history_free:
+            raise ValueError("fused_commit keeps the keys of the last denoising pass, so it needs one pass per step: "
+                             "not with cfg_scale != 1 or history guidance (turn fused_commit off for those)")
 
     @torch.no_grad()
     def sample(self, run: Backbone, state: RolloutState, actions: torch.Tensor | None, batch: int, device,
                steps: int | None = None, cfg_scale: float = 1.0, eta: float | None = None, temperature: float = 1.0,
-               generator: torch.Generator | NoiseTape | None = None, history_guidance: float = 1.0) -> torch.Tensor:
+               generator: torch.Generator | NoiseTape | None = None, history_guidance: float = 1.0,
+               commit_last: bool = False, last_input=None) -> torch.Tensor:
         """The next frame's latents (b, 1, s, c) from the cached past, not yet appended to the caches
         (`generate_frame` without its `observe`). Noise is drawn from `generator` in this order: the
-        initial noise, then one draw per DDIM step when eta > 0."""
+        initial noise, then one draw per DDIM step when eta > 0. `commit_last`: the last denoising
+        pass appends the frame to the caches (fused_commit); `last_input(x, level)` may replace that
+        pass's input first (the ONNX step graph puts a start frame there)."""
         cfg, b = self.cfg, batch
         steps = cfg.diffusion.sampling_steps if steps is None else steps
         shape = (b, 1, cfg.tokens_per_frame, cfg.latent_dim)
@@ -189,9 +217,14 @@ class ForcingFrame(FrameModel):
         for i in range(steps):
             k_now = lad[i].expand(b, 1)
             k_next = lad[i + 1].expand(b, 1)
-            out = denoise(x, k_now)
+            last = commit_last and i == steps - 1
+            if last and last_input is not None:
+                x = last_input(x, k_now)
+            out = denoise(x, k_now, commit=last)
             x0, eps = self.diffusion.predict(out, x, k_now)
             x = self.diffusion.ddim_step(x0, eps, k_next, k_now, eta=eta, generator=generator)
+        if commit_last:
+            state.position += 1
         return x
 
     @torch.no_grad()

@@ -86,6 +86,8 @@ class FrameModel(nn.Module, ABC):
     # its generate_frame has fixed shapes and no host synchronisation: a play session's frame can
     # be recorded as a CUDA graph (world/graphs.py)
     capturable: ClassVar[bool] = False
+    # generate_frame(fused_commit=True): the last denoising pass appends the frame to the caches
+    fuses_commit: ClassVar[bool] = False
     # samples with history guidance (`history_guidance` != 1, on a state with a history-free branch)
     guides_history: ClassVar[bool] = False
 

@@ -70,6 +70,10 @@ class SamplingOptions:
     # history guidance (forcing; 1 = off): past-free + w * (past - past-free) per denoising step; a
     # session started with it runs the history-free branch too (models/frame_forcing.py)
     history_guidance: float = 1.0
+    # forcing: the last denoising pass appends the frame to the dynamics' caches, one backbone pass
+    # fewer per frame; frames are then held at the last DDIM step's input level, not context_level
+    # (models/frame_forcing.py). Needs cfg_scale 1 and no history guidance.
+    fused_commit: bool = False
 
     def __post_init__(self) -> None:
         """Finite and in range (a NaN temperature once turned every later frame of a session black)."""
@@ -238,7 +242,19 @@ class World:
                 self.dynamics.check_window(opts.window)
             except ValueError as e:
                 raise ValueError(f"sampling option {e}") from None
+        if opts.fused_commit:
+            if not getattr(self.dynamics.frame, "fuses_commit", False):
+                raise ValueError(f"sampling option fused_commit needs the forcing frame model, not "
+                                 f"{self.dynamics.frame.name!r}")
+            if opts.cfg_scale != 1.0 or opts.history_guidance != 1.0:
+                raise ValueError("sampling option fused_commit keeps the keys of the last denoising pass, so it needs "
+                                 "one pass per step: cfg_scale 1 and history_guidance 1")
         return opts
+
+    def _held_level(self, opts: SamplingOptions) -> int | None:
+        """The noise level known frames are appended at: context_level, or with fused_commit the
+        level generated frames are kept at (so start frames and generated ones are held alike)."""
+        return self.dynamics.frame.fused_level(opts.steps) if opts.fused_commit else opts.context_level
 
     def session_bytes(self, batch: int, frames: int = 1, extra_frames: int = 0) -> int:
         """Estimated peak memory of a session of `batch` items from `frames` context frames (plus
@@ -294,7 +310,7 @@ class World:
         dyn_state = self.dynamics.new_state(**({"static": True} if static else {}),
                                             **({"window": opts.window} if opts.window is not None else {}),
                                             **_history(opts))
-        self.dynamics.observe(dyn_state, dyn_in, per_frame, context_level=opts.context_level, generator=g)
+        self.dynamics.observe(dyn_state, dyn_in, per_frame, context_level=self._held_level(opts), generator=g)
         dec_caches = self.tokenizer.decoder.new_cache(static=True) if static else self.tokenizer.decoder.new_cache()
         if static:  # static caches take one frame at a time, at a device position
             dec_pos = torch.zeros((), dtype=torch.long, device=self.device)
@@ -382,7 +398,7 @@ class World:
         z = self._latents(self.dynamics.generate_frame(
             s.dyn_state, a, steps=opts.steps, cfg_scale=opts.cfg_scale, eta=opts.eta,
             context_level=opts.context_level, temperature=opts.temperature, generator=s.generator,
-            batch=s.batch, device=self.device, **_history(opts)))
+            batch=s.batch, device=self.device, **_history(opts), **_fused(opts)))
         s.finite.logical_and_(torch.isfinite(z).all())  # on the device, in place: capturable, no sync
         window = opts.window or self.dynamics.cfg.context_window
         frame = self.tokenizer.decode_step(z, s.dec_caches, s.dec_pos, window=self._decoder_window(window))[:, 0]
@@ -457,7 +473,7 @@ class World:
             a = None if acts is None else self._chunk_actions(acts[:, done:done + h], s.batch)
             z = self.dynamics.generate_chunk(
                 s.dyn_state, a, schedule=schedule, steps=opts.steps, uncertainty=uncertainty,
-                cfg_scale=opts.cfg_scale, eta=opts.eta, context_level=opts.context_level,
+                cfg_scale=opts.cfg_scale, eta=opts.eta, context_level=self._held_level(opts),
                 temperature=opts.temperature, generator=s.generator, batch=s.batch, device=self.device, horizon=h,
                 **_history(opts))
             if not bool(torch.isfinite(z).all()):
@@ -478,6 +494,11 @@ class World:
         if bool((a < 0).any()) or bool((a >= self.num_actions).any()):
             raise ValueError(f"actions must lie in [0, {self.num_actions}), got {a.unique().tolist()}")
         return a.to(self.device)
+
+
+def _fused(opts: SamplingOptions) -> dict:
+    """The fused-commit option for the dynamics calls, given only when on."""
+    return {"fused_commit": True} if opts.fused_commit else {}
 
 
 def _history(opts: SamplingOptions) -> dict:

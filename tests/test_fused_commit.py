@@ -1,0 +1,94 @@
+"""The `fused_commit` sampling option: the last denoising pass appends a generated frame to the
+dynamics' KV caches, one backbone pass fewer per frame (models/frame_forcing.py)."""
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from driftless.world.debug import make_debug_world
+    from driftless.world.world import load
+
+    return load(make_debug_world(tmp_path_factory.mktemp("fused") / "world"))
+
+
+def _start(world, seed=0):
+    h, w = world.resolution
+    return np.random.default_rng(seed).integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+
+
+def _passes(world, monkeypatch):
+    """Record (levels, commit) of every backbone pass of the dynamics."""
+    calls = []
+    run = world.dynamics.run
+
+    def spy(tokens, levels, actions, start=0, caches=None, commit=False, *args, **kwargs):
+        calls.append((levels.detach().clone(), commit))
+        return run(tokens, levels, actions, start, caches, commit, *args, **kwargs)
+
+    monkeypatch.setattr(world.dynamics, "run", spy)
+    return calls
+
+
+def test_fused_commit_saves_a_pass_and_commits_the_last_one(world, monkeypatch):
+    frame = world.dynamics.frame
+    assert frame.fused_level(4) == 250 and frame.fused_level(2) == 500  # the last DDIM step's input level
+    world.reset(_start(world), seed=1, steps=4, fused_commit=False)
+    calls = _passes(world, monkeypatch)
+    world.step(1)
+    assert len(calls) == 5 and [c for _, c in calls] == [False] * 4 + [True]  # 4 steps, then the commit pass
+    world.reset(_start(world), seed=1, steps=4, fused_commit=True)
+    calls.clear()
+    position = world._session.dyn_state.position
+    world.step(1)
+    assert len(calls) == 4 and [c for _, c in calls] == [False, False, False, True]
+    assert int(calls[-1][0].flatten()[0]) == 250  # the committed pass saw the frame at the fused level
+    assert world._session.dyn_state.position == position + 1
+    frames = [world.step(a) for a in (0, 2, 3)]
+    assert all(f.shape == (*world.resolution, 3) for f in frames)
+
+
+def test_fused_commit_holds_start_frames_at_the_fused_level(world, monkeypatch):
+    calls = _passes(world, monkeypatch)
+    world.reset(_start(world), seed=0, steps=2, fused_commit=True)
+    assert calls and all(int(lv.flatten()[0]) == 500 and commit for lv, commit in calls)
+    calls.clear()
+    world.reset(_start(world), seed=0, steps=2, context_level=40)
+    assert all(int(lv.flatten()[0]) == 40 for lv, _ in calls)
+
+
+def test_fused_commit_needs_one_pass_per_step(world):
+    world.reset(_start(world), seed=0)
+    with pytest.raises(ValueError, match="fused_commit.*cfg_scale 1"):
+        world.step(0, fused_commit=True, cfg_scale=2.0)
+    with pytest.raises(ValueError, match="fused_commit.*one pass per step"):
+        world.reset(_start(world), seed=0, fused_commit=True, history_guidance=2.0)
+
+
+def test_fused_rollouts_are_seeded_and_differ_from_the_commit_pass(world):
+    start = _start(world)
+    a = world.rollout(start, [0, 1, 2, 3], seed=3, steps=2, fused_commit=True)
+    b = world.rollout(start, [0, 1, 2, 3], seed=3, steps=2, fused_commit=True)
+    c = world.rollout(start, [0, 1, 2, 3], seed=3, steps=2)
+    assert np.array_equal(a, b) and not np.array_equal(a[2:], c[2:])
+
+
+@pytest.mark.slow  # exports the debug world's graphs (~20 s on 2 cores)
+def test_step_graph_with_fused_commit_matches_the_world(tmp_path):
+    """The ONNX step graph, exported with fused_commit, gives World.reset + World.step's frames
+    for the same seed (start frame held at the fused level, generated frames committed by the
+    last pass), past the ring buffer's wrap-around."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from driftless.export.onnx import export_onnx
+    from driftless.world.debug import make_debug_world
+
+    world = make_debug_world(tmp_path / "world")
+    torch.manual_seed(0)
+    m = export_onnx(world, tmp_path / "onnx", steps=2, eta=1.0, fused_commit=True, check_frames=10, seed=0,
+                    log=lambda *a: None)
+    assert m["sampling"]["fused_commit"] is True
+    check = m["check"]
+    assert check["latents_max_abs"] < 1e-4 and check["frames_max_abs"] <= 1, check
