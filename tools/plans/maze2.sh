@@ -12,26 +12,32 @@
 #      (tracked tree 21.1 MB + .whl-maze 37.7 + models 7.8 = 63.5 MiB of the 64 MiB cap, 2026-11-30:
 #      check `du` first; pettingzoo's wheel in .whl-maze is not needed by the maze)
 #   2. and 3. `bash tools/gpu_job.sh wait 540` until `plan: finished`; give_back.
-# Brings back: maze-models.tgz (every variant, fp16, with planner.json), maze-plots.tgz,
+# Brings back: maze-models-<maze>.tgz (every trained variant, fp16, with planner.json), maze-plots.tgz,
 # results.tar.gz (train / show / tune / eval JSON and logs, choice.txt).
 # Timeline on 2 GPUs: data ~1.5 min, training MIN (11) minutes (all variants of all mazes side by
 # side: 6 processes with the defaults), show ~1, tuning ~4, evaluation ~3.
-# Knobs: MAZES, STEPS, MIN, BATCH, EPIS, VAL_EPIS, SCALES (per maze: SCALES_umaze etc.), CLEAN,
+# Knobs: MAZES, STEPS, MIN, BATCH, EPIS, VAL_EPIS, CONFIRM_EPIS (> 0: a second validation set, seed 2),
+# SCALES (per maze: SCALES_umaze etc.), CLEAN,
 # INIT (the folder of stop 30's <maze>-df models), VARIANTS (name:preset:init:extra-flags; extra
-# flags with commas for spaces), DEVICE (cpu: smoke test).
+# flags with commas for spaces; preset `keep`: INIT's model itself, untrained, scored beside the
+# others; VARIANTS_<maze> replaces the list for one maze), DEVICE (cpu: smoke test).
 MAZES=${MAZES:-umaze medium large}; STEPS=${STEPS:-1000000}; MIN=${MIN:-11}; BATCH=${BATCH:-2048}
-EPIS=${EPIS:-100}; VAL_EPIS=${VAL_EPIS:-50}; CLEAN=${CLEAN:-0}; INIT=${INIT:-runs/s30/models}
+EPIS=${EPIS:-100}; VAL_EPIS=${VAL_EPIS:-50}; CONFIRM_EPIS=${CONFIRM_EPIS:-0}; CLEAN=${CLEAN:-0}; INIT=${INIT:-runs/s30/models}
 DEVICE=${DEVICE:-cuda}; W=${W:-/tmp/job/m}
 SCALES_umaze=${SCALES_umaze:-3 6 12 24}; SCALES_medium=${SCALES_medium:-0.375 0.75 1.5 3}
 SCALES_large=${SCALES_large:-0.375 0.75 1.5 3}
 # small: stop 30's models continued in bf16; fp32: the same continued in full precision;
 # base: the wider preset from scratch
 VARIANTS=${VARIANTS:-small:small:init: fp32:small:init:--precision,fp32 base:base::}
-NAMES=$(for v in $VARIANTS; do printf '%s ' "${v%%:*}"; done)
+names() { local vs=VARIANTS_$1; for v in ${!vs:-$VARIANTS}; do printf '%s ' "${v%%:*}"; done; }
 DL="python3 -m driftless"; export MUJOCO_GL=disable
 NG=$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')
 stamp() { echo "$(date +%T) $*" >> $R/status.txt; }
 gpu() { echo $(( $1 % NG )); }  # the GPU of the i-th job
+pack_models() {  # one archive per maze (each file that comes back must stay under 16 MB)
+  touch $W/kept.txt
+  for m in $MAZES; do tar czf $P/maze-models-$m.tgz -C $W --exclude-from=$W/kept.txt $(cd $W && ls -d models/$m-*); done
+}
 mkdir -p $W/plots
 stamp "start, $NG GPU(s)"
 for m in $MAZES; do
@@ -41,8 +47,14 @@ done; wait
 stamp train
 i=0
 for m in $MAZES; do
-  for v in $VARIANTS; do
+  vs=VARIANTS_$m
+  for v in ${!vs:-$VARIANTS}; do
     IFS=: read -r name preset init extra <<< "$v"
+    if [ "$preset" = keep ]; then  # the parent itself, scored beside its continuations
+      mkdir -p $W/models && cp -r $INIT/$m-df $W/models/$m-$name && rm -f $W/models/$m-$name/planner.json
+      echo "models/$m-$name/model.safetensors" >> $W/kept.txt  # its weights are here already: not packed
+      continue
+    fi
     from=""; [ "$init" = init ] && [ -f $INIT/$m-df/config.json ] && from="--init-from $INIT/$m-df"
     CUDA_VISIBLE_DEVICES=$(gpu $i) $DL plan train --data $W/data/$m.npz --out $W/models/$m-$name --preset $preset \
       --steps 10000000 --batch $BATCH --max-minutes $MIN --compile --half --device $DEVICE $from ${extra//,/ } \
@@ -51,11 +63,12 @@ for m in $MAZES; do
   done
 done; wait
 tail -qn1 $R/train-*.log >> $R/status.txt
-tar czf $P/maze-models.tgz -C $W models
+pack_models
 stamp show
 i=0
 for m in $MAZES; do
-  for v in $VARIANTS; do
+  vs=VARIANTS_$m
+  for v in ${!vs:-$VARIANTS}; do
     name=${v%%:*}; scales=SCALES_$m
     CUDA_VISIBLE_DEVICES=$(gpu $i) $DL plan show --maze $m --checkpoint $W/models/$m-$name --guidance 0 ${!scales} \
       --mctg 4 --sampling-steps 15 --clean-level $CLEAN --data $W/val/$m.npz --device $DEVICE \
@@ -66,7 +79,8 @@ done; wait
 stamp tune
 i=0
 for m in $MAZES; do
-  for v in $VARIANTS; do
+  vs=VARIANTS_$m
+  for v in ${!vs:-$VARIANTS}; do
     name=${v%%:*}; scales=SCALES_$m
     CUDA_VISIBLE_DEVICES=$(gpu $i) $DL plan tune --maze $m --checkpoint $W/models/$m-$name --method df --mctg 4 \
       --sampling-steps 15 --clean-level $CLEAN --guidance ${!scales} --episodes $VAL_EPIS --batch $VAL_EPIS --seed 1 \
@@ -74,9 +88,25 @@ for m in $MAZES; do
     i=$((i + 1))
   done
 done; wait
-tar czf $P/maze-models.tgz -C $W models  # again, with each variant's planner.json
+pack_models  # again, with each variant's planner.json
+if [ "$CONFIRM_EPIS" -gt 0 ]; then  # a second validation set (seed 2) at each variant's chosen scale
+  stamp confirm
+  i=0
+  for m in $MAZES; do
+    for name in $(names $m); do
+      [ -f $R/tune-$m-$name.json ] || continue
+      g=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['guidance'])" $R/tune-$m-$name.json)
+      mkdir -p $W/confirm && cp -r $W/models/$m-$name $W/confirm/  # (tune writes planner.json: not into the model)
+      CUDA_VISIBLE_DEVICES=$(gpu $i) $DL plan tune --maze $m --checkpoint $W/confirm/$m-$name --method df --mctg 4 \
+        --sampling-steps 15 --clean-level $CLEAN --guidance $g --episodes $CONFIRM_EPIS --batch $CONFIRM_EPIS \
+        --seed 2 --device $DEVICE --json $R/confirm-$m-$name.json > $R/confirm-$m-$name.log 2>&1 &
+      i=$((i + 1))
+    done
+  done; wait
+fi
 stamp eval
-# per maze, the variant whose chosen scale scored best on the validation episodes; then seed 0, once
+# per maze, the variant whose chosen scale scored best on the validation episodes (with CONFIRM_EPIS:
+# the mean over both validation sets, by episodes); then seed 0, once
 i=0
 for m in $MAZES; do
   best=$(python3 -c "
@@ -87,8 +117,15 @@ for name in sys.argv[1:]:
         t = json.load(open(f'$R/tune-$m-{name}.json'))
     except OSError:
         continue
-    rows.append((max(s['normalized_mean'] for s in t['scores']), name))
-print(max(rows)[1] if rows else '')" $NAMES)
+    top = max(t['scores'], key=lambda s: s['normalized_mean'])
+    score, n = top['normalized_mean'] * top['episodes'], top['episodes']
+    try:
+        c = json.load(open(f'$R/confirm-$m-{name}.json'))['scores'][0]
+        score, n = score + c['normalized_mean'] * c['episodes'], n + c['episodes']
+    except OSError:
+        pass
+    rows.append((score / n, name))
+print(max(rows)[1] if rows else '')" $(names $m))
   echo "$m: $best" >> $R/choice.txt
   [ -n "$best" ] || continue
   for method in df df-plain; do

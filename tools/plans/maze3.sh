@@ -14,7 +14,7 @@
 #   1. kind nvidia-h200-x2, carry [".whl-maze", "runs/s30/models"]:
 #      `DRIFTLESS_GIT_COMMIT=<HEAD> bash tools/gpu_job.sh start tools/plans/maze3.sh 540`
 #   2. and 3. `bash tools/gpu_job.sh wait 540` until `plan: finished`; give_back.
-# Brings back what maze2.sh brings (maze-models.tgz, maze-plots.tgz, results.tar.gz).
+# Brings back what maze2.sh brings (as run: one maze-models.tgz; maze2.sh now packs one per maze).
 # Knobs: maze2.sh's, PREC_EPIS (episodes of the precision check); DEVICE=cpu W=/tmp/m3 MAZES=umaze
 # STEPS=20000 MIN=0.2 EPIS=2 VAL_EPIS=2 PREC_EPIS=2 R=... P=...: a CPU smoke run.
 # Timeline on 2 GPUs: data ~1.5 min, training MIN (10), show ~1, tuning ~5, evaluation ~3.
