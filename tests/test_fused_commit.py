@@ -65,6 +65,9 @@ def test_fused_commit_needs_one_pass_per_step(world):
         world.step(0, fused_commit=True, cfg_scale=2.0)
     with pytest.raises(ValueError, match="fused_commit.*one pass per step"):
         world.reset(_start(world), seed=0, fused_commit=True, history_guidance=2.0)
+    world.reset(_start(world), seed=0)
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        world.step(0, fused_commit=True, steps=1)
 
 
 def test_fused_rollouts_are_seeded_and_differ_from_the_commit_pass(world):

@@ -58,7 +58,8 @@ def main() -> None:
                 fps[name].append(a.frames / (time.perf_counter() - t))
         for name, v in fps.items():
             rows.append({"backend": name, "threads": threads, "fps_median": float(np.median(v)), "fps_all": v})
-            print(f"{name:11s} {threads} thread(s): {np.median(v):5.1f} frames/s (rounds: {', '.join(f'{x:.1f}' for x in v)})")
+            rounds = ", ".join(f"{x:.1f}" for x in v)
+            print(f"{name:11s} {threads} thread(s): {np.median(v):5.1f} frames/s (rounds: {rounds})")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     out = {"world": a.world, "steps": steps, "frames": a.frames, "rounds": a.rounds, "rows": rows,
            "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,

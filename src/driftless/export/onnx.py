@@ -16,7 +16,7 @@ The folder holds two graphs and a manifest:
   | `action` | int64 (b,) | the latent action into the new frame; `num_actions` = the null action (start frames) |
   | `start` | bool () | true: the frame is `given` (a start frame) instead of a sampled one |
   | `given` | float32 (b, 1, s, c) | a start frame's normalised latents (the encoder's output); read when `start` |
-  | `noise` | float32 (draws, b, 1, s, c) | standard normal noise, in the order the sampler draws it: the initial noise, one draw per DDIM step when eta > 0, the context noise of the commit (with the `fused_commit` option: a start frame's, unread for other frames) |
+  | `noise` | float32 (draws, b, 1, s, c) | standard normal noise, in the order the sampler draws it: the initial noise, one draw per DDIM step when eta > 0, the context noise of the commit (with the `fused_commit` option: drawn before the last DDIM step's, `context_slot`) |
   | `position` | int64 () | frames committed so far (the new frame's time index) |
   | `dyn_k`, `dyn_v` | float32 (layers, b*tokens, heads, capacity, head_dim) | the dynamics' temporal-attention KV ring buffers |
   | `dyn_slot`, `dyn_valid` | int64 (), bool (capacity,) | the ring buffer's write slot and which slots hold a frame |
@@ -99,6 +99,14 @@ def noise_draws(opts: SamplingOptions) -> int:
     return 2 + (opts.steps if opts.eta > 0 else 0)
 
 
+def context_slot(opts: SamplingOptions) -> int:
+    """Which draw holds the frame in the context (a start frame's only one): the last, or with
+    fused_commit the one before the last DDIM step's (models/frame_forcing.py)."""
+    if opts.fused_commit:
+        return 1 + (opts.steps - 1 if opts.eta > 0 else 0)
+    return noise_draws(opts) - 1
+
+
 def state_names(dyn_layers: int, dec_layers: int) -> tuple[str, ...]:
     """The step graph's state inputs: the position, the ring buffers' slot and validity, then one
     key and one value buffer per attention layer (separate tensors: stacking them cost a copy of
@@ -145,18 +153,17 @@ class PlayStep(nn.Module):
                                    dyn_valid.clone()) for i in range(n_dyn)]
         state = RolloutState(caches=caches, position=position.clone())
         acts = action.reshape(b, 1) if dyn.cfg.num_actions else None
+        tape = NoiseTape(noise.unbind(0))
         if o.fused_commit:  # the last denoising pass appends the frame; a start frame is put in its input
-            frame.check_fused(o.cfg_scale, state)
-            tape = NoiseTape(noise[:-1].unbind(0))  # the sampler's draws; the last one holds a start frame
+            frame.check_fused(o.cfg_scale, state, o.steps)
 
-            def held_start(x, level):  # the given frame at that pass's level, like `World.reset` holds it
-                return torch.where(start, frame.diffusion.q_sample(given.float(), level, noise[-1]), x)
+            def held(x0, level, fresh):  # the frame (or the given start frame) as `World` holds it
+                return frame.diffusion.q_sample(torch.where(start, given.float(), x0), level, fresh)
 
             x = frame.sample(dyn.run, state, acts, b, given.device, steps=o.steps, eta=o.eta,
-                             temperature=o.temperature, generator=tape, commit_last=True, last_input=held_start)
+                             temperature=o.temperature, generator=tape, commit_last=True, last_input=held)
             x = torch.where(start, given, x)  # (b, 1, s, c)
         else:
-            tape = NoiseTape(noise.unbind(0))
             x = frame.sample(dyn.run, state, acts, b, given.device, steps=o.steps, cfg_scale=o.cfg_scale, eta=o.eta,
                              temperature=o.temperature, generator=tape)
             x = torch.where(start, given, x)  # (b, 1, s, c)
@@ -400,12 +407,11 @@ def export_onnx(world: World | str | Path, out: str | Path, steps: int | None = 
 def replayed_noise(generator: torch.Generator, manifest: dict, start: bool) -> np.ndarray:
     """The `noise` input that makes the step graph draw what `World.reset` (start) or `World.step`
     draws from `generator`: frame-sized draws in the sampler's order (a start frame draws only
-    its context noise; with fused_commit a sampled frame draws none)."""
+    its context noise, at `context_slot`)."""
     shape = next(i["shape"] for i in manifest["graphs"]["step"]["inputs"] if i["name"] == "noise")
     draws, frame = shape[0], shape[1:]
     out = np.zeros(shape, np.float32)
-    fused = bool(manifest["sampling"].get("fused_commit"))
-    for i in ([draws - 1] if start else range(draws - 1 if fused else draws)):
+    for i in ([context_slot(SamplingOptions(**manifest["sampling"]))] if start else range(draws)):
         out[i] = torch.randn(frame, generator=generator).numpy()
     return out
 

@@ -12,10 +12,12 @@ is generated under.
 Sampling one frame: DDIM over `steps` from noise scaled by the temperature, with optional
 classifier-free guidance on the action; the finished frame is appended to the caches at the
 context noise level (`FrameModel.observe`), one more backbone pass. With `fused_commit` the last
-denoising pass appends instead: the frame is kept as that pass saw it, at the last DDIM step's
-input level (`fused_level`: 250 of 1000 for 4 steps) and on its DDIM path rather than freshly
-noised, and a frame costs `steps` passes instead of `steps` + 1 (one denoising pass per step is
-needed: no CFG, no history guidance). Several frames can be sampled together following a
+denoising pass appends instead: its input is the previous step's prediction of the clean frame,
+noised afresh to the last step's level (`fused_level`: 250 of 1000 for 4 steps; a DDPM-like last
+step), so the frame is held as a commit pass would hold it at that level, and a frame costs
+`steps` passes instead of `steps` + 1 (one denoising pass per step is needed: no CFG, no history
+guidance; at least 2 steps). Keeping the last pass's DDIM-path input instead (no fresh noise)
+lost the level in long rollouts far more often (benchmarks section 4). Several frames can be sampled together following a
 Diffusion-Forcing scheduling matrix (`generate_chunk`: autoregressive, pyramid, full_sequence).
 
 History guidance (`history_guidance` = w, 1 = off; "History-guided video diffusion", Song et
@@ -178,7 +180,7 @@ class ForcingFrame(FrameModel):
         appended to the caches: at `context_level` by one more pass, or with `fused_commit` by the
         last denoising pass (module docstring; `context_level` is then unused)."""
         if fused_commit:
-            self.check_fused(cfg_scale, state)
+            self.check_fused(cfg_scale, state, steps)
         x = self.sample(run, state, actions, batch, device, steps=steps, cfg_scale=cfg_scale, eta=eta,
                         temperature=temperature, generator=generator, history_guidance=history_guidance,
                         commit_last=fused_commit)
@@ -193,10 +195,13 @@ class ForcingFrame(FrameModel):
         return int(ladder(self.cfg.diffusion.levels, steps)[-2])
 
     @staticmethod
-    def check_fused(cfg_scale: float, state: RolloutState) -> None:
+    def check_fused(cfg_scale: float, state: RolloutState, steps: int | None = None) -> None:
         if cfg_scale != 1.0 or state.history_free:
             raise ValueError("fused_commit keeps the keys of the last denoising pass, so it needs one pass per step: "
                              "not with cfg_scale != 1 or history guidance (turn fused_commit off for those)")
+        if steps is not None and steps < 2:
+            raise ValueError(f"fused_commit holds the frame as the second-to-last step predicts it: it needs at least "
+                             f"2 steps, got {steps}")
 
     @torch.no_grad()
     def sample(self, run: Backbone, state: RolloutState, actions: torch.Tensor | None, batch: int, device,
@@ -206,20 +211,26 @@ class ForcingFrame(FrameModel):
         """The next frame's latents (b, 1, s, c) from the cached past, not yet appended to the caches
         (`generate_frame` without its `observe`). Noise is drawn from `generator` in this order: the
         initial noise, then one draw per DDIM step when eta > 0. `commit_last`: the last denoising
-        pass appends the frame to the caches (fused_commit); `last_input(x, level)` may replace that
-        pass's input first (the ONNX step graph puts a start frame there)."""
+        pass appends the frame to the caches (fused_commit); its input is the previous step's clean
+        prediction noised afresh to that step's level (one more draw, before the last step's), or
+        `last_input(x0, level, noise)` (the ONNX step graph puts a start frame there)."""
         cfg, b = self.cfg, batch
         steps = cfg.diffusion.sampling_steps if steps is None else steps
         shape = (b, 1, cfg.tokens_per_frame, cfg.latent_dim)
         x = randn(shape, device, generator) * temperature
+        if commit_last and steps < 2:
+            raise ValueError(f"fused_commit needs at least 2 steps (the frame is held as the one before the last "
+                             f"predicts it), got {steps}")
         lad = self._ladder(steps, device)
         denoise = self._denoise_fn(run, actions, state, cfg_scale, history_guidance)
+        x0 = x  # (the clean prediction, from the first step on)
         for i in range(steps):
             k_now = lad[i].expand(b, 1)
             k_next = lad[i + 1].expand(b, 1)
             last = commit_last and i == steps - 1
-            if last and last_input is not None:
-                x = last_input(x, k_now)
+            if last:  # held like a commit pass holds a frame: its clean prediction, freshly noised
+                fresh = randn(shape, device, generator)
+                x = last_input(x0, k_now, fresh) if last_input else self.diffusion.q_sample(x0, k_now, fresh)
             out = denoise(x, k_now, commit=last)
             x0, eps = self.diffusion.predict(out, x, k_now)
             x = self.diffusion.ddim_step(x0, eps, k_next, k_now, eta=eta, generator=generator)
