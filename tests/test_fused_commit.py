@@ -34,29 +34,33 @@ def _passes(world, monkeypatch):
 
 def test_fused_commit_saves_a_pass_and_commits_the_last_one(world, monkeypatch):
     frame = world.dynamics.frame
-    assert frame.fused_level(4) == 250 and frame.fused_level(2) == 500  # the last DDIM step's input level
+    # fused: the last step starts at the context level, the others evenly spaced above it
+    assert frame._ladder(4, "cpu", 300).tolist() == [1000, 767, 533, 300, 0]
+    assert frame._ladder(4, "cpu").tolist() == [1000, 750, 500, 250, 0]
     world.reset(_start(world), seed=1, steps=4, fused_commit=False)
     calls = _passes(world, monkeypatch)
     world.step(1)
     assert len(calls) == 5 and [c for _, c in calls] == [False] * 4 + [True]  # 4 steps, then the commit pass
-    world.reset(_start(world), seed=1, steps=4, fused_commit=True)
+    world.reset(_start(world), seed=1, steps=4, fused_commit=True, context_level=300)
     calls.clear()
     position = world._session.dyn_state.position
     world.step(1)
     assert len(calls) == 4 and [c for _, c in calls] == [False, False, False, True]
-    assert int(calls[-1][0].flatten()[0]) == 250  # the committed pass saw the frame at the fused level
+    assert [int(lv.flatten()[0]) for lv, _ in calls] == [1000, 767, 533, 300]  # committed at the context level
     assert world._session.dyn_state.position == position + 1
     frames = [world.step(a) for a in (0, 2, 3)]
     assert all(f.shape == (*world.resolution, 3) for f in frames)
 
 
-def test_fused_commit_holds_start_frames_at_the_fused_level(world, monkeypatch):
+def test_fused_commit_holds_frames_at_the_context_level(world, monkeypatch):
     calls = _passes(world, monkeypatch)
-    world.reset(_start(world), seed=0, steps=2, fused_commit=True)
-    assert calls and all(int(lv.flatten()[0]) == 500 and commit for lv, commit in calls)
+    world.reset(_start(world), seed=0, steps=2, fused_commit=True, context_level=40)
+    assert calls and all(int(lv.flatten()[0]) == 40 and commit for lv, commit in calls)  # start frames
     calls.clear()
-    world.reset(_start(world), seed=0, steps=2, context_level=40)
-    assert all(int(lv.flatten()[0]) == 40 for lv, _ in calls)
+    world.step(0)
+    assert [int(lv.flatten()[0]) for lv, _ in calls] == [1000, 40] and calls[-1][1]  # generated ones
+    with pytest.raises(ValueError, match="context level"):
+        world.step(0, context_level=1000)
 
 
 def test_fused_commit_needs_one_pass_per_step(world):
@@ -81,8 +85,7 @@ def test_fused_rollouts_are_seeded_and_differ_from_the_commit_pass(world):
 @pytest.mark.slow  # exports the debug world's graphs (~20 s on 2 cores)
 def test_step_graph_with_fused_commit_matches_the_world(tmp_path):
     """The ONNX step graph, exported with fused_commit, gives World.reset + World.step's frames
-    for the same seed (start frame held at the fused level, generated frames committed by the
-    last pass), past the ring buffer's wrap-around."""
+    for the same seed (generated frames committed by the last pass, at the context level), past the ring buffer's wrap-around."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from driftless.export.onnx import export_onnx

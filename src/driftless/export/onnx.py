@@ -161,7 +161,8 @@ class PlayStep(nn.Module):
                 return frame.diffusion.q_sample(torch.where(start, given.float(), x0), level, fresh)
 
             x = frame.sample(dyn.run, state, acts, b, given.device, steps=o.steps, eta=o.eta,
-                             temperature=o.temperature, generator=tape, commit_last=True, last_input=held)
+                             temperature=o.temperature, generator=tape, commit_last=True, held_level=o.context_level,
+                             last_input=held)
             x = torch.where(start, given, x)  # (b, 1, s, c)
         else:
             x = frame.sample(dyn.run, state, acts, b, given.device, steps=o.steps, cfg_scale=o.cfg_scale, eta=o.eta,

@@ -12,12 +12,13 @@ is generated under.
 Sampling one frame: DDIM over `steps` from noise scaled by the temperature, with optional
 classifier-free guidance on the action; the finished frame is appended to the caches at the
 context noise level (`FrameModel.observe`), one more backbone pass. With `fused_commit` the last
-denoising pass appends instead: its input is the previous step's prediction of the clean frame,
-noised afresh to the last step's level (`fused_level`: 250 of 1000 for 4 steps; a DDPM-like last
-step), so the frame is held as a commit pass would hold it at that level, and a frame costs
-`steps` passes instead of `steps` + 1 (one denoising pass per step is needed: no CFG, no history
-guidance; at least 2 steps). Keeping the last pass's DDIM-path input instead (no fresh noise)
-lost the level in long rollouts far more often (benchmarks section 4). Several frames can be sampled together following a
+denoising pass appends instead: the DDIM ladder's last step starts at the context level (4 steps,
+level 300: 1000, 767, 533, 300, 0), and that pass's input is the previous step's prediction of
+the clean frame noised afresh to it (a DDPM-like last step), so the frame is held as a commit pass
+holds it, and a frame costs `steps` passes instead of `steps` + 1 (one denoising pass per step is
+needed: no CFG, no history guidance; at least 2 steps). Two variants measured worse in long
+rollouts and were dropped: keeping the last pass's DDIM-path input (no fresh noise), and the even
+ladder's last level (250) instead of the context level (benchmarks section 4). Several frames can be sampled together following a
 Diffusion-Forcing scheduling matrix (`generate_chunk`: autoregressive, pyramid, full_sequence).
 
 History guidance (`history_guidance` = w, 1 = off; "History-guided video diffusion", Song et
@@ -135,13 +136,19 @@ class ForcingFrame(FrameModel):
         return loss, {"diffusion_loss": loss.detach()}
 
     # ---- sampling ------------------------------------------------------------------------------
-    def _ladder(self, steps: int, device) -> torch.Tensor:
-        """The DDIM levels (steps + 1,) on `device`, made once per (steps, device): a frame then
-        needs no host-to-device copy (and can be captured as a CUDA graph)."""
-        key = (steps, str(device))
+    def _ladder(self, steps: int, device, last: int | None = None) -> torch.Tensor:
+        """The DDIM levels (steps + 1,) on `device`, made once per (steps, device, last): a frame then
+        needs no host-to-device copy (and can be captured as a CUDA graph). `last`: the last step
+        starts there (fused_commit: the context level), the others evenly spaced above it."""
+        key = (steps, str(device), last)
         cache = self.__dict__.setdefault("_ladders", {})
         if key not in cache:
-            cache[key] = ladder(self.cfg.diffusion.levels, steps).to(device)
+            K = self.cfg.diffusion.levels
+            if last is None:
+                lad = ladder(K, steps)
+            else:
+                lad = torch.cat([torch.linspace(K, last, steps).round().long(), torch.zeros(1, dtype=torch.long)])
+            cache[key] = lad.to(device)
         return cache[key]
 
     def _denoise_fn(self, run: Backbone, actions: torch.Tensor | None, state: RolloutState, cfg_scale: float,
@@ -183,16 +190,10 @@ class ForcingFrame(FrameModel):
             self.check_fused(cfg_scale, state, steps)
         x = self.sample(run, state, actions, batch, device, steps=steps, cfg_scale=cfg_scale, eta=eta,
                         temperature=temperature, generator=generator, history_guidance=history_guidance,
-                        commit_last=fused_commit)
+                        commit_last=fused_commit, held_level=context_level)
         if not fused_commit:
             self.observe(run, state, x, actions, context_level=context_level, generator=generator)
         return x
-
-    def fused_level(self, steps: int | None = None) -> int:
-        """The level a frame is kept at with `fused_commit`: the last DDIM step's input level.
-        Start frames are held there too (`World.reset`, the ONNX step graph), like generated ones."""
-        steps = self.cfg.diffusion.sampling_steps if steps is None else steps
-        return int(ladder(self.cfg.diffusion.levels, steps)[-2])
 
     @staticmethod
     def check_fused(cfg_scale: float, state: RolloutState, steps: int | None = None) -> None:
@@ -207,13 +208,14 @@ class ForcingFrame(FrameModel):
     def sample(self, run: Backbone, state: RolloutState, actions: torch.Tensor | None, batch: int, device,
                steps: int | None = None, cfg_scale: float = 1.0, eta: float | None = None, temperature: float = 1.0,
                generator: torch.Generator | NoiseTape | None = None, history_guidance: float = 1.0,
-               commit_last: bool = False, last_input=None) -> torch.Tensor:
+               commit_last: bool = False, held_level: int | None = None, last_input=None) -> torch.Tensor:
         """The next frame's latents (b, 1, s, c) from the cached past, not yet appended to the caches
         (`generate_frame` without its `observe`). Noise is drawn from `generator` in this order: the
         initial noise, then one draw per DDIM step when eta > 0. `commit_last`: the last denoising
-        pass appends the frame to the caches (fused_commit); its input is the previous step's clean
-        prediction noised afresh to that step's level (one more draw, before the last step's), or
-        `last_input(x0, level, noise)` (the ONNX step graph puts a start frame there)."""
+        pass appends the frame to the caches (fused_commit): that step starts at `held_level` (the
+        context level; None: the model's), its input the previous step's clean prediction noised
+        afresh (one more draw, before the last step's), or `last_input(x0, level, noise)` (the ONNX
+        step graph puts a start frame there)."""
         cfg, b = self.cfg, batch
         steps = cfg.diffusion.sampling_steps if steps is None else steps
         shape = (b, 1, cfg.tokens_per_frame, cfg.latent_dim)
@@ -221,7 +223,13 @@ class ForcingFrame(FrameModel):
         if commit_last and steps < 2:
             raise ValueError(f"fused_commit needs at least 2 steps (the frame is held as the one before the last "
                              f"predicts it), got {steps}")
-        lad = self._ladder(steps, device)
+        held = None
+        if commit_last:
+            held = cfg.diffusion.context_level if held_level is None else int(held_level)
+            if not 0 <= held < cfg.diffusion.levels:
+                raise ValueError(f"fused_commit holds frames at the context level, which must be in "
+                                 f"[0, {cfg.diffusion.levels}), got {held}")
+        lad = self._ladder(steps, device, held)
         denoise = self._denoise_fn(run, actions, state, cfg_scale, history_guidance)
         x0 = x  # (the clean prediction, from the first step on)
         for i in range(steps):

@@ -70,9 +70,9 @@ class SamplingOptions:
     # history guidance (forcing; 1 = off): past-free + w * (past - past-free) per denoising step; a
     # session started with it runs the history-free branch too (models/frame_forcing.py)
     history_guidance: float = 1.0
-    # forcing: the last denoising pass appends the frame to the dynamics' caches, one backbone pass
-    # fewer per frame; frames are then held at the last DDIM step's input level, not context_level
-    # (models/frame_forcing.py). Needs cfg_scale 1 and no history guidance.
+    # forcing: the last denoising pass, started at context_level, appends the frame to the dynamics'
+    # caches: one backbone pass fewer per frame (models/frame_forcing.py). Needs cfg_scale 1, no
+    # history guidance and 2 steps or more.
     fused_commit: bool = False
 
     def __post_init__(self) -> None:
@@ -251,11 +251,6 @@ class World:
                                  "one pass per step: cfg_scale 1 and history_guidance 1")
         return opts
 
-    def _held_level(self, opts: SamplingOptions) -> int | None:
-        """The noise level known frames are appended at: context_level, or with fused_commit the
-        level generated frames are kept at (so start frames and generated ones are held alike)."""
-        return self.dynamics.frame.fused_level(opts.steps) if opts.fused_commit else opts.context_level
-
     def session_bytes(self, batch: int, frames: int = 1, extra_frames: int = 0) -> int:
         """Estimated peak memory of a session of `batch` items from `frames` context frames (plus
         `extra_frames` generated and returned, as by `rollout`): its KV caches, measured once on a
@@ -310,7 +305,7 @@ class World:
         dyn_state = self.dynamics.new_state(**({"static": True} if static else {}),
                                             **({"window": opts.window} if opts.window is not None else {}),
                                             **_history(opts))
-        self.dynamics.observe(dyn_state, dyn_in, per_frame, context_level=self._held_level(opts), generator=g)
+        self.dynamics.observe(dyn_state, dyn_in, per_frame, context_level=opts.context_level, generator=g)
         dec_caches = self.tokenizer.decoder.new_cache(static=True) if static else self.tokenizer.decoder.new_cache()
         if static:  # static caches take one frame at a time, at a device position
             dec_pos = torch.zeros((), dtype=torch.long, device=self.device)
@@ -473,7 +468,7 @@ class World:
             a = None if acts is None else self._chunk_actions(acts[:, done:done + h], s.batch)
             z = self.dynamics.generate_chunk(
                 s.dyn_state, a, schedule=schedule, steps=opts.steps, uncertainty=uncertainty,
-                cfg_scale=opts.cfg_scale, eta=opts.eta, context_level=self._held_level(opts),
+                cfg_scale=opts.cfg_scale, eta=opts.eta, context_level=opts.context_level,
                 temperature=opts.temperature, generator=s.generator, batch=s.batch, device=self.device, horizon=h,
                 **_history(opts))
             if not bool(torch.isfinite(z).all()):
