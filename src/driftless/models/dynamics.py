@@ -295,7 +295,7 @@ class Dynamics(nn.Module):
         `history_guidance` (forcing; 1 = off) needs a state made with it (`new_state`); such a
         state samples its frames through both branches at any scale (1: the past's alone).
         `fused_commit` (forcing): the last denoising pass appends the frame to the caches, one pass
-        fewer per frame (models/frame_forcing.py; `context_level` is then unused)."""
+        fewer per frame, that pass started at `context_level` (models/frame_forcing.py)."""
         history_guidance = self._history_guidance(history_guidance, state)
         if fused_commit and not self.frame.fuses_commit:
             raise ValueError(f"fused_commit needs a frame model that denoises whole frames (forcing), "

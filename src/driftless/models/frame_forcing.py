@@ -185,7 +185,7 @@ class ForcingFrame(FrameModel):
         """-> the next frame's latents (b, 1, s, c): `steps` DDIM steps (eta), from noise scaled by
         `temperature`, guided by `history_guidance` on a state with a history-free branch; then
         appended to the caches: at `context_level` by one more pass, or with `fused_commit` by the
-        last denoising pass (module docstring; `context_level` is then unused)."""
+        last denoising pass, started at `context_level` (module docstring)."""
         if fused_commit:
             self.check_fused(cfg_scale, state, steps)
         x = self.sample(run, state, actions, batch, device, steps=steps, cfg_scale=cfg_scale, eta=eta,
