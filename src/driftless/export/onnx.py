@@ -155,7 +155,7 @@ class PlayStep(nn.Module):
         acts = action.reshape(b, 1) if dyn.cfg.num_actions else None
         tape = NoiseTape(noise.unbind(0))
         if o.fused_commit:  # the last denoising pass appends the frame; a start frame is put in its input
-            frame.check_fused(o.cfg_scale, state, o.steps)
+            frame.check_fused(o.cfg_scale, state)
 
             def held(x0, level, fresh):  # the frame (or the given start frame) as `World` holds it
                 return frame.diffusion.q_sample(torch.where(start, given.float(), x0), level, fresh)
@@ -163,11 +163,11 @@ class PlayStep(nn.Module):
             x = frame.sample(dyn.run, state, acts, b, given.device, steps=o.steps, eta=o.eta,
                              temperature=o.temperature, generator=tape, commit_last=True, held_level=o.context_level,
                              last_input=held)
-            x = torch.where(start, given, x)  # (b, 1, s, c)
         else:
             x = frame.sample(dyn.run, state, acts, b, given.device, steps=o.steps, cfg_scale=o.cfg_scale, eta=o.eta,
                              temperature=o.temperature, generator=tape)
-            x = torch.where(start, given, x)  # (b, 1, s, c)
+        x = torch.where(start, given, x)  # (b, 1, s, c)
+        if not o.fused_commit:
             frame.observe(dyn.run, state, x, acts, context_level=o.context_level, generator=tape)
         if tape.taken != len(tape.tensors):
             raise ValueError(f"the sampler drew {tape.taken} noise tensors, the graph was given {len(tape.tensors)}")

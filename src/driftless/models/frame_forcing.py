@@ -18,8 +18,9 @@ the clean frame noised afresh to it (a DDPM-like last step), so the frame is hel
 holds it, and a frame costs `steps` passes instead of `steps` + 1 (one denoising pass per step is
 needed: no CFG, no history guidance; at least 2 steps). Two variants measured worse in long
 rollouts and were dropped: keeping the last pass's DDIM-path input (no fresh noise), and the even
-ladder's last level (250) instead of the context level (benchmarks section 4). Several frames can be sampled together following a
-Diffusion-Forcing scheduling matrix (`generate_chunk`: autoregressive, pyramid, full_sequence).
+ladder's last level (250) instead of the context level (benchmarks section 4). Several frames can
+be sampled together following a Diffusion-Forcing scheduling matrix (`generate_chunk`:
+autoregressive, pyramid, full_sequence).
 
 History guidance (`history_guidance` = w, 1 = off; "History-guided video diffusion", Song et
 al. 2025): on a rollout state with a history-free branch (`Dynamics.new_state(history_guidance=w)`)
@@ -187,7 +188,7 @@ class ForcingFrame(FrameModel):
         appended to the caches: at `context_level` by one more pass, or with `fused_commit` by the
         last denoising pass, started at `context_level` (module docstring)."""
         if fused_commit:
-            self.check_fused(cfg_scale, state, steps)
+            self.check_fused(cfg_scale, state)
         x = self.sample(run, state, actions, batch, device, steps=steps, cfg_scale=cfg_scale, eta=eta,
                         temperature=temperature, generator=generator, history_guidance=history_guidance,
                         commit_last=fused_commit, held_level=context_level)
@@ -196,13 +197,11 @@ class ForcingFrame(FrameModel):
         return x
 
     @staticmethod
-    def check_fused(cfg_scale: float, state: RolloutState, steps: int | None = None) -> None:
+    def check_fused(cfg_scale: float, state: RolloutState) -> None:
+        """fused_commit needs one denoising pass per step (`sample` checks the steps)."""
         if cfg_scale != 1.0 or state.history_free:
             raise ValueError("fused_commit keeps the keys of the last denoising pass, so it needs one pass per step: "
                              "not with cfg_scale != 1 or history guidance (turn fused_commit off for those)")
-        if steps is not None and steps < 2:
-            raise ValueError(f"fused_commit holds the frame as the second-to-last step predicts it: it needs at least "
-                             f"2 steps, got {steps}")
 
     @torch.no_grad()
     def sample(self, run: Backbone, state: RolloutState, actions: torch.Tensor | None, batch: int, device,
