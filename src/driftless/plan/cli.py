@@ -82,6 +82,11 @@ def _maze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_flags(p: argparse.ArgumentParser, threads_help: str = "CPU threads for torch") -> None:
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=1, help=threads_help)
+
+
 def _planner_flags(p: argparse.ArgumentParser) -> None:
     """The Diffusion-Forcing planner's settings, shared by `plan maze` and `plan tune`."""
     p.add_argument("--mctg", type=int, default=4, help="MCTG: futures averaged per guidance step (method df)")
@@ -241,8 +246,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="continue a checkpoint of the same configuration (its EMA weights; a fresh optimizer "
                         "and schedule): train over several sessions")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", help="cpu | cuda (default: cuda when available)")
-    t.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+    _device_flags(t, "CPU threads for torch (default 1)")
     t.set_defaults(plan_func=_train)
 
     m = ps.add_parser("maze", help="evaluate planners on Maze2D (D4RL-normalised return, mean ± s.e.)",
@@ -261,8 +265,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"else {DEFAULT_GUIDANCE:g})")
     _planner_flags(m)
     m.add_argument("--seed", type=int, default=0, help="episode seed (0: the evaluation episodes)")
-    m.add_argument("--device", help="cpu | cuda (default: cuda when available)")
-    m.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    _device_flags(m)
     m.add_argument("--json", help="write the summaries (a list) to this JSON file")
     m.add_argument("--plot", help="PNG of executed trajectories (one per method)")
     m.set_defaults(plan_func=_maze)
@@ -282,8 +285,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _planner_flags(u)
     u.add_argument("--seed", type=int, default=1, help="validation episode seed (0, the evaluation seed, is refused)")
     u.add_argument("--workers", type=int, default=1, help="processes scoring scales in parallel")
-    u.add_argument("--device", help="cpu | cuda (default: cuda when available)")
-    u.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    _device_flags(u)
     u.add_argument("--json", help="also write the tuning record to this JSON file")
     u.set_defaults(plan_func=_tune)
 
@@ -305,8 +307,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--multi-task", action="store_true", help=argparse.SUPPRESS)  # _guidance reads it
     _planner_flags(w)
     w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--device", help="cpu | cuda (default: cuda when available)")
-    w.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    _device_flags(w)
     w.set_defaults(plan_func=_show)
 
     c = ps.add_parser("cross", help="compositional generation: crosses with memory, V shapes without",
@@ -317,8 +318,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--memoryless-horizon", type=int, default=8,
                    help="plan horizon (tokens) of memoryless MPC; each plan is executed whole")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", help="cpu | cuda (default: cuda when available)")
-    c.add_argument("--threads", type=int, default=1)
+    _device_flags(c)
     c.set_defaults(plan_func=_cross)
 
     def dispatch(a: argparse.Namespace) -> int:
