@@ -29,7 +29,8 @@ SCALES_large=${SCALES_large:-0.375 0.75 1.5 3}
 # small: stop 30's models continued in bf16; fp32: the same continued in full precision;
 # base: the wider preset from scratch
 VARIANTS=${VARIANTS:-small:small:init: fp32:small:init:--precision,fp32 base:base::}
-names() { local vs=VARIANTS_$1; for v in ${!vs:-$VARIANTS}; do printf '%s ' "${v%%:*}"; done; }
+variants() { local vs=VARIANTS_$1; echo ${!vs:-$VARIANTS}; }  # the maze's variant specs
+names() { for v in $(variants $1); do printf '%s ' "${v%%:*}"; done; }
 DL="python3 -m driftless"; export MUJOCO_GL=disable
 NG=$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')
 stamp() { echo "$(date +%T) $*" >> $R/status.txt; }
@@ -47,8 +48,7 @@ done; wait
 stamp train
 i=0
 for m in $MAZES; do
-  vs=VARIANTS_$m
-  for v in ${!vs:-$VARIANTS}; do
+  for v in $(variants $m); do
     IFS=: read -r name preset init extra <<< "$v"
     if [ "$preset" = keep ]; then  # the parent itself, scored beside its continuations
       mkdir -p $W/models && cp -r $INIT/$m-df $W/models/$m-$name && rm -f $W/models/$m-$name/planner.json
@@ -67,9 +67,8 @@ pack_models
 stamp show
 i=0
 for m in $MAZES; do
-  vs=VARIANTS_$m
-  for v in ${!vs:-$VARIANTS}; do
-    name=${v%%:*}; scales=SCALES_$m
+  scales=SCALES_$m
+  for name in $(names $m); do
     CUDA_VISIBLE_DEVICES=$(gpu $i) $DL plan show --maze $m --checkpoint $W/models/$m-$name --guidance 0 ${!scales} \
       --mctg 4 --sampling-steps 15 --clean-level $CLEAN --data $W/val/$m.npz --device $DEVICE \
       --out $W/plots/plans-$m-$name.png > $R/show-$m-$name.jsonl 2>$R/show-$m-$name.err &
@@ -79,9 +78,8 @@ done; wait
 stamp tune
 i=0
 for m in $MAZES; do
-  vs=VARIANTS_$m
-  for v in ${!vs:-$VARIANTS}; do
-    name=${v%%:*}; scales=SCALES_$m
+  scales=SCALES_$m
+  for name in $(names $m); do
     CUDA_VISIBLE_DEVICES=$(gpu $i) $DL plan tune --maze $m --checkpoint $W/models/$m-$name --method df --mctg 4 \
       --sampling-steps 15 --clean-level $CLEAN --guidance ${!scales} --episodes $VAL_EPIS --batch $VAL_EPIS --seed 1 \
       --workers 4 --device $DEVICE --json $R/tune-$m-$name.json > $R/tune-$m-$name.log 2>&1 &
