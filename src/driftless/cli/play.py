@@ -13,13 +13,33 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 BACKENDS = ("auto", "torch", "onnx")
 
 
-def onnx_cache(world, steps: int) -> Path:
-    """Where the ONNX export of `world` sampling `steps` steps is kept: DRIFTLESS_CACHE (default
-    ~/.cache/driftless)/onnx/NAME-DIGEST-sSTEPS, the digest over world.json and each component's
-    config.json (which carries its weights' checksums), so a retrained world gets a new folder."""
+# the packages whose code makes the exported graphs: an export made by other code is not reused
+EXPORT_CODE = ("diffusion", "export", "models", "nn", "world")
+
+
+def export_code_digest() -> str:
+    """A digest of the driftless source that builds and runs an ONNX export (EXPORT_CODE's .py files,
+    by relative path), so an upgrade or a local change to that code makes a new export."""
     import hashlib
 
-    h = hashlib.sha256()
+    import driftless
+
+    h = hashlib.sha256(driftless.__version__.encode())
+    root = Path(driftless.__file__).parent
+    for package in EXPORT_CODE:
+        for f in sorted((root / package).rglob("*.py")):
+            h.update(f.relative_to(root).as_posix().encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def onnx_cache(world, steps: int) -> Path:
+    """Where the ONNX export of `world` sampling `steps` steps is kept: DRIFTLESS_CACHE (default
+    ~/.cache/driftless)/onnx/NAME-DIGEST-sSTEPS, the digest over world.json, each component's
+    config.json (which carries its weights' checksums) and the code that exports and runs the graphs
+    (export_code_digest), so a retrained world or changed code gets a new folder."""
+    import hashlib
+
+    h = hashlib.sha256(export_code_digest().encode())
     folder = Path(getattr(world, "path", "") or "")
     for f in [folder / "world.json", *sorted(folder.glob("*/config.json"))]:
         if f.is_file():
