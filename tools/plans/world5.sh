@@ -15,7 +15,8 @@
 #      (returns at once: the tree with the wheels is at the 64 MiB cap; the world travels in call 2)
 #   2. carry ["runs/s32/world"]: `bash tools/gpu_job.sh wait 550`
 #   3. `bash tools/gpu_job.sh wait 540` until `plan: finished`, give_back.
-# Brings back worldA.tar, worldB.tar (fp16, tuned), eval-full-plots.tgz, results.tar.gz (run-, eval-,
+# Brings back worldA.tar, worldB.tar (fp16, packed before the tune: its world.json comes back as
+# results world-tuned-A|B.json), eval-full-plots.tgz, results.tar.gz (run-, eval-,
 # tune-, world-tuned-, uniform-*.json, eval-full-B.json, logs).
 # Then on the CPU: both arms against runs/s32/world on val1k (benchmarks 2.8's commands), the better
 # one shipped only if it keeps the level over 1000 validation frames at least as well as the shipped world.
