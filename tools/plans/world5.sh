@@ -18,6 +18,9 @@
 # Brings back worldA.tar, worldB.tar (fp16, packed before the tune: its world.json comes back as
 # results world-tuned-A|B.json), eval-full-plots.tgz, results.tar.gz (run-, eval-,
 # tune-, world-tuned-, uniform-*.json, eval-full-B.json, logs).
+# Play cost of B's window (this 2-core CPU, tools/cpu_play_bench.py --threads 2 --frames 150 --rounds 2,
+# stop 32's CPU smoke world of B against runs/s32/world, same network otherwise): ONNX Runtime 12.9
+# against 15.7 frames/s, PyTorch 7.8 against 8.6; its ONNX export matches the world over 40 frames.
 # Then on the CPU: both arms against runs/s32/world on val1k (benchmarks 2.8's commands), the better
 # one shipped only if it keeps the level over 1000 validation frames at least as well as the shipped world.
 # Timeline: data ~1.5 min, the arms BUDGET (12) minutes at once, tunes ~1.5 (16 x 1000 frames per
