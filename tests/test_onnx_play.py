@@ -88,12 +88,9 @@ def test_cli_backend_choice(loaded, debug_export, tmp_path, monkeypatch):
         choose_backend("onnx", "cuda", world, 2)
     folder = onnx_cache(world, 2)
     assert folder.parent == tmp_path / "onnx" and folder != onnx_cache(world, 4), "the step count is in the key"
-    from driftless.cli import play
-
-    code = play.export_code_digest
-    monkeypatch.setattr(play, "export_code_digest", lambda: "other code")
-    assert onnx_cache(world, 2) != folder, "an export made by other code is not reused"
-    monkeypatch.setattr(play, "export_code_digest", code)
+    with monkeypatch.context() as m:
+        m.setattr("driftless.cli.play.export_code_digest", lambda: "other code")
+        assert onnx_cache(world, 2) != folder, "an export made by other code is not reused"
     shutil.copytree(debug_export["onnx"], folder)
     assert choose_backend("auto", "cpu", world, 2) == ("onnx", folder)
     assert choose_backend("onnx", "cpu", world, 2) == ("onnx", folder), "a cached export is not made again"
