@@ -218,7 +218,6 @@ class ForcingFrame(FrameModel):
         cfg, b = self.cfg, batch
         steps = cfg.diffusion.sampling_steps if steps is None else steps
         shape = (b, 1, cfg.tokens_per_frame, cfg.latent_dim)
-        x = randn(shape, device, generator) * temperature
         if commit_last and steps < 2:
             raise ValueError(f"fused_commit needs at least 2 steps (the frame is held as the one before the last "
                              f"predicts it), got {steps}")
@@ -228,6 +227,7 @@ class ForcingFrame(FrameModel):
             if not 0 <= held < cfg.diffusion.levels:
                 raise ValueError(f"fused_commit holds frames at the context level, which must be in "
                                  f"[0, {cfg.diffusion.levels}), got {held}")
+        x = randn(shape, device, generator) * temperature
         lad = self._ladder(steps, device, held)
         denoise = self._denoise_fn(run, actions, state, cfg_scale, history_guidance)
         x0 = x  # (the clean prediction, from the first step on)
