@@ -173,3 +173,28 @@ def test_short_causal_attention_matches_sdpa():
     k2 = k.clone()
     k2[:, :, -1] += 1
     assert torch.equal(short_causal_attention(q, k2, v)[:, :, :-1], out[:, :, :-1])
+
+
+def test_static_cache_attend_without_writing_matches_write_then_attend():
+    """A static cache's non-committing pass (`attend`: committed slots and the new position under
+    one softmax, nothing written) gives the output of writing the position into its slot and
+    attending with the mask, from an empty cache through the ring buffer's wrap-around; the
+    buffers are left as they were."""
+    from driftless.nn.attention import StaticKVCache
+
+    torch.manual_seed(0)
+    n, h, d, window = 3, 2, 8, 4
+    cache, twin = StaticKVCache(window), StaticKVCache(window)
+    for t in range(2 * window + 3):  # wraps twice
+        q, k, v = (torch.randn(n, h, 1, d) for _ in range(3))
+        out = cache.attend(q, k, v, window)
+        before = cache.k.clone()
+        k_all, v_all = twin.with_current(k, v, window)
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k_all, v_all, attn_mask=twin.attn_mask())
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        assert torch.equal(cache.k, before)  # nothing written
+        for c in (cache, twin):  # both commit the same position
+            c.with_current(k, v, window)
+            c.commit_current(window)
+        # an empty cache: the position attends to itself alone; afterwards the past takes part
+        assert torch.allclose(out, v, atol=1e-6) == (t == 0)

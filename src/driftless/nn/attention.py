@@ -176,6 +176,25 @@ class StaticKVCache:
         self.v.index_copy_(2, self.slot.view(1), v)
         return self.k, self.v
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None) -> torch.Tensor:
+        """Attention of one new position - q, k, v (N, heads, 1, hd) -> (N, heads, 1, hd) - to the
+        committed slots and itself, without writing it into the buffers: the softmax over both parts
+        is taken jointly (scores in fp32). The same result as `with_current` + masked attention; for
+        the passes that do not commit (every denoising step but the last), where a write is wasted.
+        In an exported graph the write is a scatter that copies the whole buffer, and the keys are
+        read as (capacity, hd) @ (hd, 1), so the buffer is never transposed either."""
+        self._ensure(k, window)
+        dtype = v.dtype
+        qs = q.float() * q.shape[-1] ** -0.5
+        past = torch.matmul(self.k.float(), qs.transpose(-1, -2)).squeeze(-1)  # (N, heads, capacity)
+        keep = self.valid & (self._index != self.slot)  # committed, and not the slot this position takes
+        past = past.masked_fill(~keep, float("-inf"))
+        cur = (qs * k.float()).sum(-1)  # (N, heads, 1)
+        top = torch.maximum(past.amax(-1, keepdim=True), cur)  # finite: cur is
+        p_past, p_cur = torch.exp(past - top), torch.exp(cur - top)
+        out = torch.matmul(p_past.unsqueeze(-2), self.v.float()) + p_cur.unsqueeze(-1) * v.float()  # (N, h, 1, hd)
+        return (out / (p_past.sum(-1, keepdim=True) + p_cur).unsqueeze(-1)).to(dtype)
+
     def attn_mask(self) -> torch.Tensor:
         """(1, 1, 1, capacity) bool: the committed slots and the current one."""
         return (self.valid | (self._index == self.slot)).view(1, 1, 1, -1)
@@ -265,9 +284,12 @@ class Attention(nn.Module):
         static = getattr(cache, "static", False)
         if cache is not None and L == 1 and (cache.length or commit or static):
             # one new position: attend to the cached ones and itself, no copies (a static cache
-            # reads all its slots with a mask)
-            k_all, v_all = cache.with_current(k, v, window)
-            out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=cache.attn_mask() if static else None)
+            # reads all its slots with a mask, and is written only by a pass that commits)
+            if static and not commit:
+                out = cache.attend(q, k, v, window)
+            else:
+                k_all, v_all = cache.with_current(k, v, window)
+                out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=cache.attn_mask() if static else None)
             if commit:
                 cache.commit_current(window)
         elif static:
