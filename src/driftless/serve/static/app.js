@@ -48,7 +48,7 @@
       text = `Keys are mapped by what each latent action does: ` + (acc == null ? "accuracy not measured." :
         `from ${am.heldout_starts || "held-out"} held-out ${game} states, a key's action moves the world like the ` +
         `real game's control ${pct(acc)} of the time (chance ${pct(am.majority_baseline ?? 1 / 3)})` +
-        (am.previous_accuracy != null ? `; the map fitted from co-occurrence: ${pct(am.previous_accuracy)}.` : "."));
+        (am.previous_accuracy != null ? `; the map it replaced: ${pct(am.previous_accuracy)}.` : "."));
     else if (am.method === "motion")
       text = "Keys are mapped by the scene motion of each latent action (the camera follows the player: " +
         "right moves the scene left, jump moves it down); not measured against a game.";
