@@ -181,8 +181,8 @@ class StaticKVCache:
         committed slots and itself, without writing it into the buffers: the softmax over both parts
         is taken jointly (scores in fp32). The same result as `with_current` + masked attention; for
         the passes that do not commit (every denoising step but the last), where a write is wasted.
-        In an exported graph the write is a scatter that copies the whole buffer, and the keys are
-        read as (capacity, hd) @ (hd, 1), so the buffer is never transposed either."""
+        In an exported graph that write is a scatter that copies the whole buffer; here the keys are
+        read as (capacity, hd) @ (hd, 1), so these passes neither copy nor transpose the buffer."""
         self._ensure(k, window)
         dtype = v.dtype
         qs = q.float() * q.shape[-1] ** -0.5
