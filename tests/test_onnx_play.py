@@ -50,6 +50,10 @@ def test_onnx_world_refuses_other_options_and_other_worlds(loaded, debug_export)
     with pytest.raises(ValueError, match="2 steps"):
         ow.step(0, steps=3)
     assert ow.step(0, steps=2).shape == (*world.resolution, 3)  # the baked-in count is fine
+    exported = ow.player.manifest["sampling"]["window"]
+    assert ow.step(0, window=exported).shape == (*world.resolution, 3)  # the baked-in window is fine
+    with pytest.raises(ValueError, match="exported with"):
+        ow.step(0, window=exported - 1)
     with pytest.raises(ValueError, match="cannot sample with history guidance.*--backend torch"):
         ow.step(0, history_guidance=2.0)
     other = types.SimpleNamespace(resolution=(32, 32), num_actions=world.num_actions)
@@ -88,10 +92,12 @@ def test_cli_backend_choice(loaded, debug_export, tmp_path, monkeypatch):
         choose_backend("onnx", "cuda", world, 2)
     folder = onnx_cache(world, 2)
     assert folder.parent == tmp_path / "onnx" and folder != onnx_cache(world, 4), "the step count is in the key"
+    assert onnx_cache(world, 2, 3).name == folder.name + "-w3", "a play window is in the key"
     with monkeypatch.context() as m:
         m.setattr("driftless.cli.play.export_code_digest", lambda: "other code")
         assert onnx_cache(world, 2) != folder, "an export made by other code is not reused"
     shutil.copytree(debug_export["onnx"], folder)
     assert choose_backend("auto", "cpu", world, 2) == ("onnx", folder)
     assert choose_backend("onnx", "cpu", world, 2) == ("onnx", folder), "a cached export is not made again"
+    assert choose_backend("auto", "cpu", world, 2, 3) == ("torch", None), "an export for another window is not used"
     assert choose_backend("auto", "cuda", world, 2) == ("torch", None)

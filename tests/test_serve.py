@@ -346,6 +346,23 @@ def test_bad_config_rejected(play_world):
         create_app(play_world, max_sessions=0)
     with pytest.raises(ValueError, match="unknown play option"):
         create_app(play_world, frames_per_second=3)
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        create_app(play_world, window=0)
+
+
+def test_play_window_reaches_the_world(play_world):
+    """`driftless play --window N`: sessions attend to N frames, as `World.step(window=N)` does;
+    a one-frame window plays other frames than the world's own."""
+    def frames(**options):
+        with client_for(play_world, seed=7, **options) as client, client.websocket_connect("/ws") as ws:
+            ws.receive_json()
+            start_upload(ws, png_bytes(seed=10))
+            return [step(ws, k % 4)[1] for k in range(6)]
+
+    own = frames()
+    trained = play_world.dynamics.cfg.context_window
+    assert all(np.array_equal(f, g) for f, g in zip(own, frames(window=trained))), "its own window: same frames"
+    assert not all(np.array_equal(f, g) for f, g in zip(own, frames(window=1))), "one frame: other frames"
 
 
 def _two_sessions(world, workers, interleave):

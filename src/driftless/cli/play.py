@@ -32,9 +32,10 @@ def export_code_digest() -> str:
     return h.hexdigest()
 
 
-def onnx_cache(world, steps: int) -> Path:
-    """Where the ONNX export of `world` sampling `steps` steps is kept: DRIFTLESS_CACHE (default
-    ~/.cache/driftless)/onnx/NAME-DIGEST-sSTEPS, the digest over world.json, each component's
+def onnx_cache(world, steps: int, window: int | None = None) -> Path:
+    """Where the ONNX export of `world` sampling `steps` steps (attending to `window` frames; None:
+    the world's own) is kept: DRIFTLESS_CACHE (default ~/.cache/driftless)/onnx/NAME-DIGEST-sSTEPS
+    (-wWINDOW), the digest over world.json, each component's
     config.json (which carries its weights' checksums) and the code that exports and runs the graphs
     (export_code_digest), so a retrained world or changed code gets a new folder."""
     import hashlib
@@ -45,7 +46,8 @@ def onnx_cache(world, steps: int) -> Path:
         if f.is_file():
             h.update(f.name.encode() + f.read_bytes())
     root = Path(os.environ.get("DRIFTLESS_CACHE") or Path.home() / ".cache" / "driftless")
-    return root / "onnx" / f"{folder.name or 'world'}-{h.hexdigest()[:12]}-s{steps}"
+    name = f"{folder.name or 'world'}-{h.hexdigest()[:12]}-s{steps}" + (f"-w{window}" if window else "")
+    return root / "onnx" / name
 
 
 def _onnx_runtime_missing() -> str | None:
@@ -57,14 +59,14 @@ def _onnx_runtime_missing() -> str | None:
     return None
 
 
-def choose_backend(backend: str, device: str, world, steps: int) -> tuple[str, Path | None]:
+def choose_backend(backend: str, device: str, world, steps: int, window: int | None = None) -> tuple[str, Path | None]:
     """-> ("torch" | "onnx", the export folder for onnx). auto: onnx on a CPU when this world's
     export is cached already, else torch (an export takes a minute or two: --backend onnx makes it)."""
     if backend not in BACKENDS:
         raise ValueError(f"--backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return "torch", None
-    folder = onnx_cache(world, steps)
+    folder = onnx_cache(world, steps, window)
     missing = _onnx_runtime_missing()
     if backend == "auto":
         ok = str(device) == "cpu" and missing is None and (folder / "manifest.json").is_file()
@@ -83,7 +85,7 @@ def choose_backend(backend: str, device: str, world, steps: int) -> tuple[str, P
         tmp = folder.with_name(folder.name + ".tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
-        export_onnx(world, tmp, steps=steps, log=lambda *a: None)
+        export_onnx(world, tmp, steps=steps, log=lambda *a: None, **({"window": window} if window else {}))
         swap_in(tmp, folder)
     return "onnx", folder
 
@@ -116,12 +118,18 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.world} has no dynamics model, so it cannot be played; pass a world folder "
                          f"built with `driftless world build --dynamics ...`")
     steps = int(args.denoise_steps or world.sampling.steps)
-    backend, onnx_folder = choose_backend(args.backend, device, world, steps)
+    trained = int(world.dynamics.cfg.context_window)
+    if args.window is not None and not 1 <= args.window <= trained:
+        raise ValueError(f"--window must be a number of frames in [1, {trained}] (the world was trained to attend to "
+                         f"{trained}), got {args.window}")
+    backend, onnx_folder = choose_backend(args.backend, device, world, steps, args.window)
     onnx_threads = int(args.threads) if args.threads != "auto" else min(8, os.cpu_count() or 1)
     if backend == "onnx":
         threads = onnx_threads
     elif device == "cpu" and args.threads == "auto":
         sampling = {"steps": args.denoise_steps} if args.denoise_steps else {}
+        if args.window:
+            sampling["window"] = args.window
         threads, timings = tune_threads(world, sampling=sampling)
         print("CPU threads: " + ", ".join(f"{n}: {1000 * s:.0f} ms/frame" for n, s in sorted(timings.items()))
               + f" -> using {threads}")
@@ -131,7 +139,8 @@ def _run(args: argparse.Namespace) -> int:
     if host not in LOOPBACK:  # reachable from the network: players may use this machine's name
         allowed.append(socket.gethostname())
     app = create_app(world, max_sessions=args.max_sessions, data=args.data, tick_fps=args.fps,
-                     denoise_steps=args.denoise_steps, inference_workers=args.workers, seed=args.seed,
+                     denoise_steps=args.denoise_steps, window=args.window, inference_workers=args.workers,
+                     seed=args.seed,
                      max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), allowed_hosts=tuple(allowed),
                      onnx=str(onnx_folder) if onnx_folder else None, onnx_threads=onnx_threads)
     cfg = app.state.config
@@ -171,6 +180,9 @@ def register(sub) -> None:
     p.add_argument("--max-sessions", type=int, default=4, help="browser tabs playing at once (default 4)")
     p.add_argument("--fps", type=float, default=15.0, help="target tick rate while playing (default 15)")
     p.add_argument("--denoise-steps", type=int, help="sampling steps per frame (default: the world's own)")
+    p.add_argument("--window", type=int, metavar="FRAMES",
+                   help="frames the dynamics attends to, the new one included (default: the world's own, e.g. 64 "
+                        "for coinrun); fewer play faster on a CPU and remember less of the level")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: cuda when available)")
     p.add_argument("--threads", default="auto",
                    help="CPU threads for torch: a number, or auto (default: time 1 thread and all cores, keep the "

@@ -41,6 +41,7 @@ class PlayConfig:
     max_sessions: int = 4  # tabs playing at once; one more is told the server is full
     tick_fps: float = 15.0  # frames per second the page asks for while a key is held or idle
     denoise_steps: int | None = None  # sampling steps per frame (None: the world's default)
+    window: int | None = None  # frames the dynamics attends to (None: the world's trained context window)
     context_frames: int = 4  # frames of a dataset clip used as the prompt
     max_upload_bytes: int = 4 * 1024 * 1024  # an uploaded PNG/JPEG, encoded
     max_upload_pixels: int = 16_000_000  # its width * height
@@ -72,6 +73,8 @@ class PlayConfig:
             raise ValueError(f"tick_fps must be in (0, 240], got {self.tick_fps}")
         if self.denoise_steps is not None and int(self.denoise_steps) < 1:
             raise ValueError(f"denoise_steps must be >= 1, got {self.denoise_steps}")
+        if self.window is not None and int(self.window) < 1:
+            raise ValueError(f"window must be >= 1 frame, got {self.window}")
         for name in ("idle_timeout_s", "send_timeout_s", "ping_interval_s", "ping_timeout_s"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -227,7 +230,10 @@ class PlaySession:
         return self.prompt is not None
 
     def _sampling(self) -> dict:
-        return {"steps": int(self.config.denoise_steps)} if self.config.denoise_steps else {}
+        out = {"steps": int(self.config.denoise_steps)} if self.config.denoise_steps else {}
+        if self.config.window:
+            out["window"] = int(self.config.window)
+        return out
 
     def _record(self, frame: np.ndarray) -> bool:
         with self._rec_lock:

@@ -127,6 +127,8 @@ class OnnxWorld:
     def _check(self, sampling: dict) -> None:
         steps = sampling.get("steps")
         other = {k: v for k, v in sampling.items() if k != "steps" and v is not None}
+        if "window" in other and int(other["window"]) == int(self.player.manifest["sampling"]["window"]):
+            del other["window"]  # the window the graph was exported with
         if other.get("history_guidance", 1.0) != 1.0:
             raise ValueError(f"an ONNX export cannot sample with history guidance (history_guidance "
                              f"{other['history_guidance']}): play with --backend torch")
