@@ -1,6 +1,7 @@
 """Frames/s of batch-1 play on this CPU: the PyTorch world vs the same world through ONNX Runtime
 (`driftless play --backend torch|onnx`), alternating in one run, for each thread count.
-`--fused-commit` adds both backends with that sampling option on (one backbone pass fewer per frame).
+`--fused-commit` adds both backends with that sampling option on (one backbone pass fewer per frame);
+`--window N` plays both with an N-frame window (`driftless play --window N`).
 
     python tools/cpu_play_bench.py [WORLD] --threads 1,2 --frames 150 --rounds 3 [--fused-commit] --json out.json
 """
@@ -24,6 +25,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--fused-commit", action="store_true", help="also time both backends with fused_commit on")
+    ap.add_argument("--window", type=int, help="frames the dynamics attends to (default: the world's own)")
     ap.add_argument("--json")
     a = ap.parse_args()
 
@@ -34,17 +36,18 @@ def main() -> None:
 
     world = load(a.world)
     steps = world.sampling.steps
-    _, folder = choose_backend("onnx", "cpu", world, steps)
+    _, folder = choose_backend("onnx", "cpu", world, steps, a.window)
+    own = {"window": a.window} if a.window else {}
     fused_folder = folder.with_name(folder.name + "-fused")
     if a.fused_commit and not (fused_folder / "manifest.json").is_file():
-        export_onnx(world, fused_folder, steps=steps, fused_commit=True, log=lambda *x: None)
+        export_onnx(world, fused_folder, steps=steps, fused_commit=True, log=lambda *x: None, **own)
     start = default_start_frame(world)[None]
     rows = []
     for threads in [int(t) for t in a.threads.split(",")]:
         torch.set_num_threads(threads)
-        backends = {"torch": (world, {}), "onnx": (OnnxWorld(world, folder, threads=threads), {})}
+        backends = {"torch": (world, own), "onnx": (OnnxWorld(world, folder, threads=threads), {})}
         if a.fused_commit:
-            backends.update({"torch-fused": (world, {"fused_commit": True}),
+            backends.update({"torch-fused": (world, {"fused_commit": True, **own}),
                              "onnx-fused": (OnnxWorld(world, fused_folder, threads=threads), {})})
         fps = {k: [] for k in backends}
         for _ in range(a.rounds):
@@ -61,7 +64,7 @@ def main() -> None:
             rounds = ", ".join(f"{x:.1f}" for x in v)
             print(f"{name:11s} {threads} thread(s): {np.median(v):5.1f} frames/s (rounds: {rounds})")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    out = {"world": a.world, "steps": steps, "frames": a.frames, "rounds": a.rounds, "rows": rows,
+    out = {"world": a.world, "steps": steps, "window": a.window or world.dynamics.cfg.context_window, "frames": a.frames, "rounds": a.rounds, "rows": rows,
            "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
            "onnxruntime": __import__("onnxruntime").__version__, "commit": commit, "date": str(date.today()),
            "load_average_after": os.getloadavg()}
