@@ -64,7 +64,8 @@ def main() -> None:
             rounds = ", ".join(f"{x:.1f}" for x in v)
             print(f"{name:11s} {threads} thread(s): {np.median(v):5.1f} frames/s (rounds: {rounds})")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    out = {"world": a.world, "steps": steps, "window": a.window or world.dynamics.cfg.context_window, "frames": a.frames, "rounds": a.rounds, "rows": rows,
+    out = {"world": a.world, "steps": steps, "window": world.dynamics.check_window(a.window), "frames": a.frames,
+           "rounds": a.rounds, "rows": rows,
            "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
            "onnxruntime": __import__("onnxruntime").__version__, "commit": commit, "date": str(date.today()),
            "load_average_after": os.getloadavg()}

@@ -118,18 +118,17 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.world} has no dynamics model, so it cannot be played; pass a world folder "
                          f"built with `driftless world build --dynamics ...`")
     steps = int(args.denoise_steps or world.sampling.steps)
-    trained = int(world.dynamics.cfg.context_window)
-    if args.window is not None and not 1 <= args.window <= trained:
-        raise ValueError(f"--window must be a number of frames in [1, {trained}] (the world was trained to attend to "
-                         f"{trained}), got {args.window}")
-    backend, onnx_folder = choose_backend(args.backend, device, world, steps, args.window)
+    # the dynamics' own bounds, checked before anything is exported; its trained window is the default
+    window = None if args.window is None else world.dynamics.check_window(args.window)
+    window = None if window == world.dynamics.cfg.context_window else window
+    backend, onnx_folder = choose_backend(args.backend, device, world, steps, window)
     onnx_threads = int(args.threads) if args.threads != "auto" else min(8, os.cpu_count() or 1)
     if backend == "onnx":
         threads = onnx_threads
     elif device == "cpu" and args.threads == "auto":
         sampling = {"steps": args.denoise_steps} if args.denoise_steps else {}
-        if args.window:
-            sampling["window"] = args.window
+        if window:
+            sampling["window"] = window
         threads, timings = tune_threads(world, sampling=sampling)
         print("CPU threads: " + ", ".join(f"{n}: {1000 * s:.0f} ms/frame" for n, s in sorted(timings.items()))
               + f" -> using {threads}")
@@ -139,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
     if host not in LOOPBACK:  # reachable from the network: players may use this machine's name
         allowed.append(socket.gethostname())
     app = create_app(world, max_sessions=args.max_sessions, data=args.data, tick_fps=args.fps,
-                     denoise_steps=args.denoise_steps, window=args.window, inference_workers=args.workers,
+                     denoise_steps=args.denoise_steps, window=window, inference_workers=args.workers,
                      seed=args.seed,
                      max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), allowed_hosts=tuple(allowed),
                      onnx=str(onnx_folder) if onnx_folder else None, onnx_threads=onnx_threads)
