@@ -27,6 +27,30 @@ def test_step_graph_matches_pytorch_past_the_ring_buffers_wrap(debug_export):
     assert check["encoder_max_abs"] < 1e-4, check
 
 
+def test_step_graph_writes_its_ring_buffers_in_place_of_transposing_them(debug_export):
+    """The KV ring buffers (N, heads, capacity, hd) take a frame's keys and values along dim 2: the graph
+    writes them with ScatterElements in the buffers' own layout, not with the transpose -> ScatterND ->
+    transpose an exported index_copy_ becomes (a sixth of a CPU frame at the shipped world's window);
+    at the opset the ONNX Runtime here loads best, attention, RMS norms and GELU are single nodes."""
+    import onnx
+
+    from driftless.export.onnx import OPSET, export_opset
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(debug_export["onnx"] / "step.onnx")))
+    shape = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim)
+             for v in [*model.graph.value_info, *model.graph.input]}
+    buffers = {shape[n] for n in debug_export["manifest"]["graphs"]["step"]["state"] if len(shape[n]) == 4}
+    assert len(buffers) >= 2  # the dynamics' and the decoder's
+    ops = [n.op_type for n in model.graph.node]
+    moved = [n.op_type for n in model.graph.node if n.op_type in ("Transpose", "ScatterND") and shape.get(n.input[0]) in
+             buffers]
+    assert not moved, moved
+    assert ops.count("ScatterElements") >= 2 * len(buffers)  # keys and values of each, once a frame at least
+    assert debug_export["manifest"]["exported"]["opset"] == export_opset()
+    if export_opset() == OPSET:
+        assert {"Attention", "RMSNormalization", "Gelu"} <= set(ops)
+
+
 def test_manifest_describes_the_interface(debug_export):
     m = json.loads((debug_export["onnx"] / "manifest.json").read_text())
     assert m["format"] == "driftless-onnx" and m["batch"] == 1

@@ -23,8 +23,9 @@ def export_code_digest() -> str:
     import hashlib
 
     import driftless
+    from driftless.export.onnx import export_opset
 
-    h = hashlib.sha256(driftless.__version__.encode())
+    h = hashlib.sha256(f"{driftless.__version__} opset {export_opset()}".encode())
     root = Path(driftless.__file__).parent
     for package in EXPORT_CODE:
         for f in sorted((root / package).rglob("*.py")):

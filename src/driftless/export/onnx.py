@@ -68,7 +68,13 @@ from driftless.world.onnx_play import (  # noqa: F401
 )
 from driftless.world.world import SamplingOptions, World, load
 
-OPSET = 18
+# ONNX opset of the exports: 23 writes attention, RMS norms and GELU as one node each (Attention,
+# RMSNormalization, Gelu), which ONNX Runtime runs from 1.23 on: about 17 % more frames/s on a 2-core
+# CPU than the same graph at 18, where they are dozens of small nodes (docs/benchmarks.md, section 4).
+# An older ONNX Runtime here gets OPSET_OLD (`export_opset`).
+OPSET = 23
+OPSET_OLD = 18
+OPSET_MIN_RUNTIME = (1, 23)
 WEIGHTS = ("auto", "fp16", "fp32")
 FP16_MIN_SIZE = 1024  # `fp16` stores float weights of at least this many values in float16
 INPUTS = ("action", "start", "given", "noise")  # then the state (`state_names`)
@@ -77,6 +83,18 @@ OUTPUTS = ("frame", "latents")  # then the state after the frame, `<name>_out`
 
 
 # ---------------------------------------------------------------------------------- the graphs
+def export_opset() -> int:
+    """OPSET, or OPSET_OLD where the installed ONNX Runtime is older than OPSET_MIN_RUNTIME (its graphs
+    would not load there) or cannot be read."""
+    try:
+        import onnxruntime
+
+        version = tuple(int(p) for p in onnxruntime.__version__.split(".")[:2])
+    except (ImportError, ValueError):
+        return OPSET_OLD
+    return OPSET if version >= OPSET_MIN_RUNTIME else OPSET_OLD
+
+
 def sampling_options(world: World, **overrides) -> SamplingOptions:
     """The world's default sampling options with `overrides` (None: keep), all resolved to values
     (the graph bakes them in). History guidance is refused: the step graph runs one branch."""
@@ -242,7 +260,7 @@ def _quiet_exporter():
             lg.setLevel(level)
 
 
-def _export_graph(module: nn.Module, args: tuple, inputs, outputs, path: Path) -> None:
+def _export_graph(module: nn.Module, args: tuple, inputs, outputs, path: Path, opset: int) -> None:
     """torch.onnx's exporter (torch.export + translation), then constant folding, common
     subexpressions, dead nodes and per-node metadata removed. (The exporter's own optimizer adds pattern rewrites
     that took 3/4 of the time on the unrolled step graph and left it no faster in ONNX Runtime.)"""
@@ -252,7 +270,7 @@ def _export_graph(module: nn.Module, args: tuple, inputs, outputs, path: Path) -
 
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(module.eval(), args, None, input_names=list(inputs), output_names=list(outputs),
-                                    dynamo=True, opset_version=OPSET, optimize=False, verbose=False)
+                                    dynamo=True, opset_version=opset, optimize=False, verbose=False)
         model = program.model
         ir.passes.Sequential(passes.InlinePass(), passes.RemoveUnusedNodesPass())(model)
         fold_constants(model, onnx_shape_inference=True)
@@ -318,16 +336,18 @@ def _spec(names, tensors) -> list[dict]:
 
 def export_onnx(world: World | str | Path, out: str | Path, steps: int | None = None, weights: str = "auto",
                 batch: int = 1, check_frames: int | None = None, seed: int = 0, start_frame: np.ndarray | None = None,
-                log=print, **sampling) -> dict:
+                log=print, opset: int | None = None, **sampling) -> dict:
     """Write `encoder.onnx`, `step.onnx` and `manifest.json` for `world` (a World, a world folder or
     a shipped name) into `out`; `steps` and `sampling` (eta, cfg_scale, context_level, temperature,
     window) override the world's sampling options, which the step graph bakes in. With
     `check_frames` (default: the context window + 8, past the ring buffer's wrap-around; 0: no
     check) the graphs are run with ONNX Runtime against the PyTorch world on the same inputs and
-    noise, and the agreement goes into the manifest. -> the manifest."""
+    noise, and the agreement goes into the manifest. `opset`: the graphs' ONNX opset (None:
+    `export_opset()`, the fastest the ONNX Runtime here loads). -> the manifest."""
     if not isinstance(world, World):
         world = load(world)
     check_exportable(world)
+    opset = export_opset() if opset is None else int(opset)
     if weights not in WEIGHTS:
         raise ValueError(f"--weights must be one of {WEIGHTS}, got {weights!r}")
     out = Path(out)
@@ -343,7 +363,7 @@ def export_onnx(world: World | str | Path, out: str | Path, steps: int | None = 
         results = step_module(*args)
     names = state_names(*step_module.layers)
     inputs, outputs = INPUTS + names, OUTPUTS + tuple(f"{n}_out" for n in names)
-    _export_graph(step_module, args, inputs, outputs, out / "step.onnx")
+    _export_graph(step_module, args, inputs, outputs, out / "step.onnx", opset)
     step_store = store_weights(out / "step.onnx", weights)
     log(f"step.onnx: {step_store['bytes'] / 1e6:.1f} MB ({time.time() - t0:.0f} s)")
 
@@ -352,7 +372,7 @@ def export_onnx(world: World | str | Path, out: str | Path, steps: int | None = 
     encode = Encode(world)
     with torch.no_grad():
         latents = encode(frames)
-    _export_graph(encode, (frames,), ("frames",), ("latents",), out / "encoder.onnx")
+    _export_graph(encode, (frames,), ("frames",), ("latents",), out / "encoder.onnx", opset)
     enc_store = store_weights(out / "encoder.onnx", weights)
     log(f"encoder.onnx: {enc_store['bytes'] / 1e6:.1f} MB ({time.time() - t1:.0f} s)")
 
@@ -386,7 +406,7 @@ def export_onnx(world: World | str | Path, out: str | Path, steps: int | None = 
         },
         "weights": {"mode": weights, "fp16_tensors": step_store["fp16"] + enc_store["fp16"],
                     "fp32_tensors": step_store["fp32"] + enc_store["fp32"]},
-        "exported": {"driftless": __version__, "torch": torch.__version__, "opset": OPSET,
+        "exported": {"driftless": __version__, "torch": torch.__version__, "opset": opset,
                      "date": time.strftime("%Y-%m-%d")},
     }
     atomic_write_json(out / MANIFEST, manifest)

@@ -27,11 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from driftless.checkpoint import atomic_write_json
-from driftless.export.onnx import MANIFEST, export_onnx
+from driftless.export.onnx import MANIFEST, OPSET_OLD, export_onnx
 from driftless.world.world import World, load
 
 ORT_PACKAGE = "onnxruntime-web"
 ORT_VERSION = "1.30.0"
+# the page's graphs stay at opset 18: in onnxruntime-web the single-node RMSNormalization of opset 23
+# ran slower (405 against 314 ms a frame; docs/benchmarks.md, section 11), unlike native ONNX Runtime
+WEB_OPSET = OPSET_OLD
 # per backend: the bundle the page loads, and the WebAssembly module (loader + binary) it loads. The
 # WebAssembly-only bundle compiles in half the time of the all-backends one (14 MB against 28 MB)
 # and ran no slower; WebGPU's bundle also runs WebAssembly, so a page that finds a GPU needs only it.
@@ -197,7 +200,7 @@ def export_web(world: World | str | Path, out: str | Path, ort_dir: str | Path |
         manifest = _copy_export(Path(onnx), out, world)
     else:
         manifest = export_onnx(world, out, steps=steps, weights=weights, check_frames=check_frames, seed=seed,
-                               start_frame=frames[0][1] if frames else None, log=log, **sampling)
+                               start_frame=frames[0][1] if frames else None, log=log, opset=WEB_OPSET, **sampling)
 
     (out / "start").mkdir(exist_ok=True)
     manifest["start_frames"] = []
