@@ -11,10 +11,17 @@ import torch
 
 import driftless
 from driftless.cli import main
-from driftless.eval.tune import TuneConfig, choose, choose_steps, choose_temperature, tune_context_level
+from driftless.eval.tune import (
+    TuneConfig,
+    choose,
+    choose_fused_commit,
+    choose_steps,
+    choose_temperature,
+    tune_context_level,
+)
 
 TINY = dict(levels=(15, 500), clips=2, horizon=2, rollouts=2, frames=12, drift_window=4, bank_size=32,
-            reference_size=16, batch_size=4, progress=False, temperatures=(), steps=())
+            reference_size=16, batch_size=4, progress=False, temperatures=(), steps=(), fused_commit=False)
 
 
 def _store(root, split="val", episodes=4, length=24, seed=0):
@@ -265,3 +272,39 @@ def test_tune_writes_sampling_steps(world_copy, tmp_path, capsys):
     assert rc == 0 and "sampling steps (was 1)" in out and "1 steps:" in out and "2 steps:" in out
     with pytest.raises(SystemExit):
         main(["world", "tune", str(world_copy), "--data", str(data), "--steps", "2,x"])
+
+
+def test_the_fused_commit_rule():
+    """On (one pass fewer) within steps_tolerance dB of off's short-horizon PSNR, if its rollouts are
+    not frozen and its same-level score is at most min_gain under off's; each failure is named."""
+    cfg = TuneConfig(steps_tolerance=0.15, max_frozen=0.25, min_gain=0.05)
+    off_s, off_l = {"psnr": 23.88}, {"same_level_score": 0.726, "frozen_rate": 0.09}
+    on = choose_fused_commit({"psnr": 23.81}, off_s, {"same_level_score": 0.715, "frozen_rate": 0.02}, off_l, cfg)
+    assert on["fused_commit"] is True and "holds" in on["reason"]  # the shipped world's figures (benchmarks 2.10)
+    worse = choose_fused_commit({"psnr": 23.6}, off_s, {"same_level_score": 0.715, "frozen_rate": 0.0}, off_l, cfg)
+    assert worse["fused_commit"] is False and "short-horizon" in worse["reason"]
+    lost = choose_fused_commit({"psnr": 23.9}, off_s, {"same_level_score": 0.63, "frozen_rate": 0.5}, off_l, cfg)
+    assert lost["fused_commit"] is False and "same-level" in lost["reason"] and "frozen" in lost["reason"]
+
+
+def test_tune_writes_fused_commit(world_copy, tmp_path, capsys):
+    """Last, fused_commit measured on and off at the chosen level, temperature and steps (the world's
+    current setting reuses the numbers measured there), stored as sampling.fused_commit with both
+    sides' numbers under tuning.fused_commit; World plays with it by default."""
+    data = _store(tmp_path / "val")
+    w = driftless.load(world_copy)
+    assert w.sampling.fused_commit is False and w.sampling.steps >= 2
+    cfg = TuneConfig(**{**TINY, "levels": (15,), "fused_commit": True, "steps_tolerance": 100.0, "min_gain": 1.0,
+                        "max_frozen": 1.0})
+    record = tune_context_level(world_copy, data, cfg, log=lambda *a: None)
+    fc, level = record["fused_commit"], record["candidates"][0]
+    assert fc["chosen"] is True and fc["previous"] is False and fc["steps"] == w.sampling.steps
+    assert fc["off"]["short"]["psnr"] == level["psnr"] and fc["on"]["short"]["psnr"] != level["psnr"]
+    assert fc["off"]["long"]["nn_psnr_last"] == level["nn_psnr_last"]
+    meta = json.loads((world_copy / "world.json").read_text())
+    assert meta["sampling"]["fused_commit"] is True and meta["tuning"]["fused_commit"] == fc
+    assert driftless.load(world_copy).sampling.fused_commit is True
+    strict = TuneConfig(**{**cfg.__dict__, "steps_tolerance": -0.0, "min_gain": 0.0, "max_frozen": 0.0})
+    again = tune_context_level(world_copy, data, strict, write=False, log=lambda *a: None)
+    assert again["fused_commit"]["previous"] is True  # now measured from the on side
+    assert again["fused_commit"]["on"]["short"]["psnr"] == again["candidates"][0]["psnr"]

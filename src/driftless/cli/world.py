@@ -124,7 +124,8 @@ def _tune(args: argparse.Namespace) -> int:
                      horizon=args.horizon, rollouts=args.rollouts, frames=args.frames, drift_window=args.drift_window,
                      psnr_tolerance=args.psnr_tolerance, max_frozen=args.max_frozen, min_gain=args.min_gain,
                      temperatures=args.temperatures, temperature_min_gain=args.temperature_min_gain,
-                     steps=args.steps, steps_tolerance=args.steps_tolerance, batch_size=args.batch_size,
+                     steps=args.steps, steps_tolerance=args.steps_tolerance, fused_commit=args.tune_fused_commit,
+                     batch_size=args.batch_size,
                      seed=args.seed, progress=not args.no_progress)
     folder = world_folder(args.world)  # (a missing world fails here, before the store is read)
     record = tune_context_level(folder, args.data, cfg, write=not args.dry_run, threads=args.threads,
@@ -145,11 +146,17 @@ def _tune(args: argparse.Namespace) -> int:
     if steps:
         print("  ".join(f"{r['steps']} steps: {r['psnr']:.2f} dB" for r in steps["candidates"]))
         print(f"chosen: {steps['chosen']} sampling steps (was {steps['previous']}): {steps['reason']}")
+    fused = record.get("fused_commit")
+    if fused:
+        print(f"fused_commit on: {fused['on']['short']['psnr']:.2f} dB, off: {fused['off']['short']['psnr']:.2f} dB")
+        state = {True: "on", False: "off"}
+        print(f"chosen: fused_commit {state[fused['chosen']]} (was {state[fused['previous']]}): {fused['reason']}")
     if args.dry_run:
         print(f"--dry-run: {folder / 'world.json'} unchanged")
     else:
         also = (f", sampling.temperature = {temp['chosen']}" if temp else "") + \
-               (f", sampling.steps = {steps['chosen']}" if steps else "")
+               (f", sampling.steps = {steps['chosen']}" if steps else "") + \
+               (f", sampling.fused_commit = {str(fused['chosen']).lower()}" if fused else "")
         print(f"wrote sampling.context_level = {record['chosen']}{also} and the evidence under tuning. to "
               f"{folder / 'world.json'}")
     write_json(record, args.json)
@@ -238,8 +245,11 @@ def register(sub) -> None:
                     "more frozen than --max-frozen nor --min-gain lower on same-level score. Last, at that level "
                     "and temperature, the sampling steps per frame (each a pass of the dynamics: they set the "
                     "frame rate of play on a CPU): the fewest of --steps within --steps-tolerance dB of the best "
-                    "short-horizon PSNR whose long rollouts hold. The choices go into world.json as "
-                    "sampling.context_level, sampling.temperature and sampling.steps (the defaults of World, "
+                    "short-horizon PSNR whose long rollouts hold. Then fused_commit (the last denoising pass "
+                    "commits the frame: one pass fewer) on and off, on if within --steps-tolerance dB and its "
+                    "long rollouts hold (--no-tune-fused-commit: not measured). The choices go into world.json as "
+                    "sampling.context_level, sampling.temperature, sampling.steps and sampling.fused_commit (the "
+                    "defaults of World, "
                     "play, eval and the ONNX export), with every candidate's numbers, the data, the rule and the "
                     "date under tuning.; the file is replaced atomically.",
         epilog="examples:\n"
@@ -291,6 +301,10 @@ def register(sub) -> None:
     g.add_argument("--steps-tolerance", type=float, default=d.steps_tolerance,
                    help=f"short-horizon dB under the best candidate the fewest steps may lose (default "
                         f"{d.steps_tolerance})")
+    g.add_argument("--tune-fused-commit", action=argparse.BooleanOptionalAction, default=d.fused_commit,
+                   help="last, measure fused_commit on and off at the chosen level, temperature and steps (the "
+                        "last denoising pass commits the frame: one backbone pass fewer per frame); on wins within "
+                        "--steps-tolerance dB if its long rollouts hold (default: on, for worlds that can fuse)")
     g = t.add_argument_group("execution")
     g.add_argument("--dry-run", action="store_true", help="measure and choose, but leave world.json as it is")
     g.add_argument("--json", help="also write the tuning record to this JSON file")

@@ -44,11 +44,19 @@ doubles it). Each candidate is measured by the short-horizon protocol on the sam
 long rollouts hold as a temperature's must (`choose_steps`); a candidate that fails the long check
 passes the choice to the next fewest.
 
+Then, for a world whose frame model can (Diffusion Forcing, one pass per step), `fused_commit`: the
+last denoising pass commits the frame to the dynamics' caches instead of a pass of its own, one
+backbone pass fewer per frame. Measured on and off at the chosen level, temperature and steps (the
+world's current setting was measured already; the other costs one short and one long run); on
+wins if its short-horizon PSNR lies within `steps_tolerance` dB of off's and its long rollouts hold
+against off's as a step count's must (`choose_fused_commit`).
+
 Validation only: a store that declares the test split is refused unless `allow_test` (settings
 chosen on the test split make the test figures optimistic). `tune_context_level` writes the choice and
 every candidate's numbers into world.json atomically (`sampling.context_level`, and
 `tuning.context_level`: data, split, rule, numbers, date, code version; likewise
-`sampling.temperature` and `tuning.temperature`, `sampling.steps` and `tuning.steps`).
+`sampling.temperature` and `tuning.temperature`, `sampling.steps` and `tuning.steps`,
+`sampling.fused_commit` and `tuning.fused_commit`).
 """
 
 from __future__ import annotations
@@ -88,6 +96,8 @@ class TuneConfig:
     # current steps always added; empty: the steps are not tuned)
     steps: tuple[int, ...] = DEFAULT_STEPS
     steps_tolerance: float = 0.15  # short-horizon dB under the best candidate the fewest steps may lose
+    # measure fused_commit on and off at the chosen level, temperature and steps (worlds that can fuse)
+    fused_commit: bool = True
     bank_size: int = 512  # real frames of the drift measure's bank / calibration (as eval's quick size)
     reference_size: int = 256
     batch_size: int = 16
@@ -307,6 +317,52 @@ def choose_steps(short: list[dict], current: int, at_choice: dict, long_of, cfg:
                       + (f" ({checked})" if checked else "")}
 
 
+def choose_fused_commit(on_short: dict, off_short: dict, on_long: dict, off_long: dict, cfg: TuneConfig) -> dict:
+    """The short-horizon ({"psnr"}) and long-horizon numbers of fused_commit on and off, on the same clips
+    and rollouts -> {"fused_commit", "reason"}: on (one backbone pass fewer per frame) when its PSNR lies
+    within cfg.steps_tolerance dB of off's, at most cfg.max_frozen of its rollouts are frozen, and its
+    same-level score is at most cfg.min_gain under off's; otherwise off."""
+    fails = []
+    if on_short["psnr"] < off_short["psnr"] - cfg.steps_tolerance:
+        fails.append(f"short-horizon PSNR {on_short['psnr']:.2f} under off's {off_short['psnr']:.2f} dB by more "
+                     f"than {cfg.steps_tolerance}")
+    frozen = on_long.get("frozen_rate")
+    if frozen is not None and frozen > cfg.max_frozen:
+        fails.append(f"{frozen:.0%} of its rollouts frozen")
+    score, base = on_long.get("same_level_score"), off_long.get("same_level_score")
+    if score is not None and base is not None and score < base - cfg.min_gain:
+        fails.append(f"same-level score {score:.3f} under off's {base:.3f} by more than {cfg.min_gain}")
+    if fails:
+        return {"fused_commit": False, "reason": "on fails: " + "; ".join(fails)}
+    return {"fused_commit": True,
+            "reason": f"on holds: short-horizon PSNR {on_short['psnr']:.2f} against {off_short['psnr']:.2f} dB "
+                      f"(tolerance {cfg.steps_tolerance}), same-level score {score} against {base}, frozen {frozen}"}
+
+
+def _tune_fused_commit(w, store, base: dict, current_short: dict, current_long: dict, cfg: TuneConfig,
+                       log) -> dict | None:
+    """fused_commit on or off at `base` (the chosen context_level, temperature, steps) -> its record, or None
+    when not tuned (cfg.fused_commit off, or a world or setting that cannot fuse). current_short /
+    current_long: the numbers already measured at `base` with the world's current setting."""
+    o = w.sampling
+    can = (getattr(getattr(w.dynamics, "frame", None), "fuses_commit", False) and o.cfg_scale == 1.0
+           and o.history_guidance == 1.0 and int(base["steps"]) >= 2)
+    if not cfg.fused_commit or not can:
+        return None
+    current, t0 = bool(o.fused_commit), time.time()
+    other = {**base, "fused_commit": not current}
+    other_short, other_long = _short(w, store, cfg, other), _long(w, store, cfg, other)
+    keep = ("psnr", "ssim", "psnr_per_step", "delta_psnr")
+    cur_short = {k: current_short[k] for k in keep if k in current_short}
+    on_short, off_short = (cur_short, other_short) if current else (other_short, cur_short)
+    on_long, off_long = (current_long, other_long) if current else (other_long, current_long)
+    decision = choose_fused_commit(on_short, off_short, on_long, off_long, cfg)
+    log(f"fused_commit: {'on' if decision['fused_commit'] else 'off'} ({decision['reason']})")
+    return {"chosen": decision["fused_commit"], "previous": current, **{k: base[k] for k in base},
+            "reason": decision["reason"], "on": {"short": on_short, "long": on_long},
+            "off": {"short": off_short, "long": off_long}, "seconds": round(time.time() - t0, 1)}
+
+
 def _tune_steps(w, store, level: int, temperature: float, current_short: dict, at_choice: dict, cfg: TuneConfig,
                 log) -> dict | None:
     """The sampling steps at the chosen level and temperature (module docstring) -> its record, or
@@ -387,6 +443,12 @@ def tune_context_level(world: str | Path, data: str | Path, cfg: TuneConfig | No
         here = next(c for c in temperature["candidates"] if c["temperature"] == t_now)
         long_here = temperature["challenger_long"]
     steps = _tune_steps(w, store, level, t_now, here, long_here, cfg, log)
+    n_now = int(w.sampling.steps) if steps is None else steps["chosen"]
+    if steps is not None and steps["chosen"] != steps["previous"]:
+        here = next(c for c in steps["candidates"] if c["steps"] == n_now)
+        long_here = steps["challenger_long"]
+    fused = _tune_fused_commit(w, store, {"context_level": int(level), "temperature": float(t_now), "steps": n_now},
+                               here, long_here, cfg, log)
     info = run_info(w.device)
     record = {
         "chosen": decision["context_level"], "previous": int(current), "model_default": model_default,
@@ -401,19 +463,23 @@ def tune_context_level(world: str | Path, data: str | Path, cfg: TuneConfig | No
         "torch_threads": info["torch_threads"],
         **({"temperature": temperature} if temperature is not None else {}),
         **({"steps": steps} if steps is not None else {}),
+        **({"fused_commit": fused} if fused is not None else {}),
     }
     record = clean_json(record)
     if write:
         meta = json.loads((folder / "world.json").read_text())  # as on disk now (the load above may be stale)
         meta.setdefault("sampling", {})["context_level"] = int(decision["context_level"])
         meta.setdefault("tuning", {})["context_level"] = {k: v for k, v in record.items()
-                                                          if k not in ("temperature", "steps")}
+                                                          if k not in ("temperature", "steps", "fused_commit")}
         if temperature is not None:
             meta["sampling"]["temperature"] = temperature["chosen"]
             meta["tuning"]["temperature"] = record["temperature"]
         if steps is not None:
             meta["sampling"]["steps"] = steps["chosen"]
             meta["tuning"]["steps"] = record["steps"]
+        if fused is not None:
+            meta["sampling"]["fused_commit"] = bool(fused["chosen"])
+            meta["tuning"]["fused_commit"] = record["fused_commit"]
         atomic_write_json(folder / "world.json", meta)
         load(folder)  # it still loads
     return record
