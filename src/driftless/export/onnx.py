@@ -70,7 +70,7 @@ from driftless.world.world import SamplingOptions, World, load
 
 # ONNX opset of the exports: 23 writes attention, RMS norms and GELU as one node each (Attention,
 # RMSNormalization, Gelu), which ONNX Runtime runs from 1.23 on: about 17 % more frames/s on a 2-core
-# CPU than the same graph at 18, where they are dozens of small nodes (docs/benchmarks.md, section 4).
+# CPU than the same graph at 18, where they are dozens of small nodes (docs/benchmarks.md, 2.10).
 # An older ONNX Runtime here gets OPSET_OLD (`export_opset`).
 OPSET = 23
 OPSET_OLD = 18

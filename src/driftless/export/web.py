@@ -32,8 +32,8 @@ from driftless.world.world import World, load
 
 ORT_PACKAGE = "onnxruntime-web"
 ORT_VERSION = "1.30.0"
-# the page's graphs stay at opset 18: in onnxruntime-web the single-node RMSNormalization of opset 23
-# ran slower (405 against 314 ms a frame; docs/benchmarks.md, section 11), unlike native ONNX Runtime
+# the page's graphs stay at opset 18: in onnxruntime-web opset 23's single-node ops ran slower (the
+# shipped world: 295 against 269 ms a frame; docs/benchmarks.md, section 11), unlike native ONNX Runtime
 WEB_OPSET = OPSET_OLD
 # per backend: the bundle the page loads, and the WebAssembly module (loader + binary) it loads. The
 # WebAssembly-only bundle compiles in half the time of the all-backends one (14 MB against 28 MB)
