@@ -258,3 +258,24 @@ def test_cli_refuses_an_out_that_holds_something_but_builds_the_page_in_its_own_
     assert all((graphs / name).is_file() for name in ("play.js", "ui.js", "style.css"))  # ui.js: shared with serve/
     assert main(["export", "web", *page_args, "--out", str(other), "--force"]) == 0
     assert (other / "step.onnx").read_bytes() == (graphs / "step.onnx").read_bytes() and (other / "keep.txt").exists()
+
+
+def test_cli_export_onnx_bakes_a_shorter_window_and_refuses_a_longer_one(debug_world, tmp_path, capsys):
+    """`export onnx --window N` sizes the dynamics' ring buffers for N frames (N - 1 past ones and the new
+    one: capacity N) and records it in the manifest's sampling; a window past the trained one is refused
+    with the trained length named, before anything is written."""
+    import driftless
+    from driftless.cli import main
+
+    trained = driftless.load(debug_world).dynamics.cfg.context_window
+    assert trained >= 3
+    out = tmp_path / "w2"
+    assert main(["export", "onnx", str(debug_world), "--out", str(out), "--window", "2", "--check-frames", "6"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["sampling"]["window"] == 2 and manifest["check"]["frames_max_abs"] <= 1
+    step = {i["name"]: i["shape"] for i in manifest["graphs"]["step"]["inputs"]}
+    assert {s[2] for n, s in step.items() if n.startswith("dyn_k")} == {2}
+    capsys.readouterr()
+    assert main(["export", "onnx", str(debug_world), "--out", str(tmp_path / "long"), "--window", str(trained + 1)]) != 0
+    assert f"window must be an integer in [1, {trained}]" in capsys.readouterr().err
+    assert not (tmp_path / "long" / "manifest.json").exists()

@@ -15,6 +15,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fused-commit", action=argparse.BooleanOptionalAction,
                    help="the last denoising pass appends the frame to the context: one backbone pass fewer per frame "
                         "(default: the world's sampling option)")
+    p.add_argument("--window", type=int,
+                   help="frames the dynamics attends to, the new one included, baked into the graphs' ring buffers: "
+                        "fewer play faster and remember less of the level (default: the world's own; from 1 to it)")
     p.add_argument("--weights", choices=["auto", "fp16", "fp32"], default="auto",
                    help="auto (default): float16 where that loses nothing (the shipped world's weights are float16), "
                         "else float32; fp16: every large weight in float16 (lossy for float32 worlds); fp32")
@@ -36,7 +39,8 @@ def _onnx(args: argparse.Namespace) -> int:
 
     refuse_overwrite(args.out, args.force, "export")
     manifest = export_onnx(args.world, args.out, steps=args.steps, weights=args.weights,
-                           check_frames=args.check_frames, seed=args.seed, fused_commit=args.fused_commit)
+                           check_frames=args.check_frames, seed=args.seed, fused_commit=args.fused_commit,
+                           window=args.window)
     _summary(manifest, args.out)
     return 0
 
@@ -51,7 +55,8 @@ def _web(args: argparse.Namespace) -> int:
     manifest = export_web(args.world, args.out, ort_dir=args.ort_dir, ort_version=args.ort_version or ORT_VERSION,
                           starts=args.start_frames, start_images=args.start or (), steps=args.steps,
                           weights=args.weights, check_frames=args.check_frames, seed=args.seed,
-                          webgpu=not args.no_webgpu, onnx=args.onnx, fused_commit=args.fused_commit)
+                          webgpu=not args.no_webgpu, onnx=args.onnx, fused_commit=args.fused_commit,
+                          window=args.window)
     s = manifest["sizes"]
     print(f"wrote {args.out}: {s['total'] / 1e6:.1f} MB ({s['onnx'] / 1e6:.1f} MB of graphs, "
           f"{s['runtime'] / 1e6:.1f} MB of {manifest['runtime']['package']} {manifest['runtime']['version']})")
