@@ -27,28 +27,56 @@ def test_step_graph_matches_pytorch_past_the_ring_buffers_wrap(debug_export):
     assert check["encoder_max_abs"] < 1e-4, check
 
 
-def test_step_graph_writes_its_ring_buffers_in_place_of_transposing_them(debug_export):
-    """The KV ring buffers (N, heads, capacity, hd) take a frame's keys and values along dim 2: the graph
-    writes them with ScatterElements in the buffers' own layout, not with the transpose -> ScatterND ->
-    transpose an exported index_copy_ becomes (a sixth of a CPU frame at the shipped world's window);
-    at the opset the ONNX Runtime here loads best, attention, RMS norms and GELU are single nodes."""
+def test_step_graph_leaves_its_ring_buffers_for_the_caller_to_write(debug_export):
+    """The KV ring buffers (N, heads, capacity, hd) are read-only inputs of the step graph: it outputs the
+    committed position's keys and values (`<name>_new`, capacity 1) and the caller writes them at the slot
+    it fed (manifest `writes`). No node transposes, scatters or selects over a whole buffer (a write inside
+    the graph copies every buffer every frame: transpose -> ScatterND -> transpose was a sixth of a CPU
+    frame at the shipped world's window), and no output has a buffer's shape. At the opset the ONNX
+    Runtime here loads best, attention, RMS norms and GELU are single nodes."""
     import onnx
 
     from driftless.export.onnx import OPSET, export_opset
 
+    step = debug_export["manifest"]["graphs"]["step"]
     model = onnx.shape_inference.infer_shapes(onnx.load(str(debug_export["onnx"] / "step.onnx")))
     shape = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim)
-             for v in [*model.graph.value_info, *model.graph.input]}
-    buffers = {shape[n] for n in debug_export["manifest"]["graphs"]["step"]["state"] if len(shape[n]) == 4}
-    assert len(buffers) >= 2  # the dynamics' and the decoder's
-    ops = [n.op_type for n in model.graph.node]
-    moved = [n.op_type for n in model.graph.node if n.op_type in ("Transpose", "ScatterND") and shape.get(n.input[0]) in
-             buffers]
+             for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    writes = step["writes"]
+    assert {n[:3] for n in writes} == {"dyn", "dec"} and not set(writes) & set(step["state"])
+    buffers = {shape[n] for n in writes}
+    for name, w in writes.items():
+        assert w["axis"] == 2 and w["slot"] in step["state"] and shape[w["output"]][2] == 1
+        assert shape[w["output"]][:2] + shape[w["output"]][3:] == shape[name][:2] + shape[name][3:]
+    moved = [n.op_type for n in model.graph.node
+             if n.op_type in ("Transpose", "ScatterND", "ScatterElements", "Where", "Concat", "Identity")
+             and any(shape.get(i) in buffers for i in n.input)]
     assert not moved, moved
-    assert ops.count("ScatterElements") >= 2 * len(buffers)  # keys and values of each, once a frame at least
+    assert not [o.name for o in model.graph.output if shape[o.name] in buffers]
     assert debug_export["manifest"]["exported"]["opset"] == export_opset()
+    ops = {n.op_type for n in model.graph.node}
     if export_opset() == OPSET:
-        assert {"Attention", "RMSNormalization", "Gelu"} <= set(ops)
+        assert {"Attention", "RMSNormalization", "Gelu"} <= ops
+
+
+def test_carry_state_writes_a_call_at_the_slot_it_was_fed():
+    """`carry_state` (the Python player's and the check's; the page's runStep does the same): the small
+    state comes from the `_out` outputs, each buffer gets the call's `_new` at the fed slot, in place."""
+    from driftless.world.onnx_play import carry_state
+
+    step = {"state": {"dyn_slot": "dyn_slot_out"}, "writes": {"dyn_k0": {"output": "dyn_k0_new", "slot": "dyn_slot",
+                                                                        "axis": 2}}}
+    buf = np.zeros((2, 3, 4, 5), np.float32)
+    state = {"dyn_slot": np.array(2), "dyn_k0": buf}
+    new = np.arange(30, dtype=np.float32).reshape(2, 3, 1, 5)
+    after = carry_state(state, {"dyn_slot_out": np.array(3), "dyn_k0_new": new}, step)
+    assert after["dyn_k0"] is buf and int(after["dyn_slot"]) == 3
+    np.testing.assert_array_equal(buf[:, :, 2], new[:, :, 0])
+    assert not buf[:, :, [0, 1, 3]].any()
+    t = torch.zeros(2, 3, 4, 5)
+    carry_state({"dyn_slot": torch.tensor(0), "dyn_k0": t}, {"dyn_slot_out": torch.tensor(1),
+                                                           "dyn_k0_new": torch.from_numpy(new)}, step)
+    assert torch.equal(t[:, :, 0], torch.from_numpy(new[:, :, 0])) and not t[:, :, 1:].any()
 
 
 def test_manifest_describes_the_interface(debug_export):
@@ -64,10 +92,16 @@ def test_manifest_describes_the_interface(debug_export):
     assert m["noise"]["draws"] == 4 and inputs["noise"]["shape"] == [4, 1, 1, s, c]
     assert outputs["frame"] == {"name": "frame", "dtype": "uint8", "shape": [1, 64, 64, 3]}
     assert outputs["latents"]["shape"] == [1, 1, s, c]
-    # every state input has an output of the same dtype and shape, and nothing else is carried
-    assert set(step["state"]) == set(inputs) - {"action", "start", "given", "noise"}
+    # every state input is carried: the small state by an output of the same dtype and shape, each KV
+    # buffer by a write of one slot along axis 2; nothing else
+    assert set(step["state"]) | set(step["writes"]) == set(inputs) - {"action", "start", "given", "noise"}
     for name, out in step["state"].items():
         assert {**outputs[out], "name": name} == inputs[name]
+    for name, w in step["writes"].items():
+        want = list(inputs[name]["shape"])
+        want[w["axis"]] = 1
+        assert outputs[w["output"]]["shape"] == want and outputs[w["output"]]["dtype"] == inputs[name]["dtype"]
+    assert m["version"] == 2
     cap = m["world"]["context_window"]
     assert inputs["dyn_valid"] == {"name": "dyn_valid", "dtype": "bool", "shape": [cap]}
     assert inputs["dyn_k0"]["shape"][2] == cap and inputs["dyn_slot"]["dtype"] == "int64"

@@ -8,8 +8,8 @@ The folder holds two graphs and a manifest:
   DDIM from the cached past and the action (the world's default number of steps, unrolled),
   commit them to the dynamics' KV caches at the context noise level (or, with the `fused_commit`
   option, keep the last denoising pass's keys), decode them with the decoder's KV caches.
-  Everything the PyTorch session keeps between frames is an explicit input with a matching
-  `<name>_out` output, so the caller carries it over:
+  Everything the PyTorch session keeps between frames is an explicit input, which the caller
+  carries over (the small state as a matching `<name>_out` output, the KV buffers by a write):
 
   | input | dtype, shape | what |
   | --- | --- | --- |
@@ -22,10 +22,14 @@ The folder holds two graphs and a manifest:
   | `dyn_slot`, `dyn_valid` | int64 (), bool (capacity,) | the ring buffer's write slot and which slots hold a frame |
   | `dec_k`, `dec_v`, `dec_slot`, `dec_valid` | likewise | the decoder's |
 
-  Outputs: `frame` uint8 (b, H, W, 3), `latents` float32 (b, 1, s, c), and `position_out`,
-  `dyn_k_out`, ... (the state after this frame). A session starts from zeros (position 0,
-  empty buffers), runs once with `start` and the null action on the start image's latents,
-  then once per frame.
+  Outputs: `frame` uint8 (b, H, W, 3), `latents` float32 (b, 1, s, c), `position_out`,
+  `dyn_slot_out`, ... (the small state after this frame), and for each KV buffer `<name>_new`
+  (b*tokens, heads, 1, head_dim): the keys or values of the frame committed by this call, which
+  the caller writes into its buffer at the slot it fed (`dyn_slot` / `dec_slot`) along axis 2, in
+  place (manifest `graphs.step.writes`; `OnnxPlayer.run`, the page's `runStep`): a graph cannot
+  update an input in place, so a buffer carried through it as an output is a copy of every buffer
+  every frame. A session starts from zeros (position 0, empty buffers), runs once with `start`
+  and the null action on the start image's latents, then once per frame.
 * `manifest.json`: the world (resolution, actions, action map), the sampling options baked into
   the step graph, every input and output with its dtype and shape, which inputs are state, the
   noise layout, the weights' storage and the numerical check.
@@ -64,6 +68,7 @@ from driftless.world.onnx_play import (  # noqa: F401
     MANIFEST,
     NP_DTYPES,
     OnnxPlayer,
+    carry_state,
     initial_state,
 )
 from driftless.world.world import SamplingOptions, World, load
@@ -78,7 +83,8 @@ OPSET_MIN_RUNTIME = (1, 23)
 WEIGHTS = ("auto", "fp16", "fp32")
 FP16_MIN_SIZE = 1024  # `fp16` stores float weights of at least this many values in float16
 INPUTS = ("action", "start", "given", "noise")  # then the state (`state_names`)
-OUTPUTS = ("frame", "latents")  # then the state after the frame, `<name>_out`
+OUTPUTS = ("frame", "latents")  # then the small state after the frame, `<name>_out`, and the buffers' writes
+SMALL_STATE = ("position", "dyn_slot", "dyn_valid", "dec_slot", "dec_valid")  # carried as outputs; the rest written
 
 
 
@@ -130,7 +136,7 @@ def state_names(dyn_layers: int, dec_layers: int) -> tuple[str, ...]:
     key and one value buffer per attention layer (separate tensors: stacking them cost a copy of
     every buffer per frame)."""
     kv = [f"{p}_{kv}{i}" for p, n in (("dyn", dyn_layers), ("dec", dec_layers)) for i in range(n) for kv in "kv"]
-    return ("position", "dyn_slot", "dyn_valid", "dec_slot", "dec_valid", *kv)
+    return (*SMALL_STATE, *kv)
 
 
 def check_exportable(world: World) -> None:
@@ -166,9 +172,10 @@ class PlayStep(nn.Module):
         dyn_kv, dec_kv = kv[:2 * n_dyn], kv[2 * n_dyn:]
         if len(dec_kv) != 2 * n_dec:
             raise ValueError(f"expected {2 * (n_dyn + n_dec)} key/value buffers, got {len(kv)}")
-        # clones: the caches are updated in place, the graph's inputs stay as given
-        caches = [StaticKVCache.of(dyn_kv[2 * i].clone(), dyn_kv[2 * i + 1].clone(), dyn_slot.clone(),
-                                   dyn_valid.clone()) for i in range(n_dyn)]
+        # the buffers are read, never written (host_write: the new position's keys and values are outputs);
+        # clones of the slot and validity, which the commit updates in place
+        caches = [_host_written(dyn_kv[2 * i], dyn_kv[2 * i + 1], dyn_slot.clone(), dyn_valid.clone())
+                  for i in range(n_dyn)]
         state = RolloutState(caches=caches, position=position.clone())
         acts = action.reshape(b, 1) if dyn.cfg.num_actions else None
         tape = NoiseTape(noise.unbind(0))
@@ -189,12 +196,21 @@ class PlayStep(nn.Module):
             frame.observe(dyn.run, state, x, acts, context_level=o.context_level, generator=tape)
         if tape.taken != len(tape.tensors):
             raise ValueError(f"the sampler drew {tape.taken} noise tensors, the graph was given {len(tape.tensors)}")
-        dec = [StaticKVCache.of(dec_kv[2 * i].clone(), dec_kv[2 * i + 1].clone(), dec_slot.clone(),
-                                dec_valid.clone()) for i in range(n_dec)]
+        dec = [_host_written(dec_kv[2 * i], dec_kv[2 * i + 1], dec_slot.clone(), dec_valid.clone())
+               for i in range(n_dec)]
         z = frame.to_latents(self.tokenizer, x)
         pixels = self.tokenizer.decode_step(z, dec, position, window=self.decoder_window)[:, 0]  # (b, h, w, 3)
+        unwritten = [i for i, c in enumerate(caches + dec) if c.new_k is None]
+        if unwritten:
+            raise ValueError(f"the step graph committed no position to caches {unwritten}: nothing to write")
         return (pixels, x, state.position, caches[0].slot, caches[0].valid, dec[0].slot, dec[0].valid,
-                *[t for c in caches + dec for t in (c.k, c.v)])
+                *[t for c in caches + dec for t in (c.new_k, c.new_v)])
+
+
+def _host_written(k, v, slot, valid) -> StaticKVCache:
+    cache = StaticKVCache.of(k, v, slot, valid)
+    cache.host_write = True
+    return cache
 
 
 class Encode(nn.Module):
@@ -362,7 +378,9 @@ def export_onnx(world: World | str | Path, out: str | Path, steps: int | None = 
     with torch.no_grad():
         results = step_module(*args)
     names = state_names(*step_module.layers)
-    inputs, outputs = INPUTS + names, OUTPUTS + tuple(f"{n}_out" for n in names)
+    small, buffers = names[:len(SMALL_STATE)], names[len(SMALL_STATE):]
+    inputs = INPUTS + names
+    outputs = OUTPUTS + tuple(f"{n}_out" for n in small) + tuple(f"{n}_new" for n in buffers)
     _export_graph(step_module, args, inputs, outputs, out / "step.onnx", opset)
     step_store = store_weights(out / "step.onnx", weights)
     log(f"step.onnx: {step_store['bytes'] / 1e6:.1f} MB ({time.time() - t0:.0f} s)")
@@ -380,7 +398,7 @@ def export_onnx(world: World | str | Path, out: str | Path, steps: int | None = 
 
     manifest = {
         "format": FORMAT,
-        "version": 1,
+        "version": 2,  # 2: the KV buffers are written by the caller (graphs.step.writes)
         "world": {
             "name": world.meta.get("name", Path(str(getattr(world, "path", "world"))).name),
             "resolution": [h, w],
@@ -402,7 +420,9 @@ def export_onnx(world: World | str | Path, out: str | Path, steps: int | None = 
             "encoder": {"file": "encoder.onnx", "bytes": enc_store["bytes"], "inputs": _spec(["frames"], [frames]),
                         "outputs": _spec(["latents"], [latents])},
             "step": {"file": "step.onnx", "bytes": step_store["bytes"], "inputs": _spec(inputs, args),
-                     "outputs": _spec(outputs, results), "state": {n: f"{n}_out" for n in names}},
+                     "outputs": _spec(outputs, results), "state": {n: f"{n}_out" for n in small},
+                     "writes": {n: {"output": f"{n}_new", "slot": f"{n.split('_')[0]}_slot", "axis": 2}
+                                for n in buffers}},
         },
         "weights": {"mode": weights, "fp16_tensors": step_store["fp16"] + enc_store["fp16"],
                     "fp32_tensors": step_store["fp32"] + enc_store["fp32"]},
@@ -493,13 +513,11 @@ def _check(world: World, folder: str | Path, frames: int, seed: int, start_frame
     step = manifest["graphs"]["step"]
     in_names = [i["name"] for i in step["inputs"]][len(INPUTS):]  # the graph's order (the manifest's dicts are sorted)
     out_names = [o["name"] for o in step["outputs"]][len(OUTPUTS):]
-    back = {out_name: name for name, out_name in step["state"].items()}
-
     def torch_step(action, is_start, given, noise):
         out = module(torch.full((b,), int(action), device=device), torch.tensor(is_start, device=device),
                      torch.from_numpy(given).to(device), torch.from_numpy(noise).to(device),
                      *[state[n] for n in in_names])
-        state.update({back[o]: t for o, t in zip(out_names, out[len(OUTPUTS):])})
+        state.update(carry_state(state, dict(zip(out_names, out[len(OUTPUTS):])), step))
         return out[1].cpu().numpy()
 
     with torch.no_grad():

@@ -140,6 +140,13 @@ class StaticKVCache:
         self.slot: torch.Tensor | None = None
         self.valid: torch.Tensor | None = None
         self.committed = 0  # host-side count (capped at the window): only "empty or not" is read
+        # the exported step graph (export/onnx.py): a committing pass leaves the buffers as they are and
+        # keeps its keys and values in new_k / new_v (N, heads, 1, hd), which the graph outputs for its
+        # caller to write at `slot`: a graph cannot update an input in place, so writing inside it
+        # copies every buffer every frame (the costliest non-arithmetic part of a CPU frame)
+        self.host_write = False
+        self.new_k: torch.Tensor | None = None
+        self.new_v: torch.Tensor | None = None
 
     @classmethod
     def of(cls, k: torch.Tensor, v: torch.Tensor, slot: torch.Tensor, valid: torch.Tensor) -> "StaticKVCache":
@@ -293,8 +300,10 @@ class Attention(nn.Module):
         if cache is not None and L == 1 and (cache.length or commit or static):
             # one new position: attend to the cached ones and itself, no copies (a static cache
             # reads all its slots with a mask, and is written only by a pass that commits)
-            if static and not commit:
+            if static and (not commit or cache.host_write):
                 out = cache.attend(q, k, v, window)
+                if commit:  # the position's keys are kept aside for the caller to write (host_write)
+                    cache.new_k, cache.new_v = k, v
             else:
                 k_all, v_all = cache.with_current(k, v, window)
                 out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=cache.attn_mask() if static else None)

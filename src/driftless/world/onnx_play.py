@@ -33,7 +33,23 @@ def initial_state(manifest: dict) -> dict[str, np.ndarray]:
     """The state inputs of a fresh session: zeros (position 0, empty ring buffers)."""
     step = manifest["graphs"]["step"]
     spec = {i["name"]: i for i in step["inputs"]}
-    return {name: np.zeros(spec[name]["shape"], NP_DTYPES[spec[name]["dtype"]]) for name in step["state"]}
+    return {name: np.zeros(spec[name]["shape"], NP_DTYPES[spec[name]["dtype"]])
+            for name in [*step["state"], *step.get("writes", {})]}
+
+
+def carry_state(state: dict, outputs: dict, step: dict) -> dict:
+    """The state after one call of the step graph (manifest `graphs.step`): the small state from its
+    `<name>_out` outputs; each KV buffer of `writes` (numpy arrays or torch tensors) written in place
+    with the call's `<name>_new` at the slot the call was fed, along `axis` (exports of version 1
+    return whole buffers as `_out` state instead)."""
+    new = {name: outputs[out_name] for name, out_name in step["state"].items()}
+    for name, w in step.get("writes", {}).items():
+        buf, axis = state[name], int(w["axis"])
+        slot = int(state[w["slot"]])  # the slot this call wrote (fed in; its `_out` has moved on)
+        at = (slice(None),) * axis + (slice(slot, slot + 1),)
+        buf[at] = outputs[w["output"]]
+        new[name] = buf
+    return new
 
 
 
@@ -86,7 +102,7 @@ class OnnxPlayer:
                 "start": np.array(start), "given": given.astype(np.float32),
                 "noise": self.noise() if noise is None else np.asarray(noise, dtype=np.float32), **self.state}
         out = dict(zip(self.outputs, self.session.run(self.outputs, feed)))
-        self.state = {name: out[out_name] for name, out_name in self.manifest["graphs"]["step"]["state"].items()}
+        self.state = carry_state(self.state, out, self.manifest["graphs"]["step"])
         return out["frame"], out["latents"]
 
     def reset(self, frame: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:

@@ -112,7 +112,27 @@
 
   function freshState() {
     carried = {};
-    for (const name of Object.keys(state.manifest.graphs.step.state)) carried[name] = zeros(inputSpec("step", name));
+    const step = state.manifest.graphs.step;
+    for (const name of [...Object.keys(step.state), ...Object.keys(step.writes || {})]) {
+      carried[name] = zeros(inputSpec("step", name));
+    }
+  }
+
+  // the state after a step (export/onnx.py): the small state from its `_out` outputs; each KV buffer of
+  // `writes` gets the call's `_new` keys or values written in place at the slot the call was fed
+  function carryState(fed, out, step) {
+    const next = {};
+    for (const [name, outName] of Object.entries(step.state)) next[name] = out[outName];
+    for (const [name, w] of Object.entries(step.writes || {})) {
+      const buf = fed[name], upd = out[w.output].data, dims = buf.dims;
+      const slot = Number(fed[w.slot].data[0]);
+      const outer = dims.slice(0, w.axis).reduce((a, b) => a * b, 1);
+      const inner = dims.slice(w.axis + 1).reduce((a, b) => a * b, 1);
+      const cap = dims[w.axis];
+      for (let i = 0; i < outer; i++) buf.data.set(upd.subarray(i * inner, (i + 1) * inner), (i * cap + slot) * inner);
+      next[name] = buf;
+    }
+    return next;
   }
 
   async function runStep(action, start, given) {
@@ -127,7 +147,7 @@
     const t0 = performance.now();
     const out = await stepper.run(feeds);
     const ms = performance.now() - t0;
-    for (const [name, outName] of Object.entries(m.graphs.step.state)) carried[name] = out[outName];
+    carried = carryState(carried, out, m.graphs.step);
     return { rgb: out.frame.data, ms };
   }
 
