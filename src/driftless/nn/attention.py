@@ -179,16 +179,8 @@ class StaticKVCache:
     def with_current(self, k: torch.Tensor, v: torch.Tensor, window: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Write one position's k, v (N, heads, 1, hd) into the current slot; return all slots."""
         self._ensure(k, window)
-        if torch.onnx.is_in_onnx_export():
-            # an exported index_copy_ along dim 2 becomes transpose -> scatter -> transpose of the
-            # whole buffer (ONNX's ScatterND scatters along leading dims): ~15 % of a CPU frame.
-            # ScatterElements writes along dim 2 in place of the copy, in the buffer's own layout.
-            at = self.slot.view(1, 1, 1, 1).expand(k.shape)  # (N, heads, 1, hd): the slot, everywhere
-            self.k.copy_(torch.scatter(self.k, 2, at, k))
-            self.v.copy_(torch.scatter(self.v, 2, at, v))
-        else:
-            self.k.index_copy_(2, self.slot.view(1), k)
-            self.v.index_copy_(2, self.slot.view(1), v)
+        self.k.index_copy_(2, self.slot.view(1), k)
+        self.v.index_copy_(2, self.slot.view(1), v)
         return self.k, self.v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None) -> torch.Tensor:
