@@ -207,6 +207,9 @@ def _eval_config(cfg: TuneConfig, sampling: dict):
                       size="custom")
 
 
+SHORT_KEYS = ("psnr", "ssim", "psnr_per_step", "delta_psnr")  # a candidate's short-horizon numbers (`_short`)
+
+
 def _short(world, store, cfg: TuneConfig, sampling: dict) -> dict:
     from driftless.eval.evaluate import rollout_protocol
 
@@ -234,6 +237,19 @@ def measure_level(world, store, level: int, cfg: TuneConfig) -> dict:
     return {"context_level": int(level), **_short(world, store, cfg, sampling), **_long(world, store, cfg, sampling)}
 
 
+def long_fails(long: dict, base: dict, cfg: TuneConfig) -> list[str]:
+    """Why a challenger's long rollouts (`long`) do not hold against the setting it would replace
+    (`base`): more than cfg.max_frozen of them frozen, or a same-level score more than cfg.min_gain
+    under base's (a missing number is no failure). [] when they hold."""
+    fails = []
+    frozen, score, ref = long.get("frozen_rate"), long.get("same_level_score"), base.get("same_level_score")
+    if frozen is not None and frozen > cfg.max_frozen:
+        fails.append(f"{frozen:.0%} of its rollouts frozen (at most {cfg.max_frozen:.0%})")
+    if score is not None and ref is not None and score < ref - cfg.min_gain:
+        fails.append(f"same-level score {score:.3f} under {ref:.3f} by more than {cfg.min_gain}")
+    return fails
+
+
 def choose_temperature(short: list[dict], current: float, at_level: dict, long_of, cfg: TuneConfig) -> dict:
     """short: {"temperature", "psnr"} per candidate (the current one among them); at_level: the
     chosen level's long-horizon numbers at the current temperature; long_of(t) -> the long-horizon
@@ -247,15 +263,12 @@ def choose_temperature(short: list[dict], current: float, at_level: dict, long_o
         return {"temperature": current, "reason": f"temperature {top['temperature']} gains {gain:.2f} dB, less than "
                                                   f"{cfg.temperature_min_gain}: the current one stays"}
     long = long_of(top["temperature"])
-    frozen, score, base = long.get("frozen_rate"), long.get("same_level_score"), at_level.get("same_level_score")
-    if frozen is not None and frozen > cfg.max_frozen:
+    fails = long_fails(long, at_level, cfg)
+    if fails:
         return {"temperature": current, "long": long,
-                "reason": f"temperature {top['temperature']} gains {gain:.2f} dB but {frozen:.0%} of its rollouts "
-                          f"are frozen (at most {cfg.max_frozen:.0%}): the current one stays"}
-    if score is not None and base is not None and score < base - cfg.min_gain:
-        return {"temperature": current, "long": long,
-                "reason": f"temperature {top['temperature']} gains {gain:.2f} dB but its same-level score "
-                          f"{score:.3f} is below {base:.3f} by more than {cfg.min_gain}: the current one stays"}
+                "reason": f"temperature {top['temperature']} gains {gain:.2f} dB but: {'; '.join(fails)}: the current "
+                          f"one stays"}
+    frozen, score = long.get("frozen_rate"), long.get("same_level_score")
     return {"temperature": top["temperature"], "long": long,
             "reason": f"temperature {top['temperature']} has the best short-horizon PSNR, {gain:.2f} dB above the "
                       f"current {current}, and its long rollouts hold (frozen {frozen}, same-level score {score})"}
@@ -300,13 +313,11 @@ def choose_steps(short: list[dict], current: int, at_choice: dict, long_of, cfg:
             return {"steps": current, "longs": longs,
                     "reason": why + (f"; fewer failed the long check: {checked}" if checked else "")}
         long = longs[n] = long_of(n)
-        frozen, score, base = long.get("frozen_rate"), long.get("same_level_score"), at_choice.get("same_level_score")
-        if frozen is not None and frozen > cfg.max_frozen:
-            checked[n] = f"{frozen:.0%} of its rollouts frozen"
+        fails = long_fails(long, at_choice, cfg)
+        if fails:
+            checked[n] = "; ".join(fails)
             continue
-        if score is not None and base is not None and score < base - cfg.min_gain:
-            checked[n] = f"same-level score {score:.3f} under {base:.3f} by more than {cfg.min_gain}"
-            continue
+        frozen, score = long.get("frozen_rate"), long.get("same_level_score")
         return {"steps": n, "long": long, "longs": longs,
                 "reason": f"{n} steps are the fewest within {cfg.steps_tolerance} dB of the best short-horizon PSNR "
                           f"({r['psnr']:.2f} against {best:.2f} dB) and their long rollouts hold (frozen {frozen}, "
@@ -326,12 +337,8 @@ def choose_fused_commit(on_short: dict, off_short: dict, on_long: dict, off_long
     if on_short["psnr"] < off_short["psnr"] - cfg.steps_tolerance:
         fails.append(f"short-horizon PSNR {on_short['psnr']:.2f} under off's {off_short['psnr']:.2f} dB by more "
                      f"than {cfg.steps_tolerance}")
-    frozen = on_long.get("frozen_rate")
-    if frozen is not None and frozen > cfg.max_frozen:
-        fails.append(f"{frozen:.0%} of its rollouts frozen")
-    score, base = on_long.get("same_level_score"), off_long.get("same_level_score")
-    if score is not None and base is not None and score < base - cfg.min_gain:
-        fails.append(f"same-level score {score:.3f} under off's {base:.3f} by more than {cfg.min_gain}")
+    fails += long_fails(on_long, off_long, cfg)
+    frozen, score, base = on_long.get("frozen_rate"), on_long.get("same_level_score"), off_long.get("same_level_score")
     if fails:
         return {"fused_commit": False, "reason": "on fails: " + "; ".join(fails)}
     return {"fused_commit": True,
@@ -352,8 +359,7 @@ def _tune_fused_commit(w, store, base: dict, current_short: dict, current_long: 
     current, t0 = bool(o.fused_commit), time.time()
     other = {**base, "fused_commit": not current}
     other_short, other_long = _short(w, store, cfg, other), _long(w, store, cfg, other)
-    keep = ("psnr", "ssim", "psnr_per_step", "delta_psnr")
-    cur_short = {k: current_short[k] for k in keep if k in current_short}
+    cur_short = {k: current_short[k] for k in SHORT_KEYS}
     on_short, off_short = (cur_short, other_short) if current else (other_short, cur_short)
     on_long, off_long = (current_long, other_long) if current else (other_long, current_long)
     decision = choose_fused_commit(on_short, off_short, on_long, off_long, cfg)
@@ -374,7 +380,7 @@ def _tune_steps(w, store, level: int, temperature: float, current_short: dict, a
     base = {"context_level": int(level), "temperature": float(temperature)}
     short, t0 = [], time.time()
     for n in sorted(set(cfg.steps) | {current}):
-        r = ({k: current_short[k] for k in ("psnr", "ssim", "psnr_per_step", "delta_psnr")} if n == current else
+        r = ({k: current_short[k] for k in SHORT_KEYS} if n == current else
              _short(w, store, cfg, {**base, "steps": n}))
         short.append({"steps": n, **r})
         log(f"{n} sampling steps at context level {level}, temperature {temperature}: PSNR {r['psnr']:.2f} dB")
