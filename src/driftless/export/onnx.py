@@ -174,8 +174,8 @@ class PlayStep(nn.Module):
             raise ValueError(f"expected {2 * (n_dyn + n_dec)} key/value buffers, got {len(kv)}")
         # the buffers are read, never written (host_write: the new position's keys and values are outputs);
         # clones of the slot and validity, which the commit updates in place
-        caches = [_host_written(dyn_kv[2 * i], dyn_kv[2 * i + 1], dyn_slot.clone(), dyn_valid.clone())
-                  for i in range(n_dyn)]
+        caches = [StaticKVCache.of(dyn_kv[2 * i], dyn_kv[2 * i + 1], dyn_slot.clone(), dyn_valid.clone(),
+                                   host_write=True) for i in range(n_dyn)]
         state = RolloutState(caches=caches, position=position.clone())
         acts = action.reshape(b, 1) if dyn.cfg.num_actions else None
         tape = NoiseTape(noise.unbind(0))
@@ -196,8 +196,8 @@ class PlayStep(nn.Module):
             frame.observe(dyn.run, state, x, acts, context_level=o.context_level, generator=tape)
         if tape.taken != len(tape.tensors):
             raise ValueError(f"the sampler drew {tape.taken} noise tensors, the graph was given {len(tape.tensors)}")
-        dec = [_host_written(dec_kv[2 * i], dec_kv[2 * i + 1], dec_slot.clone(), dec_valid.clone())
-               for i in range(n_dec)]
+        dec = [StaticKVCache.of(dec_kv[2 * i], dec_kv[2 * i + 1], dec_slot.clone(), dec_valid.clone(),
+                                host_write=True) for i in range(n_dec)]
         z = frame.to_latents(self.tokenizer, x)
         pixels = self.tokenizer.decode_step(z, dec, position, window=self.decoder_window)[:, 0]  # (b, h, w, 3)
         unwritten = [i for i, c in enumerate(caches + dec) if c.new_k is None]
@@ -206,11 +206,6 @@ class PlayStep(nn.Module):
         return (pixels, x, state.position, caches[0].slot, caches[0].valid, dec[0].slot, dec[0].valid,
                 *[t for c in caches + dec for t in (c.new_k, c.new_v)])
 
-
-def _host_written(k, v, slot, valid) -> StaticKVCache:
-    cache = StaticKVCache.of(k, v, slot, valid)
-    cache.host_write = True
-    return cache
 
 
 class Encode(nn.Module):

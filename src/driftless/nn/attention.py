@@ -149,10 +149,13 @@ class StaticKVCache:
         self.new_v: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, k: torch.Tensor, v: torch.Tensor, slot: torch.Tensor, valid: torch.Tensor) -> "StaticKVCache":
+    def of(cls, k: torch.Tensor, v: torch.Tensor, slot: torch.Tensor, valid: torch.Tensor,
+           host_write: bool = False) -> "StaticKVCache":
         """A cache over given buffers - k, v (N, heads, capacity, hd), slot () long, valid (capacity,)
-        bool - updated in place as usual (an exported graph's cache inputs, export/onnx.py)."""
+        bool - updated in place as usual (an exported graph's cache inputs, export/onnx.py); with
+        `host_write` k and v are only read and a commit leaves its keys in new_k / new_v."""
         cache = cls(window=valid.shape[0] - 1)  # the buffers' capacity fixes the window
+        cache.host_write = host_write
         cache.k, cache.v, cache.slot, cache.valid = k, v, slot, valid
         cache._index = torch.arange(valid.shape[0], device=k.device)
         cache.committed = 1  # only "empty or not" is read: treated as holding positions
@@ -187,9 +190,10 @@ class StaticKVCache:
         """Attention of one new position - q, k, v (N, heads, 1, hd) -> (N, heads, 1, hd) - to the
         committed slots and itself, without writing it into the buffers: the softmax over both parts
         is taken jointly (scores in fp32). The same result as `with_current` + masked attention; for
-        the passes that do not commit (every denoising step but the last), where a write is wasted.
-        In an exported graph that write is a scatter that copies the whole buffer; here the keys are
-        read as (capacity, hd) @ (hd, 1), so these passes neither copy nor transpose the buffer."""
+        the passes that do not commit (every denoising step but the last), where a write is wasted,
+        and for a committing pass of a `host_write` cache, whose caller writes. In an exported graph
+        a write copies the whole buffer; here the keys are read as (capacity, hd) @ (hd, 1), so these
+        passes neither copy nor transpose the buffer."""
         self._ensure(k, window)
         dtype = v.dtype
         qs = q.float() * q.shape[-1] ** -0.5
@@ -291,7 +295,8 @@ class Attention(nn.Module):
         static = getattr(cache, "static", False)
         if cache is not None and L == 1 and (cache.length or commit or static):
             # one new position: attend to the cached ones and itself, no copies (a static cache
-            # reads all its slots with a mask, and is written only by a pass that commits)
+            # reads all its slots with a mask, and is written only by a pass that commits, or by the
+            # caller of an exported graph: host_write)
             if static and (not commit or cache.host_write):
                 out = cache.attend(q, k, v, window)
                 if commit:  # the position's keys are kept aside for the caller to write (host_write)
