@@ -101,6 +101,34 @@ def test_lam_causality_and_inference_only_config():
         slim.decode(x[:, :2], acts[:, :2])
 
 
+def test_lam_chunks_share_one_action_and_see_their_whole_chunk():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(registry.preset("lam", "debug"), chunk=3)
+    lam = _randomise(LatentActionModel(cfg))
+    frames = _frames(t=9)  # 8 transitions: chunks [0, 1, 2], [3, 4, 5], [6, 7]
+    x = frames.float() / 127.5 - 1
+    a = lam._action_vectors(x)
+    for lo, hi in ((0, 3), (3, 6), (6, 8)):
+        assert torch.allclose(a[:, lo:hi], a[:, lo:lo + 1].expand(-1, hi - lo, -1), atol=1e-6)
+    assert not torch.allclose(a[:, 0], a[:, 3])
+    # the mean of the chunk-1 vectors of the same weights
+    plain = LatentActionModel(dataclasses.replace(cfg, chunk=1))
+    plain.load_state_dict(lam.state_dict())
+    v = plain._action_vectors(x)
+    assert torch.allclose(a[:, 0], v[:, 0:3].mean(1), atol=1e-5) and torch.allclose(a[:, 7], v[:, 6:8].mean(1), atol=1e-5)
+    # a chunk's action sees the chunk's last frame (frame 3 ends chunk 0); the chunks before a change don't
+    changed = frames.clone()
+    changed[:, 6] = 0  # frame 6 ends chunk 1's last transition (5 -> 6)
+    a2 = lam._action_vectors(changed.float() / 127.5 - 1)
+    assert torch.allclose(a[:, :3], a2[:, :3], atol=1e-6) and not torch.allclose(a[:, 3:6], a2[:, 3:6])
+    idx = lam.infer_actions(frames)
+    assert (idx[:, 0:3] == idx[:, :1]).all() and (idx[:, 6:8] == idx[:, 6:7]).all()
+    loss, stats = lam.training_loss({"frames": frames})
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="chunk"):
+        dataclasses.replace(cfg, chunk=0)
+
+
 @pytest.mark.parametrize("conditioning", ["token", "additive"])
 def test_dynamics_causality_and_action_effect(conditioning):
     torch.manual_seed(0)

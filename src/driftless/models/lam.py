@@ -47,6 +47,13 @@ class LAMConfig:
     # then initialised by k-means on encoder outputs (avoids the codes being ignored from the
     # start, which otherwise leaves a tiny codebook collapsed)
     vq_warmup: int = 500
+    # transitions per latent action: the encoder's vectors are averaged over consecutive chunks of
+    # `chunk` transitions (from the clip's start) and one action is quantised per chunk, which the
+    # decoder then uses for every frame of the chunk. One transition tells little of the control a
+    # player holds (momentum; a jump in the air does nothing): on held-action CoinRun a probe of
+    # global-motion features guesses a transition's control group 0.61-0.66 of the time
+    # (docs/benchmarks.md 2.13); a chunk asks the action to explain several frames of one control
+    chunk: int = 1
     encoder: STConfig = field(default_factory=lambda: STConfig(dim=128, depth=3, heads=4))
     decoder: STConfig = field(default_factory=lambda: STConfig(dim=128, depth=3, heads=4))
     inference_only: bool = False  # only the encoder and codebook (what a shipped world needs)
@@ -56,6 +63,8 @@ class LAMConfig:
             raise ValueError(f"LAM conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
         if self.num_actions < 2:
             raise ValueError(f"a latent action codebook needs at least 2 actions, got {self.num_actions}")
+        if self.chunk < 1:
+            raise ValueError(f"LAM chunk is a number of transitions per latent action (>= 1), got {self.chunk}")
 
 
 PRESETS: dict[str, LAMConfig] = {
@@ -68,6 +77,16 @@ PRESETS: dict[str, LAMConfig] = {
                       encoder=STConfig(dim=256, depth=4, heads=4, temporal_window=16),
                       decoder=STConfig(dim=256, depth=4, heads=4, temporal_window=16)),
 }
+
+
+def chunk_mean(vec: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(b, n, a) -> (b, n, a): every vector replaced by the mean over its chunk of `chunk` consecutive
+    positions, counted from position 0 (the last chunk may be shorter)."""
+    n = vec.shape[1]
+    ids = torch.arange(n, device=vec.device) // chunk  # (n,) chunk of each position
+    member = F.one_hot(ids, -(-n // chunk)).to(vec.dtype)  # (n, chunks)
+    means = torch.einsum("bna,nc->bca", vec, member / member.sum(0))  # (b, chunks, a)
+    return means[:, ids]
 
 
 class LatentActionModel(nn.Module):
@@ -113,7 +132,8 @@ class LatentActionModel(nn.Module):
         b, t = tokens.shape[:2]
         summary = self.summary.expand(b, t, 1, -1)
         h = self.encoder(torch.cat([summary, tokens], dim=2))  # (b, T, 1+s, d)
-        return self.to_action(h[:, 1:, 0])  # summary of frame t+1 -> action of t -> t+1
+        vec = self.to_action(h[:, 1:, 0])  # summary of frame t+1 -> action of t -> t+1: (b, T-1, a)
+        return vec if self.cfg.chunk == 1 else chunk_mean(vec, self.cfg.chunk)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """x: (b, T, h, w, 3) in [-1, 1] -> (quantised actions (b, T-1, a), indices (b, T-1), vq loss, stats).
