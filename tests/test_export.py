@@ -183,6 +183,47 @@ def test_weights_storage(tmp_path, mode):
             assert 0 < np.abs(after - before).max() < 0.05
 
 
+def test_int8_weights_quantise_the_linear_layers(tmp_path):
+    """`--weights int8`: a constant-weight MatMul becomes MatMulInteger on int8 weights (7 bits used, so
+    CPUs without VNNI do not saturate) and stays within a few percent of the float product."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from driftless.export.onnx import quantize_weights
+
+    g = np.random.default_rng(0)
+    w = g.standard_normal((64, 32)).astype(np.float32)
+    x = g.standard_normal((2, 64)).astype(np.float32)
+    path = tmp_path / "m.onnx"
+    _matmul_model(path, w)
+    before = _run(path, x)
+    info = quantize_weights(path)
+    model = onnx.load(str(path))
+    ops = {n.op_type for n in model.graph.node}
+    assert "MatMulInteger" in ops and "MatMul" not in ops and info["int8"] == 1, (ops, info)
+    weights = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert np.abs(weights[0]).max() <= 64  # reduce_range: 7 bits
+    after = _run(path, x)
+    assert 0 < np.abs(after - before).max() < 0.05 * np.abs(before).max()
+
+
+def test_int8_export_plays_and_the_web_page_refuses_it(debug_world, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from driftless.export.onnx import OnnxPlayer, export_onnx
+    from driftless.export.web import export_web
+
+    m = export_onnx(debug_world, tmp_path / "int8", weights="int8", check_frames=4, log=lambda *a: None)
+    assert m["weights"]["mode"] == "int8" and m["weights"]["int8_matmuls"] > 0
+    assert m["check"]["frames_mean_abs"] < 8, m["check"]  # lossy, but the same world
+    p = OnnxPlayer(tmp_path / "int8")
+    p.reset(np.zeros((64, 64, 3), np.uint8))
+    frame, latents = p.step(1)
+    assert frame.shape == (1, 64, 64, 3) and np.isfinite(latents).all()
+    with pytest.raises(ValueError, match="int8"):
+        export_web(debug_world, tmp_path / "web", weights="int8")
+
+
 # ---------------------------------------------------------------------------------- the noise tape
 def test_noise_tape_replays_a_generators_draws_in_order():
     from driftless.models import registry

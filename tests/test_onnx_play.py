@@ -93,6 +93,9 @@ def test_cli_backend_choice(loaded, debug_export, tmp_path, monkeypatch):
     folder = onnx_cache(world, 2)
     assert folder.parent == tmp_path / "onnx" and folder != onnx_cache(world, 4), "the step count is in the key"
     assert onnx_cache(world, 2, 3).name == folder.name + "-w3", "a play window is in the key"
+    assert onnx_cache(world, 2, weights="int8").name == folder.name + "-int8", "quantised weights are in the key"
+    with pytest.raises(ValueError, match="--backend onnx"):
+        choose_backend("auto", "cpu", world, 2, weights="int8")
     with monkeypatch.context() as m:
         m.setattr("driftless.cli.play.export_code_digest", lambda: "other code")
         assert onnx_cache(world, 2) != folder, "an export made by other code is not reused"

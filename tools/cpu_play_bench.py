@@ -1,9 +1,10 @@
 """Frames/s of batch-1 play on this CPU: the PyTorch world vs the same world through ONNX Runtime
 (`driftless play --backend torch|onnx`), alternating in one run, for each thread count.
 `--fused-commit` adds both backends with that sampling option on (one backbone pass fewer per frame);
-`--window N` plays both with an N-frame window (`driftless play --window N`).
+`--window N` plays both with an N-frame window (`driftless play --window N`); `--int8` adds ONNX
+Runtime on the export with quantised linear layers (`driftless play --backend onnx --weights int8`).
 
-    python tools/cpu_play_bench.py [WORLD] --threads 1,2 --frames 150 --rounds 3 [--fused-commit] --json out.json
+    python tools/cpu_play_bench.py [WORLD] --threads 1,2 --frames 150 --rounds 3 [--fused-commit] [--int8] --json out.json
 """
 
 import argparse
@@ -26,6 +27,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--fused-commit", action="store_true", help="also time both backends with fused_commit on")
     ap.add_argument("--window", type=int, help="frames the dynamics attends to (default: the world's own)")
+    ap.add_argument("--int8", action="store_true", help="also time ONNX Runtime on the int8 export")
+    ap.add_argument("--no-torch", action="store_true", help="time ONNX Runtime only")
     ap.add_argument("--json")
     a = ap.parse_args()
 
@@ -37,6 +40,7 @@ def main() -> None:
     world = load(a.world)
     steps = world.sampling.steps
     _, folder = choose_backend("onnx", "cpu", world, steps, a.window)
+    int8_folder = choose_backend("onnx", "cpu", world, steps, a.window, "int8")[1] if a.int8 else None
     own = {"window": a.window} if a.window else {}
     fused_folder = folder.with_name(folder.name + "-fused")
     if a.fused_commit and not (fused_folder / "manifest.json").is_file():
@@ -46,9 +50,15 @@ def main() -> None:
     for threads in [int(t) for t in a.threads.split(",")]:
         torch.set_num_threads(threads)
         backends = {"torch": (world, own), "onnx": (OnnxWorld(world, folder, threads=threads), {})}
+        if a.int8:
+            backends["onnx-int8"] = (OnnxWorld(world, int8_folder, threads=threads), {})
+        if a.no_torch:
+            del backends["torch"]
         if a.fused_commit:
             backends.update({"torch-fused": (world, {"fused_commit": True, **own}),
                              "onnx-fused": (OnnxWorld(world, fused_folder, threads=threads), {})})
+            if a.no_torch:
+                del backends["torch-fused"]
         fps = {k: [] for k in backends}
         for _ in range(a.rounds):
             for name, (w, opts) in backends.items():

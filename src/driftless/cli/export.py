@@ -18,9 +18,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int,
                    help="frames the dynamics attends to, the new one included, baked into the graphs' ring buffers: "
                         "fewer play faster and remember less of the level (default: the world's own; from 1 to it)")
-    p.add_argument("--weights", choices=["auto", "fp16", "fp32"], default="auto",
+    p.add_argument("--weights", choices=["auto", "fp16", "fp32", "int8"], default="auto",
                    help="auto (default): float16 where that loses nothing (the shipped world's weights are float16), "
-                        "else float32; fp16: every large weight in float16 (lossy for float32 worlds); fp32")
+                        "else float32; fp16: every large weight in float16 (lossy for float32 worlds); fp32; "
+                        "int8: the step graph's linear layers quantised (int8 weights, uint8 inputs; lossy, faster "
+                        "on a CPU)")
     p.add_argument("--check-frames", type=int,
                    help="frames of the numerical check against PyTorch (default: the context window + 8; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the check's noise and actions (default 0)")

@@ -33,10 +33,10 @@ def export_code_digest() -> str:
     return h.hexdigest()
 
 
-def onnx_cache(world, steps: int, window: int | None = None) -> Path:
+def onnx_cache(world, steps: int, window: int | None = None, weights: str = "auto") -> Path:
     """Where the ONNX export of `world` sampling `steps` steps (attending to `window` frames; None:
-    the world's own) is kept: DRIFTLESS_CACHE (default ~/.cache/driftless)/onnx/NAME-DIGEST-sSTEPS
-    (-wWINDOW), the digest over world.json, each component's
+    the world's own; its step graph's `weights` as `export_onnx` takes them) is kept: DRIFTLESS_CACHE
+    (default ~/.cache/driftless)/onnx/NAME-DIGEST-sSTEPS(-wWINDOW)(-WEIGHTS but auto), the digest over world.json, each component's
     config.json (which carries its weights' checksums) and the code that exports and runs the graphs
     (export_code_digest), so a retrained world or changed code gets a new folder."""
     import hashlib
@@ -47,7 +47,8 @@ def onnx_cache(world, steps: int, window: int | None = None) -> Path:
         if f.is_file():
             h.update(f.name.encode() + f.read_bytes())
     root = Path(os.environ.get("DRIFTLESS_CACHE") or Path.home() / ".cache" / "driftless")
-    name = f"{folder.name or 'world'}-{h.hexdigest()[:12]}-s{steps}" + (f"-w{window}" if window else "")
+    name = (f"{folder.name or 'world'}-{h.hexdigest()[:12]}-s{steps}" + (f"-w{window}" if window else "")
+            + (f"-{weights}" if weights != "auto" else ""))
     return root / "onnx" / name
 
 
@@ -60,14 +61,18 @@ def _onnx_runtime_missing() -> str | None:
     return None
 
 
-def choose_backend(backend: str, device: str, world, steps: int, window: int | None = None) -> tuple[str, Path | None]:
+def choose_backend(backend: str, device: str, world, steps: int, window: int | None = None,
+                   weights: str = "auto") -> tuple[str, Path | None]:
     """-> ("torch" | "onnx", the export folder for onnx). auto: onnx on a CPU when this world's
-    export is cached already, else torch (an export takes a minute or two: --backend onnx makes it)."""
+    export is cached already, else torch (an export takes a minute or two: --backend onnx makes it).
+    `weights` int8 (quantised linear layers) is an ONNX Runtime export: it needs --backend onnx."""
     if backend not in BACKENDS:
         raise ValueError(f"--backend must be one of {BACKENDS}, got {backend!r}")
+    if weights != "auto" and backend != "onnx":
+        raise ValueError(f"--weights {weights} plays an ONNX export: add --backend onnx (a CPU)")
     if backend == "torch":
         return "torch", None
-    folder = onnx_cache(world, steps, window)
+    folder = onnx_cache(world, steps, window, weights)
     missing = _onnx_runtime_missing()
     if backend == "auto":
         ok = str(device) == "cpu" and missing is None and (folder / "manifest.json").is_file()
@@ -86,7 +91,8 @@ def choose_backend(backend: str, device: str, world, steps: int, window: int | N
         tmp = folder.with_name(folder.name + ".tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
-        export_onnx(world, tmp, steps=steps, log=lambda *a: None, **({"window": window} if window else {}))
+        export_onnx(world, tmp, steps=steps, weights=weights, log=lambda *a: None,
+                    **({"window": window} if window else {}))
         swap_in(tmp, folder)
     return "onnx", folder
 
@@ -122,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     # the dynamics' own bounds, checked before anything is exported; its trained window is the default
     window = None if args.window is None else world.dynamics.check_window(args.window)
     window = None if window == world.dynamics.cfg.context_window else window
-    backend, onnx_folder = choose_backend(args.backend, device, world, steps, window)
+    backend, onnx_folder = choose_backend(args.backend, device, world, steps, window, args.weights)
     onnx_threads = int(args.threads) if args.threads != "auto" else min(8, os.cpu_count() or 1)
     if backend == "onnx":
         threads = onnx_threads
@@ -191,6 +197,10 @@ def register(sub) -> None:
                    help="what runs the model: torch, or onnx (ONNX Runtime, CPU only: about 1.7x the frames/s of "
                         "torch on a CPU; the world is exported once into ~/.cache/driftless/onnx); auto (default): "
                         "onnx on a CPU when that export exists, else torch")
+    p.add_argument("--weights", default="auto", choices=["auto", "int8"],
+                   help="int8 (with --backend onnx): the step graph's linear layers quantised, about an eighth more "
+                        "frames/s on a 2-core CPU for a little quality (docs/benchmarks.md 2.14); auto (default): "
+                        "the world's float weights")
     p.add_argument("--workers", type=int, default=1,
                    help="model calls run at once for different tabs (default 1; raise on a GPU)")
     p.add_argument("--max-upload-mb", type=float, default=4.0, help="largest uploaded image in MB (default 4)")

@@ -42,7 +42,9 @@ draws come from a `NoiseTape` of the `noise` input, so a graph fed the noise a s
 Weights: `auto` (default) stores a weight in float16 when that loses nothing (the shipped world's
 weights are float16 already), `fp16` every large weight (lossy for a float32-trained world),
 `fp32` none; a `Cast` to float32 follows each float16 weight, which ONNX Runtime folds when it
-loads the graph, so the arithmetic is float32 either way.
+loads the graph, so the arithmetic is float32 either way. `int8` quantises the step graph's linear
+layers (`quantize_weights`: int8 weights per output channel, inputs quantised to uint8 on the fly,
+int32 products; lossy, faster on a CPU; docs/benchmarks.md 2.14).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ from driftless.world.world import SamplingOptions, World, load
 OPSET = 23
 OPSET_OLD = 18
 OPSET_MIN_RUNTIME = (1, 23)
-WEIGHTS = ("auto", "fp16", "fp32")
+WEIGHTS = ("auto", "fp16", "fp32", "int8")
 FP16_MIN_SIZE = 1024  # `fp16` stores float weights of at least this many values in float16
 INPUTS = ("action", "start", "given", "noise")  # then the state (`state_names`)
 OUTPUTS = ("frame", "latents")  # then the small state after the frame, `<name>_out`, and the buffers' writes
@@ -340,6 +342,41 @@ def store_weights(path: Path, mode: str = "auto") -> dict:
     return {"fp16": converted, "fp32": floats - converted, "bytes": path.stat().st_size}
 
 
+def quantize_weights(path: Path) -> dict:
+    """`int8` weights for the step graph at `path` (float32 weights, as exported): the matrix products
+    with a constant weight (every linear layer) become ONNX Runtime's dynamic quantisation - weights
+    int8 (7 bits used) per output channel, each input quantised to uint8 as it arrives, products accumulated in
+    int32 (MatMulInteger) - and the other weights are stored as `auto` would. The weights are first
+    folded into plain constants by ONNX Runtime's basic graph optimisations (transposes and casts of
+    initializers), which is what the quantiser recognises. -> {"int8": matrix products quantised, "fp16": n,
+    "fp32": n, "bytes": size}."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folded, quantized = path.with_name(path.name + ".folded"), path.with_name(path.name + ".int8")
+    try:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(folded)
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        # reduce_range: 7-bit weights. With full 8-bit ones, x86 CPUs without VNNI (this project's 2-core
+        # dev machine) saturate the uint8 x int8 pair sums: 3.3 dB lost over ten frames of the shipped
+        # world on 8 validation clips, 0.07 dB with 7 bits (0.17 dB on 128; docs/benchmarks.md 2.14)
+        logging.disable(logging.WARNING)  # the quantiser's advice to pre-process (shape inference) on the root logger
+        quantize_dynamic(str(folded), str(quantized), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                         op_types_to_quantize=["MatMul", "Gemm"], extra_options={"MatMulConstBOnly": True})
+        quantized.replace(path)
+    finally:
+        logging.disable(logging.NOTSET)
+        folded.unlink(missing_ok=True)
+        quantized.unlink(missing_ok=True)
+    stored = store_weights(path, "auto")
+    model = onnx.load(str(path), load_external_data=False)
+    stored["int8"] = sum(1 for n in model.graph.node if n.op_type == "MatMulInteger")  # products quantised
+    return stored
+
+
 def _spec(names, tensors) -> list[dict]:
     dt = {torch.float32: "float32", torch.long: "int64", torch.bool: "bool", torch.uint8: "uint8"}
     return [{"name": n, "dtype": dt[t.dtype], "shape": list(t.shape)} for n, t in zip(names, tensors)]
@@ -377,7 +414,7 @@ def export_onnx(world: World | str | Path, out: str | Path, steps: int | None = 
     inputs = INPUTS + names
     outputs = OUTPUTS + tuple(f"{n}_out" for n in small) + tuple(f"{n}_new" for n in buffers)
     _export_graph(step_module, args, inputs, outputs, out / "step.onnx", opset)
-    step_store = store_weights(out / "step.onnx", weights)
+    step_store = quantize_weights(out / "step.onnx") if weights == "int8" else store_weights(out / "step.onnx", weights)
     log(f"step.onnx: {step_store['bytes'] / 1e6:.1f} MB ({time.time() - t0:.0f} s)")
 
     t1 = time.time()
@@ -386,7 +423,7 @@ def export_onnx(world: World | str | Path, out: str | Path, steps: int | None = 
     with torch.no_grad():
         latents = encode(frames)
     _export_graph(encode, (frames,), ("frames",), ("latents",), out / "encoder.onnx", opset)
-    enc_store = store_weights(out / "encoder.onnx", weights)
+    enc_store = store_weights(out / "encoder.onnx", "auto" if weights == "int8" else weights)  # runs once a session
     log(f"encoder.onnx: {enc_store['bytes'] / 1e6:.1f} MB ({time.time() - t1:.0f} s)")
 
     from driftless.serve.session import noop_action
@@ -420,7 +457,7 @@ def export_onnx(world: World | str | Path, out: str | Path, steps: int | None = 
                                 for n in buffers}},
         },
         "weights": {"mode": weights, "fp16_tensors": step_store["fp16"] + enc_store["fp16"],
-                    "fp32_tensors": step_store["fp32"] + enc_store["fp32"]},
+                    "fp32_tensors": step_store["fp32"] + enc_store["fp32"], "int8_matmuls": step_store.get("int8", 0)},
         "exported": {"driftless": __version__, "torch": torch.__version__, "opset": opset,
                      "date": time.strftime("%Y-%m-%d")},
     }

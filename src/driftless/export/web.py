@@ -186,6 +186,9 @@ def export_web(world: World | str | Path, out: str | Path, ort_dir: str | Path |
     -> its manifest, with the sizes on disk under "sizes"."""
     from PIL import Image
 
+    if weights == "int8":
+        raise ValueError("--weights int8 is for ONNX Runtime on a CPU (driftless export onnx, driftless play "
+                         "--backend onnx); the web page has not been measured with quantised graphs: use auto, fp16 or fp32")
     if not isinstance(world, World):
         world = load(world)
     out = Path(out)
