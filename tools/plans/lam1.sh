@@ -2,7 +2,7 @@
 # one per chunk of 4 transitions (`lam.chunk=4`: the encoder's vectors averaged over the chunk, one code,
 # used by the decoder for every frame of it). A CPU diagnostic (docs/benchmarks.md 2.13) found a single
 # transition of held-action CoinRun says little of the control held (a probe of global-motion features:
-# 0.61-0.66, the shipped LAM's codes 0.53, majority 0.49); a chunk asks a code to explain several frames
+# 0.61-0.64, the shipped LAM's codes 0.53-0.54, majority 0.49-0.50); a chunk asks a code to explain several frames
 # of one control. Two arms, one GPU each, same data and budget; each trains a LAM from scratch, then
 # continues the shipped dynamics on its codes (the action embeddings learn the new codes), plays with the
 # shipped world's sampling settings, gets its key map fitted by effect (`world refit-actions`), and is

@@ -51,7 +51,7 @@ class LAMConfig:
     # `chunk` transitions (from the clip's start) and one action is quantised per chunk, which the
     # decoder then uses for every frame of the chunk. One transition tells little of the control a
     # player holds (momentum; a jump in the air does nothing): on held-action CoinRun a probe of
-    # global-motion features guesses a transition's control group 0.61-0.66 of the time
+    # global-motion features guesses a transition's control group 0.61-0.64 of the time
     # (docs/benchmarks.md 2.13); a chunk asks the action to explain several frames of one control
     chunk: int = 1
     encoder: STConfig = field(default_factory=lambda: STConfig(dim=128, depth=3, heads=4))
