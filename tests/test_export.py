@@ -189,7 +189,7 @@ def test_int8_weights_quantise_the_linear_layers(tmp_path):
     pytest.importorskip("onnxruntime")
     import onnx
 
-    from driftless.export.onnx import quantize_weights
+    from driftless.export.onnx import quantize_weights, store_weights
 
     g = np.random.default_rng(0)
     w = g.standard_normal((64, 32)).astype(np.float32)
@@ -205,6 +205,8 @@ def test_int8_weights_quantise_the_linear_layers(tmp_path):
     assert np.abs(weights[0]).max() <= 64  # reduce_range: 7 bits
     after = _run(path, x)
     assert 0 < np.abs(after - before).max() < 0.05 * np.abs(before).max()
+    with pytest.raises(ValueError, match="one of"):
+        store_weights(path, "int8")  # float storage only: int8 is quantize_weights'
 
 
 def test_int8_export_plays_and_the_web_page_refuses_it(debug_world, tmp_path):

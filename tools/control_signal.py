@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -98,7 +97,7 @@ def mlp_probe(x: torch.Tensor, groups: torch.Tensor, fit: torch.Tensor, epochs: 
         return scored(net(xs).argmax(1), ys)
 
 
-def main() -> None:
+def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("store", help="a driftless store with true actions (driftless data coinrun), e.g. the val split")
@@ -162,4 +161,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()

@@ -52,13 +52,11 @@ def main() -> None:
         backends = {"torch": (world, own), "onnx": (OnnxWorld(world, folder, threads=threads), {})}
         if a.int8:
             backends["onnx-int8"] = (OnnxWorld(world, int8_folder, threads=threads), {})
-        if a.no_torch:
-            del backends["torch"]
         if a.fused_commit:
             backends.update({"torch-fused": (world, {"fused_commit": True, **own}),
                              "onnx-fused": (OnnxWorld(world, fused_folder, threads=threads), {})})
-            if a.no_torch:
-                del backends["torch-fused"]
+        if a.no_torch:
+            backends = {k: v for k, v in backends.items() if not k.startswith("torch")}
         fps = {k: [] for k in backends}
         for _ in range(a.rounds):
             for name, (w, opts) in backends.items():

@@ -82,7 +82,8 @@ from driftless.world.world import SamplingOptions, World, load
 OPSET = 23
 OPSET_OLD = 18
 OPSET_MIN_RUNTIME = (1, 23)
-WEIGHTS = ("auto", "fp16", "fp32", "int8")
+FLOAT_WEIGHTS = ("auto", "fp16", "fp32")  # how `store_weights` stores float weights
+WEIGHTS = (*FLOAT_WEIGHTS, "int8")  # int8: `quantize_weights` (the step graph), the encoder as auto
 FP16_MIN_SIZE = 1024  # `fp16` stores float weights of at least this many values in float16
 INPUTS = ("action", "start", "given", "noise")  # then the state (`state_names`)
 OUTPUTS = ("frame", "latents")  # then the small state after the frame, `<name>_out`, and the buffers' writes
@@ -309,8 +310,8 @@ def store_weights(path: Path, mode: str = "auto") -> dict:
     import onnx
     from onnx import helper, numpy_helper
 
-    if mode not in WEIGHTS:
-        raise ValueError(f"weights must be one of {WEIGHTS}, got {mode!r}")
+    if mode not in FLOAT_WEIGHTS:
+        raise ValueError(f"weights must be one of {FLOAT_WEIGHTS}, got {mode!r}")
     model = onnx.load(str(path))
     graph = model.graph
     casts, kept, converted = [], [], 0
