@@ -5,6 +5,11 @@
 # `bash tools/gpu_prepare.sh maze` instead fills .whl-maze/ with MuJoCo, Gymnasium and
 # Gymnasium-Robotics and what importing them needs (Maze2D; no GL: MUJOCO_GL=disable), LZMA-repacked,
 # about 36 MiB.
+# `bash tools/gpu_prepare.sh slim` rewrites the Procgen wheel in .whl/ for CoinRun plans: the top-down,
+# water and space backgrounds (which CoinRun and ninja never draw; Procgen loads every image at start,
+# so they become 4x4 PNGs instead of going) shrink it by about 9.5 MB, room to carry a world's weights
+# in the 64 MiB that travel. CoinRun's frames are unchanged (checked here, same seeds, same pixels);
+# games that draw those backgrounds (maze, heist, starpilot, ...) get flat ones: not for them.
 # Both folders are git-ignored; name them in the device call's `carry`. On the device:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #   mkdir -p /tmp/gl && for f in .gl/*.deb; do dpkg -x $f /tmp/gl; done
@@ -28,6 +33,26 @@ for path in glob.glob(sys.argv[1]):
     print(f"repacked {path} with LZMA: {os.path.getsize(path) / 1e6:.1f} MB")
 PY
 }
+if [ "${1:-}" = slim ]; then
+python3 - .whl/procgen_mirror-*.whl <<'PY'
+import io, os, sys, zipfile
+from PIL import Image
+flat = io.BytesIO()
+Image.new("RGB", (4, 4), (40, 40, 60)).save(flat, "PNG")
+path = sys.argv[1]
+drop = tuple(f"procgen/data/assets/{d}/" for d in ("topdown_backgrounds", "water_backgrounds", "space_backgrounds"))
+src, tmp, n = zipfile.ZipFile(path), path + ".tmp", 0
+with zipfile.ZipFile(tmp, "w") as out:
+    for info in src.infolist():
+        data = src.read(info.filename)
+        if info.filename.startswith(drop) and info.filename.endswith(".png"):
+            data, n = flat.getvalue(), n + 1
+        out.writestr(info, data, compress_type=zipfile.ZIP_LZMA)
+os.replace(tmp, path)
+print(f"{path}: {n} backgrounds flattened, now {os.path.getsize(path) / 1e6:.1f} MB")
+PY
+  exit 0
+fi
 if [ "${1:-}" = maze ]; then
   mkdir -p .whl-maze
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" \
