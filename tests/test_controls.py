@@ -248,3 +248,32 @@ def test_latent_action_probe_on_held_action_clips(debug_world):
     assert probe["available"] and probe["transitions"] == 2 * 2 * 15  # two 16-frame clips per 40-frame episode
     assert 0 <= probe["accuracy"] <= 1 and 0 <= probe["majority_baseline"] <= 1
     assert set(probe["per_group_recall"]) == {"none", "left", "right", "jump", "left_jump", "right_jump"}
+
+
+def test_key_accuracy_interval_brackets_the_estimate_and_narrows_with_starts():
+    """The bootstrap interval over starts: a map right at every start has no spread; one right at
+    about half the starts gets an interval around its estimate that narrows with four times the starts."""
+    from driftless.world.controls import key_accuracy_interval
+
+    keys = {"ArrowLeft": 0, "ArrowRight": 1, "ArrowUp": 2}
+    perfect = np.ones((10, 3, 3))
+    for a in range(3):
+        perfect[:, a, a] = 0.0  # code a's branch is nearest control a's real branch at every start
+    ci = key_accuracy_interval(perfect, HEADLINE, [0, 1, 2], keys, resamples=200)
+    assert ci["mean"] == [1.0, 1.0] and ci["controls"]["jump"] == [1.0, 1.0]
+
+    def coin(n, seed):
+        rng = np.random.default_rng(seed)
+        d = np.ones((n, 3, 3))
+        for a in range(3):
+            hit = rng.random(n) < 0.5
+            d[hit, a, a] = 0.0
+            d[~hit, a, (a + 1) % 3] = 0.0
+        return d
+
+    small, large = coin(32, 1), coin(128, 2)
+    est = key_accuracy(nearest_rates(small, HEADLINE), [0, 1, 2], keys)["mean"]
+    lo, hi = key_accuracy_interval(small, HEADLINE, [0, 1, 2], keys)["mean"]
+    assert lo < est < hi and 0.1 < hi - lo < 0.4
+    lo4, hi4 = key_accuracy_interval(large, HEADLINE, [0, 1, 2], keys)["mean"]
+    assert hi4 - lo4 < 0.7 * (hi - lo)

@@ -308,3 +308,33 @@ def test_tune_writes_fused_commit(world_copy, tmp_path, capsys):
     again = tune_context_level(world_copy, data, strict, write=False, log=lambda *a: None)
     assert again["fused_commit"]["previous"] is True  # now measured from the on side
     assert again["fused_commit"]["on"]["short"]["psnr"] == again["candidates"][0]["psnr"]
+
+
+def test_world_sampling_verb_sets_checks_and_copies(tmp_path, capsys):
+    """`driftless world sampling`: prints the settings, changes only the flags given, refuses a
+    combination the world cannot play (world.json untouched), copies another world's, unsets."""
+    import shutil
+
+    from driftless.world.debug import make_debug_world
+
+    path = tmp_path / "a"
+    make_debug_world(path)
+    shutil.copytree(path, tmp_path / "b")
+
+    def sampling(folder):
+        return json.loads((folder / "world.json").read_text())["sampling"]
+
+    assert main(["world", "sampling", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out) == sampling(path)
+    assert main(["world", "sampling", str(path), "--cfg-scale", "2", "--steps", "3", "--no-fused-commit"]) == 0
+    got = sampling(path)
+    assert got["cfg_scale"] == 2.0 and got["steps"] == 3 and got["fused_commit"] is False
+    before = (path / "world.json").read_text()
+    with pytest.raises(SystemExit, match="fused_commit"):
+        main(["world", "sampling", str(path), "--fused-commit"])  # with cfg_scale 2: refused
+    with pytest.raises(SystemExit, match="context_level"):
+        main(["world", "sampling", str(path), "--context-level", str(10 ** 6)])
+    assert (path / "world.json").read_text() == before
+    assert main(["world", "sampling", str(tmp_path / "b"), "--from", str(path), "--unset", "steps"]) == 0
+    copied = sampling(tmp_path / "b")
+    assert copied["cfg_scale"] == 2.0 and "steps" not in copied

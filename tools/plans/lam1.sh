@@ -29,8 +29,7 @@ arm() {  # arm NAME GPU CHUNK
   cp $W/run$n/run.json $R/run-$n.json
   cp $W/run$n/lam/metrics.jsonl $R/metrics-lam-$n.jsonl; cp $W/run$n/dynamics/metrics.jsonl $R/metrics-dynamics-$n.jsonl
   # the shipped world's sampling (context level, temperature, steps, fused_commit), so the arms differ only in the LAM
-  python3 -c "import json,sys; s=json.load(open('$S/world.json'))['sampling']; p='$W/run$n/world/world.json'; \
-w=json.load(open(p)); w['sampling']=s; json.dump(w,open(p+'.tmp','w'),indent=2)" && mv $W/run$n/world/world.json.tmp $W/run$n/world/world.json
+  $DL world sampling $W/run$n/world --from $S > $R/sampling-$n.log 2>&1
   CUDA_VISIBLE_DEVICES=$g $DL world refit-actions $W/run$n/world --game coinrun --eval-starts 0 --no-progress \
     > $R/refit-$n.log 2>&1
   cp $W/run$n/world/world.json $R/world-$n.json

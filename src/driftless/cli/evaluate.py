@@ -82,7 +82,9 @@ def _summary(result: dict) -> list[str]:
     if c and c.get("available"):
         a = c["accuracy"]
         per = ", ".join(f"{k} {v:.2f}" for k, v in a["controls"].items() if v is not None)
+        ci = (c.get("accuracy_ci") or {}).get("mean")
         lines.append(f"controls    {per}; mean " + (f"{a['mean']:.3f}" if a["mean"] is not None else "–")
+                     + (f" (95 % interval over states {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
                      + f" (chance {a['chance']:.3f}; best one-to-one map {c['best_accuracy']['mean']:.3f}; "
                        f"{c['starts']} states, {c['frames']} frames)")
     f = result.get("fvd")

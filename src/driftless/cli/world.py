@@ -163,6 +163,46 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+SAMPLING_FLAGS = ("steps", "cfg_scale", "eta", "context_level", "temperature", "history_guidance", "window",
+                  "fused_commit")
+
+
+def _sampling(args: argparse.Namespace) -> int:
+    """Show or set the sampling defaults stored in world.json (checked by loading the world first)."""
+    from driftless.checkpoint import atomic_write_json
+    from driftless.world.build import world_folder
+    from driftless.world.world import load
+
+    folder = world_folder(args.world)
+    meta = json.loads((folder / "world.json").read_text())
+    before = dict(meta.get("sampling", {}))
+    new = dict(before)
+    if args.copy_from:
+        src = json.loads((world_folder(args.copy_from) / "world.json").read_text())
+        new = dict(src.get("sampling", {}))
+    given = {k: getattr(args, k) for k in SAMPLING_FLAGS if getattr(args, k) is not None}
+    new.update(given)
+    for k in args.unset or ():
+        if k not in SAMPLING_FLAGS:
+            raise SystemExit(f"--unset takes one of {', '.join(SAMPLING_FLAGS)}, got {k!r}")
+        new.pop(k, None)
+    if new == before:
+        print(json.dumps(before, indent=2))
+        return 0
+    w = load(folder, device="cpu")
+    try:  # the world's own check: ranges, the model's noise levels and window, fused_commit's needs
+        w._options(w.sampling.__class__(), new)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"{folder / 'world.json'} unchanged: {e}") from None
+    meta["sampling"] = new
+    atomic_write_json(folder / "world.json", meta)
+    for k in sorted(set(before) | set(new)):
+        if before.get(k) != new.get(k):
+            print(f"sampling.{k}: {before.get(k, '(default)')} -> {new.get(k, '(default)')}")
+    print(f"wrote {folder / 'world.json'}")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from driftless.models.common import num_params
     from driftless.world.build import world_bytes
@@ -223,6 +263,30 @@ def register(sub) -> None:
     r.add_argument("--action-data", help="a store: clips for the motion fit, true actions for co-occurrence")
     _fit_flags(r, "")
     r.set_defaults(func=_refit_cmd)
+    sm = verbs.add_parser(
+        "sampling", help="show or set the sampling defaults in world.json (steps, guidance, noise, window)",
+        description="Print a world's sampling defaults, or change them: each flag given replaces one setting in "
+                    "world.json (written atomically after the world has checked the new settings). `driftless "
+                    "world tune` chooses context level, temperature, steps and fused_commit on validation data; "
+                    "this verb sets them by hand, e.g. to try classifier-free guidance on the action.",
+        epilog="examples:\n  driftless world sampling coinrun\n"
+               "  driftless world sampling runs/world --cfg-scale 2 --no-fused-commit\n"
+               "  driftless world sampling runs/world --from coinrun     # copy another world's settings",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sm.add_argument("world", help="world folder, or a shipped world's name (rewrites the packaged world.json)")
+    sm.add_argument("--from", dest="copy_from", metavar="WORLD",
+                    help="start from this world's sampling settings (then apply the flags)")
+    sm.add_argument("--steps", type=int, help="denoising steps per frame")
+    sm.add_argument("--cfg-scale", type=float, help="classifier-free guidance on the action (1 = off)")
+    sm.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1]")
+    sm.add_argument("--context-level", type=int, help="noise level the past is held at")
+    sm.add_argument("--temperature", type=float, help="initial noise scale")
+    sm.add_argument("--history-guidance", type=float, help="history guidance weight (1 = off)")
+    sm.add_argument("--window", type=int, help="frames the dynamics attends (at most its training window)")
+    sm.add_argument("--fused-commit", action=argparse.BooleanOptionalAction, default=None,
+                    help="one backbone pass fewer per frame (needs cfg-scale 1 and no history guidance)")
+    sm.add_argument("--unset", nargs="+", metavar="NAME", help="drop settings back to the defaults")
+    sm.set_defaults(func=_sampling)
     from driftless.eval.tune import DEFAULT_LEVELS, DEFAULT_STEPS, DEFAULT_TEMPERATURES, TuneConfig
 
     d = TuneConfig()

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from driftless.world.controls import (HEADLINE, MEASURES, PRIMARY, BranchConfig, assign_controls,
-                                      branch_distances, key_accuracy, keys_of, measure_starts, nearest_rates,
-                                      reconstructed_reference, sample_starts)
+                                      branch_distances, key_accuracy, key_accuracy_interval, keys_of,
+                                      measure_starts, nearest_rates, reconstructed_reference, sample_starts)
 
 
 def game_of(world, store=None) -> str | None:
@@ -77,6 +77,7 @@ def controls_protocol(world, store=None, starts: int = 32, frames: int = 8, spli
         "available": True, "game": game, "split": split, "starts": starts, "frames": frames, "measure": measure,
         "context": cfg.context, "seed": seed, "map": keys, "method": (world.action_map or {}).get("method"),
         "accuracy": acc,
+        "accuracy_ci": key_accuracy_interval(m["dist"], st["controls"], m["codes"], keys, seed=seed),
         "none_accuracy": (float(m["rates4"][PRIMARY.index("none"), m["codes"].index(none_code)])
                           if none_code is not None and none_code in m["codes"] else None),
         "rates": {c: m["rates3"][i].tolist() for i, c in enumerate(HEADLINE)},

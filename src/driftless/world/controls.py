@@ -351,6 +351,30 @@ def key_accuracy(rates3: np.ndarray, codes, keys: dict[str, int]) -> dict:
             "chance": 1 / len(HEADLINE)}
 
 
+def key_accuracy_interval(dist: np.ndarray, controls, codes, keys: dict[str, int], level: float = 0.95,
+                          resamples: int = 2000, seed: int = 0) -> dict:
+    """How far the controls accuracy of `keys` could move on other starts: a percentile bootstrap
+    over the starts of dist (n, A, C). {"mean": [lo, hi], "controls": {c: [lo, hi]}, "level",
+    "resamples"}; a few dozen starts give intervals of about +-0.1 (each start is one trial per key)."""
+    n = dist.shape[0]
+    rng = np.random.default_rng(seed)
+    means, per = [], {c: [] for c in HEADLINE}
+    for _ in range(resamples):
+        acc = key_accuracy(nearest_rates(dist[rng.integers(0, n, n)], controls), codes, keys)
+        if acc["mean"] is not None:
+            means.append(acc["mean"])
+        for c, v in acc["controls"].items():
+            if v is not None:
+                per[c].append(v)
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+
+    def band(vals):
+        return [float(v) for v in np.percentile(vals, q)] if vals else None
+
+    return {"mean": band(means), "controls": {c: band(v) for c, v in per.items()}, "level": level,
+            "resamples": resamples}
+
+
 def effect_evidence(m: dict) -> dict:
     """The JSON evidence of a measurement: scores of every key x latent action (3-way rates for
     the keys of left / right / jump, the 4-way "none" rate for ArrowDown), what every latent
