@@ -65,9 +65,9 @@ def test_fused_commit_holds_frames_at_the_context_level(world, monkeypatch):
 
 def test_fused_commit_needs_one_pass_per_step(world):
     world.reset(_start(world), seed=0)
-    with pytest.raises(ValueError, match="fused_commit.*cfg_scale 1"):
+    with pytest.raises(ValueError, match="fused_commit.*cfg_scale 1 or cfg_steps below steps"):
         world.step(0, fused_commit=True, cfg_scale=2.0)
-    with pytest.raises(ValueError, match="fused_commit.*one pass per step"):
+    with pytest.raises(ValueError, match="fused_commit.*one pass in that step"):
         world.reset(_start(world), seed=0, fused_commit=True, history_guidance=2.0)
     world.reset(_start(world), seed=0)
     with pytest.raises(ValueError, match="at least 2 steps"):
@@ -98,3 +98,39 @@ def test_step_graph_with_fused_commit_matches_the_world(tmp_path):
     assert m["sampling"]["fused_commit"] is True
     check = m["check"]
     assert check["latents_max_abs"] < 1e-4 and check["frames_max_abs"] <= 1, check
+    # action guidance in the first of two steps, fused commit kept: the graph runs it like PyTorch
+    g = export_onnx(world, tmp_path / "onnx-cfg", steps=2, eta=1.0, fused_commit=True, cfg_scale=3.0, cfg_steps=1,
+                    check_frames=10, seed=0, log=lambda *a: None)
+    assert g["sampling"]["cfg_steps"] == 1 and g["sampling"]["cfg_scale"] == 3.0
+    assert g["check"]["latents_max_abs"] < 1e-4 and g["check"]["frames_max_abs"] <= 1, g["check"]
+
+
+def test_cfg_steps_guides_only_the_noisiest_steps_and_lets_fused_commit_stay_on(world, monkeypatch):
+    """cfg_steps = K: the first K denoising steps run the network twice (the action and the null
+    action), the others once; 0 samples as no guidance at all and K = steps as guidance in every
+    step (same noise); with K below the steps fused_commit is allowed and its last pass commits."""
+    calls = _passes(world, monkeypatch)
+
+    def frames(**opts):
+        world.reset(_start(world), seed=3, steps=4, fused_commit=False, **opts)
+        calls.clear()
+        out = [world.step(a) for a in (1, 2)]
+        return np.stack(out), len(calls) // 2
+
+    plain, n_plain = frames()
+    guided, n_guided = frames(cfg_scale=3.0)
+    none_guided, n_none = frames(cfg_scale=3.0, cfg_steps=0)
+    all_guided, n_all = frames(cfg_scale=3.0, cfg_steps=4)
+    early, n_early = frames(cfg_scale=3.0, cfg_steps=1)
+    assert (n_plain, n_guided, n_none, n_all, n_early) == (5, 9, 5, 9, 6)  # passes per frame (+1 commit pass)
+    assert np.array_equal(none_guided, plain) and np.array_equal(all_guided, guided)
+    assert not np.array_equal(early, plain) and not np.array_equal(early, guided)
+
+    with pytest.raises(ValueError, match="cfg_steps below steps"):
+        world.reset(_start(world), seed=3, steps=4, fused_commit=True, cfg_scale=3.0)
+    with pytest.raises(ValueError, match="cfg_steps below steps"):
+        world.reset(_start(world), seed=3, steps=4, fused_commit=True, cfg_scale=3.0, cfg_steps=4)
+    world.reset(_start(world), seed=3, steps=4, fused_commit=True, cfg_scale=3.0, cfg_steps=2)
+    calls.clear()
+    world.step(1)
+    assert [c for _, c in calls] == [False] * 5 + [True]  # steps 1-2 twice, 3 once, the last once and committed

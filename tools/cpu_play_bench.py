@@ -3,6 +3,8 @@
 `--fused-commit` adds both backends with that sampling option on (one backbone pass fewer per frame);
 `--window N` plays both with an N-frame window (`driftless play --window N`); `--int8` adds ONNX
 Runtime on the export with quantised linear layers (`driftless play --backend onnx --weights int8`).
+`--also W1,W2` adds ONNX Runtime on other worlds (e.g. copies with other sampling settings in world.json,
+`driftless world sampling`), timed in the same rounds: this machine's speed drifts by a third within minutes.
 
     python tools/cpu_play_bench.py [WORLD] --threads 1,2 --frames 150 --rounds 3 [--fused-commit] [--int8] --json out.json
 """
@@ -29,6 +31,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, help="frames the dynamics attends to (default: the world's own)")
     ap.add_argument("--int8", action="store_true", help="also time ONNX Runtime on the int8 export")
     ap.add_argument("--no-torch", action="store_true", help="time ONNX Runtime only")
+    ap.add_argument("--also", default="", help="comma-separated world folders also timed through ONNX Runtime")
     ap.add_argument("--json")
     a = ap.parse_args()
 
@@ -46,6 +49,10 @@ def main() -> None:
     if a.fused_commit and not (fused_folder / "manifest.json").is_file():
         export_onnx(world, fused_folder, steps=steps, fused_commit=True, log=lambda *x: None, **own)
     start = default_start_frame(world)[None]
+    also = {}
+    for path in [p for p in a.also.split(",") if p]:
+        other = load(path)
+        also[path] = (other, choose_backend("onnx", "cpu", other, other.sampling.steps, a.window)[1])
     rows = []
     for threads in [int(t) for t in a.threads.split(",")]:
         torch.set_num_threads(threads)
@@ -55,6 +62,8 @@ def main() -> None:
         if a.fused_commit:
             backends.update({"torch-fused": (world, {"fused_commit": True, **own}),
                              "onnx-fused": (OnnxWorld(world, fused_folder, threads=threads), {})})
+        for path, (other, other_folder) in also.items():
+            backends[f"onnx:{path}"] = (OnnxWorld(other, other_folder, threads=threads), {})
         if a.no_torch:
             backends = {k: v for k, v in backends.items() if not k.startswith("torch")}
         fps = {k: [] for k in backends}

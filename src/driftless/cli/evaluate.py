@@ -104,8 +104,8 @@ def _default(name: str) -> str:
     return f"default {QUICK[name]} quick, {full} full" if name in QUICK else f"default {full}"
 
 
-SAMPLING_FLAGS = ("steps", "eta", "cfg_scale", "context_level", "temperature", "window", "history_guidance",
-                  "fused_commit")
+SAMPLING_FLAGS = ("steps", "eta", "cfg_scale", "cfg_steps", "context_level", "temperature", "window",
+                  "history_guidance", "fused_commit")
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict:
@@ -245,6 +245,9 @@ def register(sub) -> None:
     g = p.add_argument_group("sampling (default: the world's own, world.json \"sampling\"; recorded in config.sampling)")
     g.add_argument("--steps", type=int, help="sampling steps per frame (default: the world's)")
     g.add_argument("--cfg-scale", type=float, help="classifier-free guidance on the action (default: the world's)")
+    g.add_argument("--cfg-steps", type=int, help="forcing: guide only the first N denoising steps, the noisiest "
+                                                 "(fewer than --steps lets fused_commit stay on; default: the "
+                                                 "world's, else every step)")
     g.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1]: 0 deterministic, 1 DDPM-like "
                                              "(default: the world's)")
     g.add_argument("--context-level", type=int, help="noise level (0 = clean, up to the dynamics' levels, e.g. 1000) "

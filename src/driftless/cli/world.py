@@ -163,8 +163,8 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
-SAMPLING_FLAGS = ("steps", "cfg_scale", "eta", "context_level", "temperature", "history_guidance", "window",
-                  "fused_commit")
+SAMPLING_FLAGS = ("steps", "cfg_scale", "cfg_steps", "eta", "context_level", "temperature", "history_guidance",
+                  "window", "fused_commit")
 
 
 def _sampling(args: argparse.Namespace) -> int:
@@ -278,13 +278,16 @@ def register(sub) -> None:
                     help="start from this world's sampling settings (then apply the flags)")
     sm.add_argument("--steps", type=int, help="denoising steps per frame")
     sm.add_argument("--cfg-scale", type=float, help="classifier-free guidance on the action (1 = off)")
+    sm.add_argument("--cfg-steps", type=int, help="guide only the first N denoising steps (unset: every step; "
+                                                  "fewer than --steps keeps fused_commit possible)")
     sm.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1]")
     sm.add_argument("--context-level", type=int, help="noise level the past is held at")
     sm.add_argument("--temperature", type=float, help="initial noise scale")
     sm.add_argument("--history-guidance", type=float, help="history guidance weight (1 = off)")
     sm.add_argument("--window", type=int, help="frames the dynamics attends (at most its training window)")
     sm.add_argument("--fused-commit", action=argparse.BooleanOptionalAction, default=None,
-                    help="one backbone pass fewer per frame (needs cfg-scale 1 and no history guidance)")
+                    help="one backbone pass fewer per frame (needs no history guidance, and cfg-scale 1 or "
+                         "cfg-steps below steps)")
     sm.add_argument("--unset", nargs="+", metavar="NAME", help="drop settings back to the defaults")
     sm.set_defaults(func=_sampling)
     from driftless.eval.tune import DEFAULT_LEVELS, DEFAULT_STEPS, DEFAULT_TEMPERATURES, TuneConfig

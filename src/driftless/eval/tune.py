@@ -352,7 +352,8 @@ def _tune_fused_commit(w, store, base: dict, current_short: dict, current_long: 
     when not tuned (cfg.fused_commit off, or a world or setting that cannot fuse). current_short /
     current_long: the numbers already measured at `base` with the world's current setting."""
     o = w.sampling
-    can = (getattr(getattr(w.dynamics, "frame", None), "fuses_commit", False) and o.cfg_scale == 1.0
+    unguided_last = o.cfg_scale == 1.0 or (o.cfg_steps is not None and o.cfg_steps < int(base["steps"]))
+    can = (getattr(getattr(w.dynamics, "frame", None), "fuses_commit", False) and unguided_last
            and o.history_guidance == 1.0 and int(base["steps"]) >= 2)
     if not cfg.fused_commit or not can:
         return None

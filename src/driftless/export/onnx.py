@@ -118,7 +118,7 @@ def sampling_options(world: World, **overrides) -> SamplingOptions:
     level = cfg.diffusion.context_level if opts.context_level is None else opts.context_level
     return SamplingOptions(steps=opts.steps, cfg_scale=opts.cfg_scale, context_level=level, eta=float(eta),
                            window=opts.window or cfg.context_window, temperature=opts.temperature,
-                           fused_commit=opts.fused_commit)
+                           fused_commit=opts.fused_commit, cfg_steps=opts.cfg_steps)
 
 
 def noise_draws(opts: SamplingOptions) -> int:
@@ -183,17 +183,17 @@ class PlayStep(nn.Module):
         acts = action.reshape(b, 1) if dyn.cfg.num_actions else None
         tape = NoiseTape(noise.unbind(0))
         if o.fused_commit:  # the last denoising pass appends the frame; a start frame is put in its input
-            frame.check_fused(o.cfg_scale, state)
+            frame.check_fused(o.cfg_scale, state, o.cfg_steps, o.steps)
 
             def held(x0, level, fresh):  # the frame (or the given start frame) as `World` holds it
                 return frame.diffusion.q_sample(torch.where(start, given.float(), x0), level, fresh)
 
-            x = frame.sample(dyn.run, state, acts, b, given.device, steps=o.steps, eta=o.eta,
+            x = frame.sample(dyn.run, state, acts, b, given.device, steps=o.steps, cfg_scale=o.cfg_scale, eta=o.eta,
                              temperature=o.temperature, generator=tape, commit_last=True, held_level=o.context_level,
-                             last_input=held)
+                             last_input=held, cfg_steps=o.cfg_steps)
         else:
             x = frame.sample(dyn.run, state, acts, b, given.device, steps=o.steps, cfg_scale=o.cfg_scale, eta=o.eta,
-                             temperature=o.temperature, generator=tape)
+                             temperature=o.temperature, generator=tape, cfg_steps=o.cfg_steps)
         x = torch.where(start, given, x)  # (b, 1, s, c)
         if not o.fused_commit:
             frame.observe(dyn.run, state, x, acts, context_level=o.context_level, generator=tape)
@@ -529,7 +529,8 @@ def _check(world: World, folder: str | Path, frames: int, seed: int, start_frame
     start = default_start_frame(world, seed) if start_frame is None else np.asarray(start_frame, np.uint8)
     actions = np.random.default_rng(seed).integers(0, max(world.num_actions, 1), size=frames)
     sampling = dict(steps=opts.steps, eta=opts.eta, cfg_scale=opts.cfg_scale, context_level=opts.context_level,
-                    temperature=opts.temperature, window=opts.window, fused_commit=opts.fused_commit)
+                    temperature=opts.temperature, window=opts.window, fused_commit=opts.fused_commit,
+                    cfg_steps=opts.cfg_steps)
 
     # the public API with a seed
     starts = np.array(np.broadcast_to(start, (b,) + start.shape))  # (a writable copy)

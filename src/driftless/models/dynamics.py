@@ -284,6 +284,7 @@ class Dynamics(nn.Module):
         device=None,
         history_guidance: float = 1.0,
         fused_commit: bool = False,
+        cfg_steps: int | None = None,
     ) -> torch.Tensor:
         """Sample the next frame's latents (b, 1, s, c) given the cached past and its action
         (b,) int (or None when unconditioned), then append it to the caches.
@@ -295,8 +296,12 @@ class Dynamics(nn.Module):
         `history_guidance` (forcing; 1 = off) needs a state made with it (`new_state`); such a
         state samples its frames through both branches at any scale (1: the past's alone).
         `fused_commit` (forcing): the last denoising pass appends the frame to the caches, one pass
-        fewer per frame, that pass started at `context_level` (models/frame_forcing.py)."""
+        fewer per frame, that pass started at `context_level` (models/frame_forcing.py).
+        `cfg_steps` (forcing): guide only the first cfg_steps denoising steps (None: all)."""
         history_guidance = self._history_guidance(history_guidance, state)
+        if cfg_steps is not None and not self.frame.fuses_commit:
+            raise ValueError(f"cfg_steps needs a frame model that denoises whole frames (forcing), "
+                             f"not {self.frame.name!r}")
         if fused_commit and not self.frame.fuses_commit:
             raise ValueError(f"fused_commit needs a frame model that denoises whole frames (forcing), "
                              f"not {self.frame.name!r}")
@@ -308,7 +313,8 @@ class Dynamics(nn.Module):
         return self.frame.generate_frame(self.run, state, actions, b, device, steps=steps, cfg_scale=cfg_scale,
                                          eta=eta, context_level=context_level, temperature=temperature,
                                          generator=generator, history_guidance=history_guidance,
-                                         **({"fused_commit": True} if fused_commit else {}))
+                                         **({"fused_commit": True} if fused_commit else {}),
+                                         **({"cfg_steps": cfg_steps} if cfg_steps is not None else {}))
 
     @torch.no_grad()
     def generate_chunk(

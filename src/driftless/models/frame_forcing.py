@@ -166,10 +166,11 @@ class ForcingFrame(FrameModel):
             out = self(run, x, levels, acts, start=state.position, caches=state.caches, commit=commit)
             return out.chunk(branches)  # (with the past[, history-free])
 
-        def denoise(x: torch.Tensor, levels: torch.Tensor, commit: bool = False) -> torch.Tensor:
-            # commit (fused_commit's last pass; one pass per step): the caches keep this pass's keys
+        def denoise(x: torch.Tensor, levels: torch.Tensor, commit: bool = False, guided: bool = True) -> torch.Tensor:
+            # commit (fused_commit's last pass; one pass per step): the caches keep this pass's keys;
+            # guided: False skips the action guidance in this step (cfg_steps)
             outs = net(x, levels, actions, commit)
-            if null is not None:  # CFG on the action, within each branch
+            if null is not None and guided:  # CFG on the action, within each branch
                 outs = [free_guidance(o, o_null, cfg_scale) for o, o_null in zip(outs, net(x, levels, null))]
             if branches == 1:
                 return outs[0]
@@ -182,39 +183,46 @@ class ForcingFrame(FrameModel):
                        steps: int | None = None, cfg_scale: float = 1.0, eta: float | None = None,
                        context_level: int | None = None, temperature: float = 1.0,
                        generator: torch.Generator | None = None, history_guidance: float = 1.0,
-                       fused_commit: bool = False) -> torch.Tensor:
+                       fused_commit: bool = False, cfg_steps: int | None = None) -> torch.Tensor:
         """-> the next frame's latents (b, 1, s, c): `steps` DDIM steps (eta), from noise scaled by
         `temperature`, guided by `history_guidance` on a state with a history-free branch; then
         appended to the caches: at `context_level` by one more pass, or with `fused_commit` by the
-        last denoising pass, started at `context_level` (module docstring)."""
+        last denoising pass, started at `context_level` (module docstring). `cfg_steps`: only the
+        first cfg_steps denoising steps are guided by `cfg_scale` (None: all)."""
+        steps = self.cfg.diffusion.sampling_steps if steps is None else steps
         if fused_commit:
-            self.check_fused(cfg_scale, state)
+            self.check_fused(cfg_scale, state, cfg_steps, steps)
         x = self.sample(run, state, actions, batch, device, steps=steps, cfg_scale=cfg_scale, eta=eta,
                         temperature=temperature, generator=generator, history_guidance=history_guidance,
-                        commit_last=fused_commit, held_level=context_level)
+                        commit_last=fused_commit, held_level=context_level, cfg_steps=cfg_steps)
         if not fused_commit:
             self.observe(run, state, x, actions, context_level=context_level, generator=generator)
         return x
 
     @staticmethod
-    def check_fused(cfg_scale: float, state: RolloutState) -> None:
-        """fused_commit needs one denoising pass per step (`sample` checks the steps)."""
-        if cfg_scale != 1.0 or state.history_free:
-            raise ValueError("fused_commit keeps the keys of the last denoising pass, so it needs one pass per step: "
-                             "not with cfg_scale != 1 or history guidance (turn fused_commit off for those)")
+    def check_fused(cfg_scale: float, state: RolloutState, cfg_steps: int | None = None,
+                    steps: int | None = None) -> None:
+        """fused_commit needs one denoising pass in the last step (`sample` checks the steps): no
+        history guidance, and action guidance only in steps before the last (cfg_steps < steps)."""
+        guided_last = cfg_scale != 1.0 and (cfg_steps is None or steps is None or cfg_steps >= steps)
+        if guided_last or state.history_free:
+            raise ValueError("fused_commit keeps the keys of the last denoising pass, so it needs one pass in that "
+                             "step: not with history guidance, nor cfg_scale != 1 unless cfg_steps < steps (turn "
+                             "fused_commit off for those)")
 
     @torch.no_grad()
     def sample(self, run: Backbone, state: RolloutState, actions: torch.Tensor | None, batch: int, device,
                steps: int | None = None, cfg_scale: float = 1.0, eta: float | None = None, temperature: float = 1.0,
                generator: torch.Generator | NoiseTape | None = None, history_guidance: float = 1.0,
-               commit_last: bool = False, held_level: int | None = None, last_input=None) -> torch.Tensor:
+               commit_last: bool = False, held_level: int | None = None, last_input=None,
+               cfg_steps: int | None = None) -> torch.Tensor:
         """The next frame's latents (b, 1, s, c) from the cached past, not yet appended to the caches
         (`generate_frame` without its `observe`). Noise is drawn from `generator` in this order: the
         initial noise, then one draw per DDIM step when eta > 0. `commit_last`: the last denoising
         pass appends the frame to the caches (fused_commit): that step starts at `held_level` (the
         context level; None: the model's), its input the previous step's clean prediction noised
         afresh (one more draw, before the last step's), or `last_input(x0, level, noise)` (the ONNX
-        step graph puts a start frame there)."""
+        step graph puts a start frame there). `cfg_steps`: guide only steps 0..cfg_steps-1 (None: all)."""
         cfg, b = self.cfg, batch
         steps = cfg.diffusion.sampling_steps if steps is None else steps
         shape = (b, 1, cfg.tokens_per_frame, cfg.latent_dim)
@@ -238,7 +246,7 @@ class ForcingFrame(FrameModel):
             if last:  # held like a commit pass holds a frame: its clean prediction, freshly noised
                 fresh = randn(shape, device, generator)
                 x = last_input(x0, k_now, fresh) if last_input else self.diffusion.q_sample(x0, k_now, fresh)
-            out = denoise(x, k_now, commit=last)
+            out = denoise(x, k_now, commit=last, guided=cfg_steps is None or i < cfg_steps)
             x0, eps = self.diffusion.predict(out, x, k_now)
             x = self.diffusion.ddim_step(x0, eps, k_next, k_now, eta=eta, generator=generator)
         if commit_last:

@@ -61,6 +61,10 @@ class SamplingOptions:
 
     steps: int = 8  # per frame: DDIM steps (forcing), unmasking steps (mar), MaskGIT steps (maskgit)
     cfg_scale: float = 1.0  # classifier-free guidance on the action (1 = off)
+    # forcing: guide only the first cfg_steps denoising steps, the noisiest, where a frame's motion is
+    # decided (None: every step). Fewer than steps leaves the last step one pass, so fused_commit works.
+    # Frame by frame only: scheduling-matrix rollouts (`rollout(schedule=...)`) guide every step
+    cfg_steps: int | None = None
     context_level: int | None = None  # noise level the past is held at (None: the model's default)
     eta: float = 0.0  # DDIM stochasticity (forcing only)
     # frames attended by the dynamics (the new one included) and kept at reset, at most the model's
@@ -86,6 +90,8 @@ class SamplingOptions:
             _check_number("context_level", self.context_level, 0, MAX_STEPS * 1000, integer=True)
         if self.window is not None:
             _check_number("window", self.window, 1, 1 << 20, integer=True)
+        if self.cfg_steps is not None:
+            _check_number("cfg_steps", self.cfg_steps, 0, MAX_STEPS, integer=True)
 
     def updated(self, **kwargs) -> "SamplingOptions":
         unknown = sorted(set(kwargs) - set(asdict(self)))
@@ -246,9 +252,13 @@ class World:
             if not getattr(self.dynamics.frame, "fuses_commit", False):
                 raise ValueError(f"sampling option fused_commit needs the forcing frame model, not "
                                  f"{self.dynamics.frame.name!r}")
-            if opts.cfg_scale != 1.0 or opts.history_guidance != 1.0:
+            guided_last = opts.cfg_scale != 1.0 and (opts.cfg_steps is None or opts.cfg_steps >= opts.steps)
+            if guided_last or opts.history_guidance != 1.0:
                 raise ValueError("sampling option fused_commit keeps the keys of the last denoising pass, so it needs "
-                                 "one pass per step: cfg_scale 1 and history_guidance 1")
+                                 "one pass in that step: cfg_scale 1 or cfg_steps below steps, and history_guidance 1")
+        if opts.cfg_steps is not None and not getattr(self.dynamics.frame, "fuses_commit", False):
+            raise ValueError(f"sampling option cfg_steps needs the forcing frame model, not "
+                             f"{self.dynamics.frame.name!r}")
         return opts
 
     def session_bytes(self, batch: int, frames: int = 1, extra_frames: int = 0) -> int:
@@ -393,7 +403,7 @@ class World:
         z = self._latents(self.dynamics.generate_frame(
             s.dyn_state, a, steps=opts.steps, cfg_scale=opts.cfg_scale, eta=opts.eta,
             context_level=opts.context_level, temperature=opts.temperature, generator=s.generator,
-            batch=s.batch, device=self.device, **_history(opts), **_fused(opts)))
+            batch=s.batch, device=self.device, **_history(opts), **_fused(opts), **_cfg_steps(opts)))
         s.finite.logical_and_(torch.isfinite(z).all())  # on the device, in place: capturable, no sync
         window = opts.window or self.dynamics.cfg.context_window
         frame = self.tokenizer.decode_step(z, s.dec_caches, s.dec_pos, window=self._decoder_window(window))[:, 0]
@@ -494,6 +504,11 @@ class World:
 def _fused(opts: SamplingOptions) -> dict:
     """The fused-commit option for the dynamics calls, given only when on."""
     return {"fused_commit": True} if opts.fused_commit else {}
+
+
+def _cfg_steps(opts: SamplingOptions) -> dict:
+    """The guided-steps option for the dynamics calls, given only when set (None = every step)."""
+    return {"cfg_steps": opts.cfg_steps} if opts.cfg_steps is not None else {}
 
 
 def _history(opts: SamplingOptions) -> dict:
