@@ -163,13 +163,10 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
-SAMPLING_FLAGS = ("steps", "cfg_scale", "cfg_steps", "eta", "context_level", "temperature", "history_guidance",
-                  "window", "fused_commit")
-
-
 def _sampling(args: argparse.Namespace) -> int:
     """Show or set the sampling defaults stored in world.json (checked by loading the world first)."""
     from driftless.checkpoint import atomic_write_json
+    from driftless.cli.evaluate import SAMPLING_FLAGS  # the same settings eval takes as flags
     from driftless.world.build import world_folder
     from driftless.world.world import load
 
