@@ -352,8 +352,9 @@ def _tune_fused_commit(w, store, base: dict, current_short: dict, current_long: 
     when not tuned (cfg.fused_commit off, or a world or setting that cannot fuse). current_short /
     current_long: the numbers already measured at `base` with the world's current setting."""
     o = w.sampling
-    unguided_last = o.cfg_scale == 1.0 or (o.cfg_steps is not None and o.cfg_steps < int(base["steps"]))
-    can = (getattr(getattr(w.dynamics, "frame", None), "fuses_commit", False) and unguided_last
+    frame = getattr(w.dynamics, "frame", None)
+    can = (getattr(frame, "fuses_commit", False)
+           and not frame.guides_last_step(o.cfg_scale, o.cfg_steps, int(base["steps"]))
            and o.history_guidance == 1.0 and int(base["steps"]) >= 2)
     if not cfg.fused_commit or not can:
         return None

@@ -200,12 +200,17 @@ class ForcingFrame(FrameModel):
         return x
 
     @staticmethod
+    def guides_last_step(cfg_scale: float, cfg_steps: int | None, steps: int | None) -> bool:
+        """Does action guidance run in the last denoising step (two passes there, so no fused_commit)?
+        Yes unless cfg_scale is 1 or only the first cfg_steps < steps steps are guided."""
+        return cfg_scale != 1.0 and (cfg_steps is None or steps is None or cfg_steps >= steps)
+
+    @staticmethod
     def check_fused(cfg_scale: float, state: RolloutState, cfg_steps: int | None = None,
                     steps: int | None = None) -> None:
         """fused_commit needs one denoising pass in the last step (`sample` checks the steps): no
         history guidance, and action guidance only in steps before the last (cfg_steps < steps)."""
-        guided_last = cfg_scale != 1.0 and (cfg_steps is None or steps is None or cfg_steps >= steps)
-        if guided_last or state.history_free:
+        if ForcingFrame.guides_last_step(cfg_scale, cfg_steps, steps) or state.history_free:
             raise ValueError("fused_commit keeps the keys of the last denoising pass, so it needs one pass in that "
                              "step: not with history guidance, nor cfg_scale != 1 unless cfg_steps < steps (turn "
                              "fused_commit off for those)")

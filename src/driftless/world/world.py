@@ -252,7 +252,7 @@ class World:
             if not getattr(self.dynamics.frame, "fuses_commit", False):
                 raise ValueError(f"sampling option fused_commit needs the forcing frame model, not "
                                  f"{self.dynamics.frame.name!r}")
-            guided_last = opts.cfg_scale != 1.0 and (opts.cfg_steps is None or opts.cfg_steps >= opts.steps)
+            guided_last = self.dynamics.frame.guides_last_step(opts.cfg_scale, opts.cfg_steps, opts.steps)
             if guided_last or opts.history_guidance != 1.0:
                 raise ValueError("sampling option fused_commit keeps the keys of the last denoising pass, so it needs "
                                  "one pass in that step: cfg_scale 1 or cfg_steps below steps, and history_guidance 1")
