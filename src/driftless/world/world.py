@@ -303,6 +303,7 @@ class World:
         opts = self._options(self.sampling, sampling)
         self._check_memory(context, extra_frames)
         video, batched = self._video(context, "context")
+        self._drop_session()
         b, t0 = video.shape[:2]
         window = opts.window or self.dynamics.cfg.context_window
         if t0 > window:
@@ -360,9 +361,15 @@ class World:
         return a.to(self.device)
 
     def end_session(self) -> None:
-        """Forget the running session now (its KV caches are freed at once rather than at
-        garbage collection); `step` then needs a new `reset`."""
-        self._session = None
+        """Forget the running session now (its KV caches and CUDA graph are freed at once rather
+        than at garbage collection); `step` then needs a new `reset`."""
+        self._drop_session()
+
+    def _drop_session(self) -> None:
+        s, self._session = self._session, None
+        if s is not None and s.graph is not None:
+            s.graph.release()  # breaks the session <-> graph cycle (see world/graphs.py)
+            s.graph = None
 
     @property
     def in_session(self) -> bool:
@@ -392,7 +399,7 @@ class World:
         return out if s.batched else out[0]
 
     def _nonfinite(self):
-        self._session = None  # its caches hold the NaNs: every later frame would be broken too
+        self._drop_session()  # its caches hold the NaNs: every later frame would be broken too
         raise NonFiniteError("the model produced NaN or infinite latents, so this frame would be black; the "
                              "session was ended (call reset to start again). Likely causes: extreme sampling "
                              "options, or damaged or diverged weights")
@@ -416,8 +423,11 @@ class World:
 
         key = (opts, a is None)
         if s.graph is None or s.graph.key != key:
+            if s.graph is not None:
+                s.graph.release()
             action = torch.zeros(s.batch, dtype=torch.long, device=self.device) if a is not None else None
-            s.graph = FrameGraph(lambda: self._frame(s, opts, action), action, s.generator, self.device)
+            s.graph = FrameGraph(lambda: self._frame(s, opts, action), action, s.generator, self.device,
+                                 on_new_generator=lambda g: setattr(s, "generator", g))
             s.graph.key = key
         return s.graph
 
