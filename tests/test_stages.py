@@ -235,3 +235,27 @@ def test_showcase_configs_derive_from_their_data(tmp_path):
     cfg = forecaster_config(registry.preset("forecaster", "debug"), ds, ForecastOptions(teacher_forcing=True))
     assert (cfg.target_dim, cfg.prediction_length, cfg.context_length, cfg.teacher_forcing) == (3, 4, 8, True)
     assert cfg.seasons == ((ds.season,) if 1 < ds.season <= ds.train.shape[0] // 2 else ())
+
+
+def test_init_from_a_dynamics_of_another_codebook_size_keeps_all_but_the_action_rows(tmp_path):
+    """A fresh LAM with more codes under a trained dynamics model: every weight comes over except the
+    latent actions' embedding rows (they meant the old LAM's codes), and the null action's row is kept;
+    any other shape difference is refused."""
+    from driftless import checkpoint
+    from driftless.config import override, to_dict
+    from driftless.train.stages import _init_weights
+
+    torch.manual_seed(0)
+    small = registry.build("dynamics", override(registry.preset("dynamics", "debug"), {"num_actions": 4}))
+    checkpoint.save(tmp_path / "dyn", "dynamics", to_dict(small.cfg), small.state_dict())
+    big = registry.build("dynamics", override(small.cfg, {"num_actions": 6}))
+    fresh_rows = big.action_emb.weight[:6].detach().clone()
+    _init_weights(big, str(tmp_path / "dyn"), "dynamics")
+    for k, v in small.state_dict().items():
+        if k != "action_emb.weight":
+            torch.testing.assert_close(big.state_dict()[k], v)
+    torch.testing.assert_close(big.action_emb.weight[-1], small.action_emb.weight[-1])  # the null action
+    torch.testing.assert_close(big.action_emb.weight[:6], fresh_rows)
+    wider = registry.build("dynamics", override(small.cfg, {"num_actions": 6, "backbone.dim": 48, "backbone.cond_dim": 48}))
+    with pytest.raises(ValueError, match="do not fit"):
+        _init_weights(wider, str(tmp_path / "dyn"), "dynamics")

@@ -96,10 +96,35 @@ def _check_out(a: StageArgs) -> None:
                          f"it), or choose another --out")
 
 
+def fit_action_rows(kind: str, own: dict, weights: dict) -> tuple[dict, str | None]:
+    """A dynamics model continued under a LAM with another codebook size: `weights` (from the
+    checkpoint) with the latent actions' embedding rows taken fresh from `own` (the new model's
+    initial state) - they meant the old LAM's codes, which a new LAM's never match - and the null
+    action's row (the last: unconditional) kept. Anything else is left for the caller to refuse."""
+    key = "action_emb.weight"
+    if kind != "dynamics" or key not in weights or key not in own or weights[key].shape == own[key].shape:
+        return weights, None
+    old, new = weights[key], own[key].detach().clone().to(weights[key].dtype)
+    if old.shape[1:] != new.shape[1:]:
+        return weights, None
+    new[-1] = old[-1]
+    return {**weights, key: new}, (f"the action embedding was re-initialised ({old.shape[0] - 1} -> "
+                                   f"{new.shape[0] - 1} latent actions; the null action's row kept)")
+
+
 def _init_weights(model, path: str, kind: str) -> None:
     """Copy weights (EMA if present) from a checkpoint of the same kind and shape."""
     checkpoint.read_header(path, kind)
     state = {k: v.float() for k, v in checkpoint.read_weights(path, ema=True).items()}
+    state, note = fit_action_rows(kind, model.state_dict(), state)
+    if note:
+        print(f"--init-from {path}: {note}", flush=True)
+    own = model.state_dict()
+    resized = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    if resized:
+        raise ValueError(f"--init-from {path}: weights do not fit this {kind} config (other shapes: "
+                         + ", ".join(f"{k} {tuple(state[k].shape)} -> {tuple(own[k].shape)}" for k in resized[:4])
+                         + ")")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"--init-from {path}: weights do not fit this {kind} config "

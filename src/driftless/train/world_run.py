@@ -186,6 +186,7 @@ def _fit_init(args, source: Path) -> tuple[Any, dict, list[str]]:
     of another shape. Only a LAM's decoder may be missing (a world drops it at build)."""
     from driftless.models import registry
     from driftless.train.specs import get_stage
+    from driftless.train.stages import fit_action_rows
     from driftless.world.build import LAM_DECODER_PREFIXES
 
     spec = get_stage(args.kind)
@@ -195,6 +196,9 @@ def _fit_init(args, source: Path) -> tuple[Any, dict, list[str]]:
     state = registry.build(a.kind, cfg).state_dict()
     header = checkpoint.read_header(source, a.kind)
     weights = checkpoint.read_weights(source, ema=True)
+    weights, note = fit_action_rows(a.kind, state, weights)
+    if note:
+        print(f"--init-from {source}: {note}", flush=True)
     shape = [f"{k} {tuple(v.shape)} (here {tuple(state[k].shape)})" for k, v in weights.items()
              if k in state and v.shape != state[k].shape]
     unexpected = [k for k in weights if k not in state]
