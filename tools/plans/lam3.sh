@@ -1,7 +1,7 @@
 # issue 15: which LAM gives the keys codes that mean a direction? Diagnosis (docs/benchmarks.md 2.17): the
-# shipped LAM spends five of its eight codes on vertical motion (jumps, falls: 2-4x the pixel change of a
-# step sideways) and has one direction-blind "moving sideways" code (right 0.47 / left 0.31 of its
-# transitions); a LAM whose decoder sees only the current frame (lam2.sh) grew a clean "right" code (0.97)
+# shipped LAM spends six of its eight codes on vertical motion (jumps, falls: 2-3x the pixel change of a
+# step sideways) and has one direction-blind "moving sideways" code (right 0.49 / left 0.29 of its
+# test transitions); a LAM whose decoder sees only the current frame (lam2.sh) grew a clean "right" code (0.96)
 # but no "left" one. Here LAMs of other codebook sizes and decoder windows, trained side by side the same
 # minutes, are compared by tools/control_signal.py on held-action test transitions (direction score:
 # the best "left" code's and the best "right" code's rate of moving that way, averaged), and the best
