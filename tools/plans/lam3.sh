@@ -8,7 +8,9 @@
 # one goes under the shipped dynamics (continued BUDGET minutes; new codes get new action rows) with the
 # shipped sampling, keys refitted by effect, then: controls on 192 test states (seed 2; shipped 0.594),
 # held-action test clips (GenieRedux protocol, Δ4), validation 64 x 1000 frames (seed 7; shipped 0.67).
-#   ARMS: NAME:CODES:DECODER_WINDOW, trained at once (the GPUs taken in turn)
+#   ARMS: NAME:CODES:DECODER_WINDOW:CHUNK, trained at once (the GPUs taken in turn). F adds chunks of 4
+#   transitions per code to the one-frame decoder: four frames of a held control move the scene
+#   sideways by whole pixels far more often than one does.
 # Calls: kind nvidia-h200 (or -x2), carry [".whl", ".gl"]:
 #   `DRIFTLESS_GIT_COMMIT=<HEAD> bash tools/gpu_job.sh start tools/plans/lam3.sh 555`, then
 #   `bash tools/gpu_job.sh wait 555` chained within 30 s until `plan: finished` (~22 min), give_back.
@@ -16,7 +18,7 @@
 # Knobs: EPI, TEST_EPI, LT (LAM minutes), BUDGET (world minutes), ARMS, N, PICK (an arm's name: skip the
 # choice), DYN_BATCH, LAM_FLAGS (e.g. "--batch-size 4" for a CPU smoke run), DL.
 EPI=${EPI:-5000}; LT=${LT:-4}; BUDGET=${BUDGET:-9}; N=${N:-192}; W=${W:-/tmp/job/w}; D=$W/data
-ARMS=${ARMS:-"A:8:16 E:8:1 B:16:16 C:16:1"}
+ARMS=${ARMS:-"A:8:16:1 B:16:16:1 C:16:1:1 F:16:1:4"}
 DL=${DL:-"python3 -m driftless"}; S=${S:-src/driftless/assets/coinrun}; VAL_LONG=1100
 NGPU=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$NGPU" -ge 1 ] || NGPU=1
 stamp() { echo "$(date +%T) $*" >> $R/status.txt; }
@@ -25,10 +27,10 @@ source tools/plans/coinrun_data.sh
 stamp data
 i=0; LAMS=""
 for arm in $ARMS; do
-  IFS=: read -r name na win <<< "$arm"; gpu=$((i % NGPU)); i=$((i + 1))
+  IFS=: read -r name na win chunk <<< "$arm"; gpu=$((i % NGPU)); i=$((i + 1))
   LAMS="$LAMS --lam $W/lam-$name/checkpoint"
   (CUDA_VISIBLE_DEVICES=$gpu $DL train lam --data $D/train --val-data $D/val --out $W/lam-$name --preset small \
-     --set num_actions=$na --set decoder.temporal_window=$win --set vq_warmup=200 --batch-size 96 --lr 3e-4 \
+     --set num_actions=$na --set decoder.temporal_window=$win --set chunk=${chunk:-1} --set vq_warmup=200 --batch-size 96 --lr 3e-4 \
      --warmup 100 --steps 1000000000 --time-budget $LT --log-every 50 --val-every 1000 ${LAM_FLAGS:-} \
      > $R/lam-$name.log 2>&1
    cp $W/lam-$name/metrics.jsonl $R/metrics-lam-$name.jsonl; stamp "lam $name") &
