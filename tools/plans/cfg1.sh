@@ -23,20 +23,13 @@ for a in g h; do
   scale=$CFG; [ $a = h ] && scale=$CFG_H
   $DL world sampling $W/$a --cfg-scale $scale --cfg-steps $CFG_STEPS > $R/sampling-$a.log 2>&1
 done
-V="--skip recon,rollout,actions,controls,fvd --drift-rollouts 64 --drift-frames 1000 --batch-size 64 --seed 7 --no-progress"
-T="--skip recon,drift,actions,controls,fvd --clips 256 --batch-size 128 --no-progress"
-C="--skip recon,rollout,actions,drift,fvd --controls-starts $N --seed 2 --no-progress"
-one() {  # one NAME GPU WORLD
-  CUDA_VISIBLE_DEVICES=$2 $DL eval $3 --data $D/val $V --json $R/val-$1.json > $R/val-$1.log 2>&1; stamp "$1 val"
-  CUDA_VISIBLE_DEVICES=$2 $DL eval $3 --data $D/test $T --json $R/test-$1.json > $R/test-$1.log 2>&1; stamp "$1 test"
-  CUDA_VISIBLE_DEVICES=$2 $DL eval $3 --data $D/test $C --json $R/ctl-$1.json > $R/ctl-$1.log 2>&1; stamp "$1 controls"
-}
-one shipped 0 $S &
+source tools/plans/world_checks.sh
+check_world $S shipped 0 &
 i=1
 for a in g h; do
   gpu=$((i % NGPU)); i=$((i + 1))
   (CUDA_VISIBLE_DEVICES=$gpu $DL world refit-actions $W/$a --game coinrun --action-starts 64 --eval-starts 0 --seed 0 \
-     --no-progress > $R/refit-$a.log 2>&1; cp $W/$a/world.json $R/world-$a.json; stamp "$a refit"; one $a $gpu $W/$a) &
+     --no-progress > $R/refit-$a.log 2>&1; cp $W/$a/world.json $R/world-$a.json; stamp "$a refit"; check_world $W/$a $a $gpu) &
 done
 wait
 stamp done

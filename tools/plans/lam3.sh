@@ -50,17 +50,7 @@ $DL train world --data $D/train --val-data $D/val --test-data $D/test --out $W/r
   --budget $BUDGET --shares 0,0,1 --reserve 0.1 --stop-after world --no-progress --dynamics-batch ${DYN_BATCH:-128} \
   > $R/train.log 2>&1
 cp $W/run/run.json $R/run.json; cp $W/run/dynamics/metrics.jsonl $R/metrics-dynamics.jsonl
-$DL world sampling $W/run/world --from $S > $R/sampling.log 2>&1
-$DL world refit-actions $W/run/world --game coinrun --action-starts 64 --eval-starts 0 --seed 0 --no-progress \
-  > $R/refit.log 2>&1
-cp $W/run/world/world.json $R/world.json
-tar cf $P/world.tar -C $W/run world
-stamp trained
-V="--skip recon,rollout,actions,controls,fvd --drift-rollouts 64 --drift-frames 1000 --batch-size 64 --seed 7 --no-progress"
-T="--skip recon,drift,actions,controls,fvd --clips 256 --batch-size 128 --no-progress"
-C="--skip recon,rollout,actions,drift,fvd --controls-starts $N --seed 2 --no-progress"
-($DL eval $W/run/world --data $D/test $C --json $R/ctl.json > $R/ctl.log 2>&1; stamp controls) &
-($DL eval $W/run/world --data $D/test $T --json $R/test.json > $R/test.log 2>&1; stamp test
- $DL eval $W/run/world --data $D/val $V --json $R/val.json > $R/val.log 2>&1; stamp val) &
-wait
+source tools/plans/world_checks.sh
+finish_run $W/run
+check_world $W/run/world
 stamp done
