@@ -29,6 +29,7 @@ from driftless.eval.evaluate import (
     drift_protocol,
     evaluate,
     load_clips,
+    motion_following,
     resolve_store,
     rollout_protocol,
 )
@@ -165,6 +166,27 @@ def test_delta_psnr_positive_when_actions_matter_and_zero_when_ignored(store):
     # ignoring the action: identical rollouts for any actions under the same seed -> exactly 0
     assert max(abs(v) for v in ignored["delta"]["per_step"]) < 1e-9
     assert ignored["rollout"]["psnr"] < r["psnr"] - 10
+    # motion following: the shift world moves the scene as far as the clip did, the other not at all
+    m, still = r["motion_following"], ignored["rollout"]["motion_following"]
+    assert len(m["sideways_per_step"]) == 6 and m["real_sideways_px"] > 1
+    assert 0.9 < m["sideways"] < 1.1 and 0.9 < m["vertical"] < 1.1 and m["error_px"] < 0.5
+    assert abs(still["sideways"]) < 0.1 and abs(still["vertical"]) < 0.1 and still["error_px"] > 1
+    if m["moving_clips"]:
+        assert m["same_way"] == 1.0 and still["same_way"] == 0.0
+
+
+def test_motion_following_slopes_and_direction():
+    rng = np.random.default_rng(0)
+    real = rng.normal(0, 3, size=(50, 4, 2))  # (clips, steps, (dy, dx))
+    half = motion_following(real, real * np.array([1.0, 0.5]))
+    assert half["vertical"] == pytest.approx(1.0) and half["sideways"] == pytest.approx(0.5)
+    assert half["sideways_per_step"] == pytest.approx([0.5] * 4)
+    moved = np.abs(real[:, -1, 1]) >= 2
+    assert half["moving_clips"] == int(moved.sum()) and half["same_way"] == 1.0  # half as far counts
+    wrong = motion_following(real, -real)
+    assert wrong["sideways"] == pytest.approx(-1.0) and wrong["same_way"] == 0.0
+    assert wrong["error_px"] == pytest.approx(np.linalg.norm(2 * real[:, -1], axis=-1).mean())
+    assert motion_following(np.zeros((3, 2, 2)), np.ones((3, 2, 2)))["same_way"] is None  # nothing moved
 
 
 def test_true_action_protocol_and_mode_checks(store):

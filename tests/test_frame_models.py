@@ -267,3 +267,48 @@ def test_vq_latent_cache_feeds_maskgit_training(tmp_path, small_store):
                  "--set", "frame_model=mar", *common]) == 0
     cfg = driftless.checkpoint.read_header(tmp_path / "mar" / "checkpoint", "dynamics")["config"]
     assert cfg["frame_model"] == "mar"
+
+
+# ---- motion-weighted loss (forcing) ------------------------------------------------------------------
+def test_motion_weights_favour_the_tokens_that_change():
+    from driftless.models.frame_forcing import motion_weights
+
+    x0 = torch.zeros(2, 3, 4, 5)  # (b, t, s, c)
+    x0[0, 2, 1] = 1.0  # clip 0: one token of frame 2 changes; clip 1 stands still
+    w = motion_weights(x0, 3.0)
+    assert w.shape == (2, 3, 4)
+    assert torch.equal(w[1], torch.ones(3, 4)) and torch.equal(w[0, :2], torch.ones(2, 4))
+    # the one changed token carries all of its frame's change: 1 + 3 * 4 (4 tokens), the rest 1
+    assert torch.allclose(w[0, 2], torch.tensor([1.0, 13.0, 1.0, 1.0]))
+
+
+def test_token_weighted_diffusion_loss_is_a_weighted_mean_over_tokens():
+    dyn = Dynamics(registry.preset("dynamics", "debug"))
+    diff = dyn.frame.diffusion
+    g = torch.Generator().manual_seed(0)
+    out, x0, noise = (torch.randn(2, 3, 4, 5, generator=g) for _ in range(3))
+    k = torch.randint(1, diff.cfg.levels, (2, 3), generator=g)
+    plain = diff.loss(out, x0, noise, k)
+    assert torch.allclose(diff.loss(out, x0, noise, k, torch.full((2, 3, 4), 7.0)), plain)
+    only = torch.zeros(2, 3, 4)
+    only[..., 2] = 1.0  # all weight on token 2: that token's error alone
+    err2 = ((out - diff.target(x0, noise, k)) ** 2)[..., 2, :].mean(-1) * diff.loss_weight(k)
+    assert torch.allclose(diff.loss(out, x0, noise, k, only), err2)
+
+
+def test_motion_weight_reaches_the_training_loss_and_is_checked():
+    base = registry.preset("dynamics", "debug")
+    g = torch.Generator().manual_seed(1)
+    batch = {"latents": torch.randn(8, base.clip_len, base.tokens_per_frame, base.latent_dim, generator=g),
+             "actions": torch.randint(0, base.num_actions, (8, base.clip_len - 1), generator=g)}
+    losses = {}
+    for mw in (0.0, 4.0):
+        torch.manual_seed(0)
+        dyn = Dynamics(base)  # the same weights for both (same seed)
+        dyn.cfg.motion_weight = mw
+        torch.manual_seed(1)
+        losses[mw] = dyn.training_loss(batch)[0]
+    assert torch.isfinite(losses[4.0]) and not torch.allclose(losses[0.0], losses[4.0])
+    for bad, msg in (({"motion_weight": -1.0}, ">= 0"), ({"motion_weight": 1.0, "frame_model": "mar"}, "forcing")):
+        with pytest.raises(ValueError, match=msg):
+            override(base, bad)

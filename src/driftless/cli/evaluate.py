@@ -13,7 +13,9 @@ what is measured (see docs/benchmarks.md, "Evaluation"):
   recon     tokenizer reconstruction PSNR/SSIM on --recon-len-frame clips
   rollout   GenieRedux protocol: --context real frames, then --horizon generated frames with
             actions the LAM infers from the real clip (or true actions); PSNR/SSIM per step;
-            Delta_t PSNR against uniformly random actions with the same seed (t = --delta-t)
+            Delta_t PSNR against uniformly random actions with the same seed (t = --delta-t);
+            motion following: how far the world shifts the scene (sideways, vertically) where
+            the real clip moved, under the same actions (1 = as far, 0 = standing still)
   drift     --drift-rollouts rollouts of --drift-frames frames with random actions, scored by a
             model-independent realism measure against a bank of real frames, and by their palette
             distance to their own context ("same level") against real long episodes of the store
@@ -51,6 +53,16 @@ def _summary(result: dict) -> list[str]:
     d = result.get("delta")
     if d:
         lines.append(f"delta_t     Δ_{d['t']} PSNR {d['delta_psnr']:+.3f} dB")
+    m = (r or {}).get("motion_following")
+    if m:
+        way = "" if m["same_way"] is None else (f"; same way on {m['same_way']:.0%} of the "
+                                                f"{m['moving_clips']} clips that moved >= {m['moving_px']:g} px")
+        def times(v):  # None: the real clips did not move along that axis
+            return "n/a" if v is None else f"x{v:.2f}"
+
+        lines.append(f"motion      follows the real scene shift {times(m['sideways'])} sideways, {times(m['vertical'])} "
+                     f"vertically (1 = as far; {m['world_sideways_px']:.1f} of {m['real_sideways_px']:.1f} px "
+                     f"sideways at the last step){way}")
     d = result.get("drift")
     if d:
         s = d["summary"]

@@ -109,10 +109,17 @@ class GaussianDiffusion:
             return clipped
         return clipped / (snr + 1)
 
-    def loss(self, model_out: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """Weighted MSE per token: (b, t) (mean over the token's features)."""
+    def loss(self, model_out: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, k: torch.Tensor,
+             token_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted MSE per k entry: (b, t) (mean over the rest). `token_weight` (b, t, s) weighs the
+        tokens of x0 (b, t, s, c) within that mean (a weighted mean: weights need not sum to anything)."""
         err = (model_out.float() - self.target(x0, noise, k).float()) ** 2
-        err = err.reshape(err.shape[: k.dim()] + (-1,)).mean(-1)
+        if token_weight is not None:
+            err = err.mean(-1)  # (b, t, s)
+            w = token_weight.float()
+            err = (err * w).sum(-1) / w.sum(-1).clamp(min=1e-8)
+        else:
+            err = err.reshape(err.shape[: k.dim()] + (-1,)).mean(-1)
         return err * self.loss_weight(k)
 
     def predict(self, model_out: torch.Tensor, xk: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

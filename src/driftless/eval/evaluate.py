@@ -11,6 +11,11 @@
 * Delta_t PSNR (Genie): PSNR(x_t, x^_t) - PSNR(x_t, x^'_t), x^ generated with the inferred (or
   true) actions, x^' with uniformly random actions for the generated steps, the same context
   and the same sampling seed; for t = 1..horizon, headline t = `delta_t`.
+* Motion following (`motion_following`, on the same rollouts): the scene's cumulative shift
+  (dy, dx), as the controls measure reads it, of the generated frames against the real ones; the
+  headline is the slope through the origin of generated on real sideways (and vertical) shift at
+  each step: 1 = the world moves the scene as far as the game did under the same inferred
+  actions, 0 = it stands still. With one context frame the actions alone carry the motion.
 * Drift: long rollouts (`drift_frames`) from held-out real frames with uniformly random
   actions, measured frame by frame with the model-independent measure of `drift.py`, and
   against their own context frames ("same level", with the band of the store's long real
@@ -250,6 +255,43 @@ def action_usage(codes: np.ndarray, num_actions: int) -> dict:
             "normalized_entropy": entropy / math.log(num_actions) if num_actions > 1 else 0.0}
 
 
+def scene_trajectories(world, real: np.ndarray, gen: np.ndarray, n_ctx: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative scene shift (dy, dx) from the last context frame of the real clip's next
+    len(gen) frames and of the generated ones (against the world's own rendering of that frame, so
+    that the tokenizer's blur is read alike): real uint8 (b, T, H, W, 3), gen (b, h, H, W, 3) ->
+    two float arrays (b, h, 2)."""
+    from driftless.world.controls import scene_trajectory
+
+    h = gen.shape[1]
+    last = real[:, n_ctx - 1]
+    rendered = world.decode(world.encode(real[:, n_ctx - 1:n_ctx]))[:, -1]
+    return scene_trajectory(last, real[:, n_ctx:n_ctx + h]), scene_trajectory(rendered, gen)
+
+
+def motion_following(real: np.ndarray, world: np.ndarray, moving: float = 2.0) -> dict:
+    """How far the world moves the scene where the real game moved it, from cumulative shifts
+    real / world (n, h, 2) (dy, dx): per axis and step, the least-squares slope through the origin of
+    world on real (1 = as far, 0 = not at all; dominated by the clips that moved most); at the
+    last step, the mean distance in pixels, and among clips whose real sideways shift reached
+    `moving` px, how often the world's went the same way by at least half as far."""
+    real, world = np.asarray(real, np.float64), np.asarray(world, np.float64)
+
+    def slope(axis: int) -> list[float]:
+        r, w = real[..., axis], world[..., axis]
+        den = (r * r).sum(0)
+        return [float(v) for v in np.where(den > 1e-9, (r * w).sum(0) / np.maximum(den, 1e-9), np.nan)]
+
+    sx, sy = slope(1), slope(0)
+    rx, wx = real[:, -1, 1], world[:, -1, 1]
+    moved = np.abs(rx) >= moving
+    same_way = (np.sign(wx) == np.sign(rx)) & (np.abs(wx) >= 0.5 * np.abs(rx))
+    return {"sideways": sx[-1], "vertical": sy[-1], "sideways_per_step": sx, "vertical_per_step": sy,
+            "error_px": float(np.linalg.norm(real[:, -1] - world[:, -1], axis=-1).mean()),
+            "real_sideways_px": float(np.abs(rx).mean()), "world_sideways_px": float(np.abs(wx).mean()),
+            "moving_clips": int(moved.sum()), "moving_px": moving,
+            "same_way": float(same_way[moved].mean()) if moved.any() else None}
+
+
 @torch.no_grad()
 def rollout_protocol(world, store, cfg: EvalConfig, i3d=None) -> tuple[dict, dict]:
     mode = resolve_actions(world, cfg.actions)
@@ -260,6 +302,7 @@ def rollout_protocol(world, store, cfg: EvalConfig, i3d=None) -> tuple[dict, dic
     codes = infer_codes(world, frames, cfg) if world.lam is not None else None
     rng = np.random.default_rng(cfg.seed + 7)
     acc = {k: [] for k in ("psnr", "ssim", "rand_psnr", "rand_ssim", "copy_psnr", "copy_ssim")}
+    traj: dict[str, list] = {"real": [], "world": []}  # cumulative scene shifts (b, horizon, 2)
     fake_videos, strips = [], {}
     batches = list(_batches(len(frames), cfg.batch_size))
     # one tick per generated frame of every clip (with random actions: the Delta_t rollouts too)
@@ -274,6 +317,10 @@ def rollout_protocol(world, store, cfg: EvalConfig, i3d=None) -> tuple[dict, dic
         g = torch.from_numpy(gen[:, :horizon]).to(world.device)
         acc["psnr"].append(psnr(g, target, reduce=False).cpu())
         acc["ssim"].append(ssim(g, target, reduce=False).cpu())
+        if mode != "none":
+            t_real, t_world = scene_trajectories(world, real, gen[:, :horizon], n_ctx)
+            traj["real"].append(t_real)
+            traj["world"].append(t_world)
         copy = torch.from_numpy(real[:, n_ctx - 1:n_ctx]).to(world.device).expand_as(target)
         acc["copy_psnr"].append(psnr(copy, target, reduce=False).cpu())
         acc["copy_ssim"].append(ssim(copy, target, reduce=False).cpu())
@@ -312,6 +359,8 @@ def rollout_protocol(world, store, cfg: EvalConfig, i3d=None) -> tuple[dict, dic
                  "mean_over_steps": float(d.mean()),
                  "clip_std_at_t": float(d[:, cfg.delta_t - 1].std()) if d.shape[0] > 1 else 0.0,
                  "actions": mode}
+    if traj["real"]:
+        result["motion_following"] = motion_following(np.concatenate(traj["real"]), np.concatenate(traj["world"]))
     artifacts = {"strips": strips, "codes": codes, "fake_videos": fake_videos,
                  "real_videos": frames[:, :cfg.fvd_frames] if i3d is not None else None}
     return {"rollout": result, "delta": delta}, artifacts

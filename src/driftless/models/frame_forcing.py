@@ -81,6 +81,16 @@ def clean_history(levels: torch.Tensor, p: float, top: int) -> torch.Tensor:
     return torch.where(past, torch.randint(0, top + 1, levels.shape, device=levels.device, dtype=levels.dtype), levels)
 
 
+def motion_weights(x0: torch.Tensor, strength: float) -> torch.Tensor:
+    """Clean latents (b, t, s, c) -> per-token loss weights (b, t, s): 1 + strength * the token's
+    squared change from the previous frame over the mean of its frame's tokens (frame 0: 1). A
+    frame that does not change at all keeps weight 1 everywhere."""
+    change = torch.zeros(x0.shape[:3], device=x0.device)
+    change[:, 1:] = (x0[:, 1:] - x0[:, :-1]).float().pow(2).mean(-1)  # (b, t-1, s)
+    rel = change / change.mean(-1, keepdim=True).clamp(min=1e-6)
+    return 1.0 + strength * rel
+
+
 class ForcingFrame(FrameModel):
     """Latents in through `latent_in`, the denoiser's output (the diffusion parametrisation) out
     through `latent_out`."""
@@ -132,7 +142,8 @@ class ForcingFrame(FrameModel):
         noise = torch.randn_like(x0)
         xk = self.diffusion.q_sample(x0, levels, noise)
         out = self(run, xk, levels, acts)
-        per_frame = self.diffusion.loss(out, x0, noise, levels)  # (b, t)
+        weight = motion_weights(x0, self.cfg.motion_weight) if self.cfg.motion_weight else None
+        per_frame = self.diffusion.loss(out, x0, noise, levels, weight)  # (b, t)
         loss = per_frame[:, -1].mean() if self.cfg.teacher_forcing else per_frame.mean()
         return loss, {"diffusion_loss": loss.detach()}
 
