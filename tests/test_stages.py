@@ -259,3 +259,28 @@ def test_init_from_a_dynamics_of_another_codebook_size_keeps_all_but_the_action_
     wider = registry.build("dynamics", override(small.cfg, {"num_actions": 6, "backbone.dim": 48, "backbone.cond_dim": 48}))
     with pytest.raises(ValueError, match="do not fit"):
         _init_weights(wider, str(tmp_path / "dyn"), "dynamics")
+
+
+def test_init_from_a_dynamics_with_the_other_action_conditioning(tmp_path):
+    """Token -> additive action conditioning: every weight but the token's bias comes over (action rows
+    too); additive -> token: the token's bias starts fresh. The null action's row is kept either way."""
+    from driftless import checkpoint
+    from driftless.config import override, to_dict
+    from driftless.train.stages import _init_weights
+
+    torch.manual_seed(0)
+    token = registry.build("dynamics", registry.preset("dynamics", "debug"))
+    assert token.cfg.action_conditioning == "token"
+    checkpoint.save(tmp_path / "tok", "dynamics", to_dict(token.cfg), token.state_dict())
+    additive = registry.build("dynamics", override(token.cfg, {"action_conditioning": "additive"}))
+    assert "action_token_bias" not in additive.state_dict()
+    _init_weights(additive, str(tmp_path / "tok"), "dynamics")
+    for k, v in additive.state_dict().items():
+        torch.testing.assert_close(v, token.state_dict()[k])
+    checkpoint.save(tmp_path / "add", "dynamics", to_dict(additive.cfg), additive.state_dict())
+    back = registry.build("dynamics", token.cfg)
+    with torch.no_grad():
+        back.action_token_bias.fill_(0.5)  # what a fresh model would start from, made visible
+    _init_weights(back, str(tmp_path / "add"), "dynamics")
+    assert torch.all(back.action_token_bias == 0.5)
+    torch.testing.assert_close(back.action_emb.weight, token.action_emb.weight)

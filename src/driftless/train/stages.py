@@ -101,15 +101,31 @@ def fit_action_rows(kind: str, own: dict, weights: dict) -> tuple[dict, str | No
     checkpoint) with the latent actions' embedding rows taken fresh from `own` (the new model's
     initial state) - they meant the old LAM's codes, which a new LAM's never match - and the null
     action's row (the last: unconditional) kept. Anything else is left for the caller to refuse."""
-    key = "action_emb.weight"
-    if kind != "dynamics" or key not in weights or key not in own or weights[key].shape == own[key].shape:
+    if kind != "dynamics":
         return weights, None
+    weights, switched = _fit_action_conditioning(own, weights)
+    key = "action_emb.weight"
+    if key not in weights or key not in own or weights[key].shape == own[key].shape:
+        return weights, switched
     old, new = weights[key], own[key].detach().clone().to(weights[key].dtype)
     if old.shape[1:] != new.shape[1:]:
-        return weights, None
+        return weights, switched
     new[-1] = old[-1]
-    return {**weights, key: new}, (f"the action embedding was re-initialised ({old.shape[0] - 1} -> "
-                                   f"{new.shape[0] - 1} latent actions; the null action's row kept)")
+    note = (f"the action embedding was re-initialised ({old.shape[0] - 1} -> {new.shape[0] - 1} latent actions; "
+            f"the null action's row kept)")
+    return {**weights, key: new}, "; ".join(n for n in (note, switched) if n)
+
+
+def _fit_action_conditioning(own: dict, weights: dict) -> tuple[dict, str | None]:
+    """A dynamics model continued with the other `action_conditioning`: "token" has a learned bias
+    of the prepended action token, "additive" (the action added to the per-frame conditioning) has
+    none; the bias is dropped, or taken fresh from `own`. The action rows carry over either way."""
+    key = "action_token_bias"
+    if key in weights and key not in own and "action_emb.weight" in own:
+        return {k: v for k, v in weights.items() if k != key}, "token -> additive action conditioning (the token's bias dropped)"
+    if key in own and key not in weights and "action_emb.weight" in weights:
+        return {**weights, key: own[key].detach().clone()}, "additive -> token action conditioning (a fresh token bias)"
+    return weights, None
 
 
 def _init_weights(model, path: str, kind: str) -> None:

@@ -1,0 +1,47 @@
+# issue 15: can the dynamics learn to move the scene sideways as far as the game does? (benchmarks 2.18)
+# Under a LAM with clean left / right codes (lam3.sh's arm C: 16 codes, one-frame decoder; carried) the
+# world still shifts the scene sideways a fraction of the game's shift under the same inferred actions
+# (motion following x0.06 on held-action test clips; teacher-forced one step about half), so keys cannot
+# move the player. Arms continue the shipped dynamics under that LAM (new action rows; shares 0,0,1) for
+# BUDGET minutes side by side on the GPUs, each with dynamics.motion_weight = its MW (0 = plain Diffusion
+# Forcing; > 0 = tokens that change between frames weigh more) and its action conditioning COND (token:
+# the shipped prepended action token; additive: the action added to every block's adaLN conditioning,
+# a stronger path), shipped sampling, keys refitted by effect;
+# then per arm: held-action test clips (ten-frame PSNR, Δ4, motion following), controls on N test states
+# (seed 2; shipped 0.594, lam3 world 0.655) and validation 64 x 1000 frames same-level (seed 7; shipped
+# 0.67, lam3 world 0.63).
+# Calls: kind nvidia-h200 (or -x2), carry [".whl", ".gl", "runs/s38/gpu/lam3/lams/lam-C"]:
+#   `DRIFTLESS_GIT_COMMIT=<HEAD> bash tools/gpu_job.sh start tools/plans/dyn2.sh 555`, then
+#   `bash tools/gpu_job.sh wait 555` chained within 30 s until `plan: finished` (~24 min), give_back.
+# Brings back world-NAME.tar per arm (fp16 worlds, ~15 MB each) and results.tar.gz.
+# Knobs: EPI, TEST_EPI, BUDGET, ARMS (NAME:MW:COND ...), LAM, N, REFIT (refit states), DYN_BATCH, DL, VAL (0: a
+# token 1000-frame check, for smoke runs).
+EPI=${EPI:-5000}; BUDGET=${BUDGET:-13}; N=${N:-192}; W=${W:-/tmp/job/w}; D=$W/data; VAL_LONG=1100
+ARMS=${ARMS:-"P:0:token M4:4:token A4:4:additive"}; LAM=${LAM:-runs/s38/gpu/lam3/lams/lam-C}
+DL=${DL:-"python3 -m driftless"}; S=${S:-src/driftless/assets/coinrun}
+NGPU=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$NGPU" -ge 1 ] || NGPU=1
+stamp() { echo "$(date +%T) $*" >> $R/status.txt; }
+[ -f $LAM/model.safetensors ] || { echo "no LAM at $LAM (carry it)"; exit 2; }
+stamp start
+source tools/plans/coinrun_data.sh
+stamp data
+source tools/plans/world_checks.sh
+if [ "${VAL:-1}" = 0 ]; then V="$V --drift-rollouts 1 --drift-frames 8"; fi
+i=0
+for arm in $ARMS; do
+  IFS=: read -r name mw cond <<< "$arm"; gpu=$((i % NGPU)); i=$((i + 1))
+  (export CUDA_VISIBLE_DEVICES=$gpu
+   $DL train world --data $D/train --val-data $D/val --out $W/run-$name --preset small \
+     --init-from tokenizer=$S/tokenizer,lam=$LAM,dynamics=$S/dynamics --budget $BUDGET --shares 0,0,1 \
+     --reserve 0.05 --stop-after world --no-progress --dynamics-batch ${DYN_BATCH:-128} \
+     --set dynamics.motion_weight=$mw --set dynamics.action_conditioning=${cond:-token} > $R/train-$name.log 2>&1
+   cp $W/run-$name/dynamics/metrics.jsonl $R/metrics-$name.jsonl; stamp "trained $name"
+   $DL world sampling $W/run-$name/world --from $S > $R/sampling-$name.log 2>&1
+   $DL world refit-actions $W/run-$name/world --game coinrun --action-starts ${REFIT:-64} --eval-starts 0 --seed 0 \
+     --no-progress > $R/refit-$name.log 2>&1
+   cp $W/run-$name/world/world.json $R/world-$name.json
+   tar cf $P/world-$name.tar -C $W/run-$name world; stamp "packed $name"
+   check_world $W/run-$name/world $name $gpu) &
+done
+wait
+stamp done
