@@ -171,8 +171,7 @@ def test_delta_psnr_positive_when_actions_matter_and_zero_when_ignored(store):
     assert len(m["sideways_per_step"]) == 6 and m["real_sideways_px"] > 1
     assert 0.9 < m["sideways"] < 1.1 and 0.9 < m["vertical"] < 1.1 and m["error_px"] < 0.5
     assert abs(still["sideways"]) < 0.1 and abs(still["vertical"]) < 0.1 and still["error_px"] > 1
-    if m["moving_clips"]:
-        assert m["same_way"] == 1.0 and still["same_way"] == 0.0
+    assert m["moving_clips"] > 0 and m["same_way"] == 1.0 and still["same_way"] == 0.0
 
 
 def test_motion_following_slopes_and_direction():

@@ -38,12 +38,8 @@ for arm in $ARMS; do
      --init-from tokenizer=$S/tokenizer,lam=$LAM,dynamics=$S/dynamics --budget $BUDGET --shares 0,0,1 \
      --reserve 0.05 --stop-after world --no-progress --dynamics-batch ${DYN_BATCH:-128} \
      --set dynamics.motion_weight=$mw --set dynamics.action_conditioning=${cond:-token} > $R/train-$name.log 2>&1
-   cp $W/run-$name/dynamics/metrics.jsonl $R/metrics-$name.jsonl; stamp "trained $name"
-   $DL world sampling $W/run-$name/world --from $S > $R/sampling-$name.log 2>&1
-   $DL world refit-actions $W/run-$name/world --game coinrun --action-starts ${REFIT:-64} --eval-starts 0 --seed 0 \
-     --no-progress > $R/refit-$name.log 2>&1
-   cp $W/run-$name/world/world.json $R/world-$name.json
-   tar cf $P/world-$name.tar -C $W/run-$name world; stamp "packed $name"
+   cp $W/run-$name/dynamics/metrics.jsonl $R/metrics-$name.jsonl
+   finish_run $W/run-$name $name
    check_world $W/run-$name/world $name $gpu) &
 done
 wait
@@ -60,9 +56,7 @@ print(max(r, key=r.get))")
   stamp "stochastic sampling on $BEST"
   cp -r $W/run-$BEST/world $W/stoch
   $DL world sampling $W/stoch --temperature $st --eta $se --steps $ss --no-fused-commit > $R/sampling-stoch.log 2>&1
-  $DL world refit-actions $W/stoch --game coinrun --action-starts ${REFIT:-64} --eval-starts 0 --seed 0 \
-    --no-progress > $R/refit-stoch.log 2>&1
-  cp $W/stoch/world.json $R/world-stoch.json
+  refit_world $W/stoch stoch
   check_world $W/stoch stoch 0
 fi
 stamp done

@@ -1,4 +1,4 @@
-# The checks of the controls plans (cfg1.sh, lam2.sh, lam3.sh), sourced from the repo root with DL (the
+# The checks of the controls plans (cfg1.sh, lam2.sh, lam3.sh, dyn2.sh), sourced from the repo root with DL (the
 # driftless command), D (the data folder with val/ and test/), R (results), S (the shipped world), N
 # (controls states) and a `stamp` function set. On the test split: controls on N states (seed 2) and the
 # held-action clips (GenieRedux protocol, Δ4); on validation: 64 rollouts x 1000 frames (seed 7, scored
@@ -15,11 +15,17 @@ check_world() {  # check_world WORLD [NAME [GPU]]: controls beside (test clips, 
   wait
 }
 
-finish_run() {  # finish_run RUN: its world with the shipped sampling, keys refitted by effect, packed as world.tar
-  $DL world sampling $1/world --from $S > $R/sampling.log 2>&1
-  $DL world refit-actions $1/world --game coinrun --action-starts 64 --eval-starts 0 --seed 0 --no-progress \
-    > $R/refit.log 2>&1
-  cp $1/world/world.json $R/world.json
-  tar cf $P/world.tar -C $1 world
-  stamp trained
+refit_world() {  # refit_world WORLD [NAME]: keys refitted by effect on REFIT (default 64) validation states; $R/world[-NAME].json
+  local x=${2:+-$2}
+  $DL world refit-actions $1 --game coinrun --action-starts ${REFIT:-64} --eval-starts 0 --seed 0 --no-progress \
+    > $R/refit$x.log 2>&1
+  cp $1/world.json $R/world$x.json
+}
+
+finish_run() {  # finish_run RUN [NAME]: its world with the shipped sampling, keys refitted, packed as $P/world[-NAME].tar
+  local x=${2:+-$2}
+  $DL world sampling $1/world --from $S > $R/sampling$x.log 2>&1
+  refit_world $1/world $2
+  tar cf $P/world$x.tar -C $1 world
+  stamp "trained$x"
 }
