@@ -1,35 +1,52 @@
 # issue 15: can the dynamics learn to move the scene sideways as far as the game does? (benchmarks 2.18)
-# Under a LAM with clean left / right codes (lam3.sh's arm C: 16 codes, one-frame decoder; carried) the
-# world still shifts the scene sideways a fraction of the game's shift under the same inferred actions
-# (motion following x0.06 on held-action test clips at the shipped sampling; teacher-forced one step about
-# half; x0.49 with stochastic 16-step sampling), so keys cannot move the player. Arms continue the shipped dynamics under that LAM (new action rows; shares 0,0,1) for
-# BUDGET minutes (default 9) side by side on the GPUs, each with dynamics.motion_weight = its MW (0 = plain Diffusion
-# Forcing; > 0 = tokens that change between frames weigh more) and its action conditioning COND (token:
-# the shipped prepended action token; additive: the action added to every block's adaLN conditioning,
-# a stronger path), shipped sampling, keys refitted by effect;
-# then per arm: held-action test clips (ten-frame PSNR, Δ4, motion following), controls on N test states
-# (seed 2; shipped 0.594, lam3 world 0.655) and validation 64 x 1000 frames same-level (seed 7; shipped
-# 0.67, lam3 world 0.63).
-# Calls: kind nvidia-h200 (or -x2), carry [".whl", ".gl", "runs/s38/gpu/lam3/lams/lam-C"]:
+# Under a LAM with clean left / right codes (lam3.sh's arm C: 16 codes, one-frame decoder) the world still
+# shifts the scene sideways a fraction of the game's shift under the same inferred actions (motion
+# following x0.06 on held-action test clips at the shipped sampling; teacher-forced one step about half;
+# x0.49 with stochastic 16-step sampling), so keys cannot move the player.
+# 1. LAM C: carried at $LAM, or (its checkpoint lost with an earlier machine) trained here alone for LT
+#    minutes with lam3.sh's arm C settings, its codes read on 1,500 held-action test clips (direction score;
+#    lam3's C: 1.00) and brought back as lams.tar (fp16).
+# 2. Arms continue the shipped dynamics under that LAM (new action rows; shares 0,0,1) for BUDGET minutes
+#    side by side on the GPUs, each with dynamics.motion_weight = its MW (0 = plain Diffusion Forcing; > 0 =
+#    tokens that change between frames weigh more) and its action conditioning COND (token: the shipped
+#    prepended action token; additive: the action added to every block's adaLN conditioning, a stronger
+#    path); shipped sampling, keys refitted by effect. The plain arm was lam3.sh's world (sideways 0.06,
+#    controls 0.655, same-level 0.63): not repeated by default (ARMS="P:0:token ..." adds it).
+# 3. Held-action test clips per arm (ten-frame PSNR, Δ4, motion following); the arm that follows sideways
+#    best is copied as "stoch" with stochastic sampling (SAMPLE = T:ETA:STEPS, default 0.7:1:16; empty
+#    skips), keys refitted under it; then, all at once: controls on N test states (seed 2; shipped 0.594,
+#    lam3 world 0.655) and validation 64 x 1000 frames same-level (seed 7; shipped 0.67, lam3 world 0.63)
+#    for every arm and for stoch, and stoch's test clips.
+# Calls: kind nvidia-h200 (or -x2), carry [".whl", ".gl"] (and the LAM's folder if there is one):
 #   `DRIFTLESS_GIT_COMMIT=<HEAD> bash tools/gpu_job.sh start tools/plans/dyn2.sh 555`, then
 #   `bash tools/gpu_job.sh wait 555` chained within 30 s until `plan: finished` (~27 min), give_back;
-#   results.tar.gz comes back with every call, so a plan cut short still reports its arms.
-# Brings back world-NAME.tar per arm (fp16 worlds, ~15 MB each) and results.tar.gz.
-# Then the arm that follows sideways motion best, with stochastic sampling (SAMPLE = T:ETA:STEPS, default
-# 0.7:1:16; empty skips), keys refitted under it, the same checks (world_checks.sh, name "stoch").
-# Knobs: EPI, TEST_EPI, BUDGET, SAMPLE, ARMS (NAME:MW:COND ...), LAM, N, REFIT (refit states), DYN_BATCH, DL, VAL (0: a
-# token 1000-frame check, for smoke runs).
-EPI=${EPI:-5000}; BUDGET=${BUDGET:-9}; N=${N:-192}; W=${W:-/tmp/job/w}; D=$W/data; VAL_LONG=1100
-ARMS=${ARMS:-"P:0:token M4:4:token A4:4:additive"}; LAM=${LAM:-runs/s38/gpu/lam3/lams/lam-C}
+#   results.tar.gz comes back with every call, so a plan cut short still reports its stages.
+# Brings back world-NAME.tar per arm (fp16 worlds, ~15 MB each; stoch is its arm's world with
+# results/world-stoch.json's sampling and keys), lams.tar when the LAM was trained here, results.tar.gz.
+# Knobs: EPI, TEST_EPI, LT, BUDGET, SAMPLE, ARMS (NAME:MW:COND ...), LAM, N, REFIT (refit states), DYN_BATCH,
+# LAM_FLAGS, DL, VAL (0: a token 1000-frame check, for smoke runs).
+EPI=${EPI:-5000}; LT=${LT:-2}; BUDGET=${BUDGET:-8}; N=${N:-192}; W=${W:-/tmp/job/w}; D=$W/data; VAL_LONG=1100
+ARMS=${ARMS:-"M4:4:token A4:4:additive"}; LAM=${LAM:-runs/s38/gpu/lam3/lams/lam-C}
 DL=${DL:-"python3 -m driftless"}; S=${S:-src/driftless/assets/coinrun}
 NGPU=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$NGPU" -ge 1 ] || NGPU=1
 stamp() { echo "$(date +%T) $*" >> $R/status.txt; }
-[ -f $LAM/model.safetensors ] || { echo "no LAM at $LAM (carry it)"; exit 2; }
 stamp start
 source tools/plans/coinrun_data.sh
 stamp data
 source tools/plans/world_checks.sh
 if [ "${VAL:-1}" = 0 ]; then V="$V --drift-rollouts 1 --drift-frames 8"; fi
+if [ ! -f $LAM/model.safetensors ]; then
+  LAM=$W/lams/lam-C
+  $DL train lam --data $D/train --val-data $D/val --out $W/lam-C --preset small --set num_actions=16 \
+    --set decoder.temporal_window=1 --set chunk=1 --set vq_warmup=200 --batch-size 96 --lr 3e-4 --warmup 100 \
+    --steps 1000000000 --time-budget $LT --log-every 50 --val-every 1000 ${LAM_FLAGS:-} > $R/lam-C.log 2>&1
+  cp $W/lam-C/metrics.jsonl $R/metrics-lam-C.jsonl
+  python3 tools/fp16_checkpoint.py $W/lam-C/checkpoint $LAM > /dev/null
+  tar cf $P/lams.tar -C $W lams
+  stamp "lam C trained"
+  python3 tools/control_signal.py $D/test --codes-only --max-clips 1500 --lam $LAM --json $R/probe.json \
+    > $R/probe.log 2>&1 &
+fi
 i=0
 for arm in $ARMS; do
   IFS=: read -r name mw cond <<< "$arm"; gpu=$((i % NGPU)); i=$((i + 1))
@@ -40,12 +57,23 @@ for arm in $ARMS; do
      --set dynamics.motion_weight=$mw --set dynamics.action_conditioning=${cond:-token} > $R/train-$name.log 2>&1
    cp $W/run-$name/dynamics/metrics.jsonl $R/metrics-$name.jsonl
    finish_run $W/run-$name $name
-   check_world $W/run-$name/world $name $gpu) &
+   env CUDA_VISIBLE_DEVICES=$gpu $DL eval $W/run-$name/world --data $D/test $T --json $R/test-$name.json \
+     > $R/test-$name.log 2>&1
+   stamp "test-$name") &
 done
 wait
-# The arm that follows sideways motion best, again with stochastic sampling (benchmarks 2.18: at eta 1 and
-# 16 steps the LAM C world followed sideways motion 0.49 against 0.04, same ten-frame PSNR, on this CPU),
-# keys refitted under it, the same checks: does it move the keys, and does it keep the level?
+# Controls and the 1000-frame validation of every arm, beside the stochastic-sampling stage: the arm that
+# follows sideways motion best (benchmarks 2.18: at eta 1 and 16 steps the LAM C world followed sideways
+# motion 0.49 against 0.04, same ten-frame PSNR, on this CPU), keys refitted under it, the same checks:
+# does it move the keys, and does it keep the level?
+i=0
+for arm in $ARMS; do
+  name=${arm%%:*}; g=$((i % NGPU)); i=$((i + 1))
+  (env CUDA_VISIBLE_DEVICES=$g $DL eval $W/run-$name/world --data $D/test $C --json $R/ctl-$name.json \
+     > $R/ctl-$name.log 2>&1; stamp "controls-$name") &
+  (env CUDA_VISIBLE_DEVICES=$g $DL eval $W/run-$name/world --data $D/val $V --json $R/val-$name.json \
+     > $R/val-$name.log 2>&1; stamp "val-$name") &
+done
 if [ -n "${SAMPLE-0.7:1:16}" ]; then
   IFS=: read -r st se ss <<< "${SAMPLE-0.7:1:16}"
   BEST=$(python3 -c "
@@ -57,6 +85,14 @@ print(max(r, key=r.get))")
   cp -r $W/run-$BEST/world $W/stoch
   $DL world sampling $W/stoch --temperature $st --eta $se --steps $ss --no-fused-commit > $R/sampling-stoch.log 2>&1
   refit_world $W/stoch stoch
-  check_world $W/stoch stoch 0
+  stamp "refit-stoch"
+  (env CUDA_VISIBLE_DEVICES=$((i % NGPU)) $DL eval $W/stoch --data $D/val $V --json $R/val-stoch.json \
+     > $R/val-stoch.log 2>&1; stamp "val-stoch") &
+  (env CUDA_VISIBLE_DEVICES=$(((i + 1) % NGPU)) $DL eval $W/stoch --data $D/test $C --json $R/ctl-stoch.json \
+     > $R/ctl-stoch.log 2>&1; stamp "controls-stoch") &
+  env CUDA_VISIBLE_DEVICES=$(((i + 2) % NGPU)) $DL eval $W/stoch --data $D/test $T --json $R/test-stoch.json \
+    > $R/test-stoch.log 2>&1
+  stamp "test-stoch"
 fi
+wait
 stamp done
