@@ -12,18 +12,22 @@
 #    prepended action token; additive: the action added to every block's adaLN conditioning, a stronger
 #    path); shipped sampling, keys refitted by effect. The plain arm was lam3.sh's world (sideways 0.06,
 #    controls 0.655, same-level 0.63): not repeated by default (ARMS="P:0:token ..." adds it).
+#    An arm's optional fourth field SRC = true conditions the dynamics on the data's true Procgen actions
+#    instead of the LAM's codes (the upper bound of what keys can do with this dynamics and sampler; keys
+#    are then fitted by effect to the game's own actions).
 # 3. Held-action test clips per arm (ten-frame PSNR, Δ4, motion following); the arm that follows sideways
-#    best is copied as "stoch" with stochastic sampling (SAMPLE = T:ETA:STEPS, default 0.7:1:16; empty
-#    skips), keys refitted under it; then, all at once: controls on N test states (seed 2; shipped 0.594,
-#    lam3 world 0.655) and validation 64 x 1000 frames same-level (seed 7; shipped 0.67, lam3 world 0.63)
-#    for every arm and for stoch, and stoch's test clips.
+#    best (STOCH=all: every arm) is copied as "stoch" ("s-NAME") with stochastic sampling (SAMPLE =
+#    T:ETA:STEPS, default 0.7:1:16; empty skips), keys refitted under it; then, all at once: controls on N
+#    test states (seed 2; shipped 0.594, lam3 world 0.655) and validation 64 x 1000 frames same-level
+#    (seed 7; shipped 0.67, lam3 world 0.63) for every arm and every stochastic copy, and their test clips.
+# Ran at 1937fda (benchmarks 2.19): M4 and A4, 5.5-minute arms, stochastic copy of M4.
 # Calls: kind nvidia-h200 (or -x2), carry [".whl", ".gl"] (and the LAM's folder if there is one):
 #   `DRIFTLESS_GIT_COMMIT=<HEAD> bash tools/gpu_job.sh start tools/plans/dyn2.sh 555`, then
 #   `bash tools/gpu_job.sh wait 555` chained within 30 s until `plan: finished` (~27 min), give_back;
 #   results.tar.gz comes back with every call, so a plan cut short still reports its stages.
 # Brings back world-NAME.tar per arm (fp16 worlds, ~15 MB each; stoch is its arm's world with
 # results/world-stoch.json's sampling and keys), lams.tar when the LAM was trained here, results.tar.gz.
-# Knobs: EPI, TEST_EPI, LT, BUDGET, SAMPLE, ARMS (NAME:MW:COND ...), LAM, N, REFIT (refit states), DYN_BATCH,
+# Knobs: EPI, TEST_EPI, LT, BUDGET, SAMPLE, STOCH (best | all), ARMS (NAME:MW:COND[:SRC] ...), LAM, N, REFIT (refit states), DYN_BATCH,
 # LAM_FLAGS, DL, VAL (0: a token 1000-frame check, for smoke runs).
 EPI=${EPI:-5000}; LT=${LT:-2}; BUDGET=${BUDGET:-8}; N=${N:-192}; W=${W:-/tmp/job/w}; D=$W/data; VAL_LONG=1100
 ARMS=${ARMS:-"M4:4:token A4:4:additive"}; LAM=${LAM:-runs/s38/gpu/lam3/lams/lam-C}
@@ -49,12 +53,13 @@ if [ ! -f $LAM/model.safetensors ]; then
 fi
 i=0
 for arm in $ARMS; do
-  IFS=: read -r name mw cond <<< "$arm"; gpu=$((i % NGPU)); i=$((i + 1))
+  IFS=: read -r name mw cond src <<< "$arm"; gpu=$((i % NGPU)); i=$((i + 1))
   (export CUDA_VISIBLE_DEVICES=$gpu
    $DL train world --data $D/train --val-data $D/val --out $W/run-$name --preset small \
      --init-from tokenizer=$S/tokenizer,lam=$LAM,dynamics=$S/dynamics --budget $BUDGET --shares 0,0,1 \
      --reserve 0.05 --stop-after world --no-progress --dynamics-batch ${DYN_BATCH:-128} \
-     --set dynamics.motion_weight=$mw --set dynamics.action_conditioning=${cond:-token} > $R/train-$name.log 2>&1
+     --set dynamics.motion_weight=$mw --set dynamics.action_conditioning=${cond:-token} \
+     --set "dynamics.action_source=\"${src:-lam}\"" > $R/train-$name.log 2>&1
    cp $W/run-$name/dynamics/metrics.jsonl $R/metrics-$name.jsonl
    finish_run $W/run-$name $name
    env CUDA_VISIBLE_DEVICES=$gpu $DL eval $W/run-$name/world --data $D/test $T --json $R/test-$name.json \
@@ -74,25 +79,33 @@ for arm in $ARMS; do
   (env CUDA_VISIBLE_DEVICES=$g $DL eval $W/run-$name/world --data $D/val $V --json $R/val-$name.json \
      > $R/val-$name.log 2>&1; stamp "val-$name") &
 done
+stoch() {  # stoch ARM NAME GPU: ARM's world with stochastic sampling, keys refitted under it, the checks
+  local arm=$1 n=$2 g=$3
+  stamp "stochastic sampling on $arm as $n"
+  cp -r $W/run-$arm/world $W/$n
+  $DL world sampling $W/$n --temperature $st --eta $se --steps $ss --no-fused-commit > $R/sampling-$n.log 2>&1
+  refit_world $W/$n $n
+  stamp "refit-$n"
+  (env CUDA_VISIBLE_DEVICES=$g $DL eval $W/$n --data $D/val $V --json $R/val-$n.json > $R/val-$n.log 2>&1
+   stamp "val-$n") &
+  (env CUDA_VISIBLE_DEVICES=$g $DL eval $W/$n --data $D/test $C --json $R/ctl-$n.json > $R/ctl-$n.log 2>&1
+   stamp "controls-$n") &
+  env CUDA_VISIBLE_DEVICES=$g $DL eval $W/$n --data $D/test $T --json $R/test-$n.json > $R/test-$n.log 2>&1
+  stamp "test-$n"
+  wait
+}
 if [ -n "${SAMPLE-0.7:1:16}" ]; then
   IFS=: read -r st se ss <<< "${SAMPLE-0.7:1:16}"
-  BEST=$(python3 -c "
+  if [ "${STOCH:-best}" = all ]; then
+    for arm in $ARMS; do stoch ${arm%%:*} s-${arm%%:*} $((i % NGPU)) & i=$((i + 1)); done
+  else
+    BEST=$(python3 -c "
 import json, sys
 r = {a.split(':')[0]: json.load(open('$R/test-' + a.split(':')[0] + '.json'))['rollout']['motion_following']['sideways'] or 0
      for a in '$ARMS'.split()}
 print(max(r, key=r.get))")
-  stamp "stochastic sampling on $BEST"
-  cp -r $W/run-$BEST/world $W/stoch
-  $DL world sampling $W/stoch --temperature $st --eta $se --steps $ss --no-fused-commit > $R/sampling-stoch.log 2>&1
-  refit_world $W/stoch stoch
-  stamp "refit-stoch"
-  (env CUDA_VISIBLE_DEVICES=$((i % NGPU)) $DL eval $W/stoch --data $D/val $V --json $R/val-stoch.json \
-     > $R/val-stoch.log 2>&1; stamp "val-stoch") &
-  (env CUDA_VISIBLE_DEVICES=$(((i + 1) % NGPU)) $DL eval $W/stoch --data $D/test $C --json $R/ctl-stoch.json \
-     > $R/ctl-stoch.log 2>&1; stamp "controls-stoch") &
-  env CUDA_VISIBLE_DEVICES=$(((i + 2) % NGPU)) $DL eval $W/stoch --data $D/test $T --json $R/test-stoch.json \
-    > $R/test-stoch.log 2>&1
-  stamp "test-stoch"
+    stoch $BEST stoch $((i % NGPU)) &
+  fi
 fi
 wait
 stamp done
