@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from driftless import checkpoint
-from driftless.config import from_dict, override, to_dict
+from driftless.config import from_dict, override, parse_overrides, to_dict
 from driftless.models import registry
 from driftless.models.tokenizer import TokenizerConfig
 
@@ -77,3 +77,8 @@ def test_config_errors_name_the_problem():
         registry.preset("tokenizer", "huge")
     cfg = override(registry.preset("tokenizer", "debug"), {"encoder.depth": 3})
     assert cfg.encoder.depth == 3 and json.loads(json.dumps(to_dict(cfg)))["encoder"]["depth"] == 3
+    # --set reads values as JSON: `action_source=true` arrives as a boolean, and a text field takes it as text
+    dyn = override(registry.preset("dynamics", "debug"), parse_overrides(["action_source=true"]))
+    assert dyn.action_source == "true"
+    with pytest.raises(ValueError, match="action_source must be one of"):
+        override(registry.preset("dynamics", "debug"), parse_overrides(["action_source=false"]))

@@ -97,6 +97,8 @@ def override(cfg: T, overrides: dict[str, Any]) -> T:
         if parts[-1] not in node:
             raise ValueError(f"cannot set {key!r}: no such field in {type(cfg).__name__} "
                              f"(fields here: {sorted(node)})")
+        if isinstance(node[parts[-1]], str) and isinstance(value, (bool, int, float)):
+            value = json.dumps(value)  # --set action_source=true reads JSON `true`; the field is text
         node[parts[-1]] = value
     return from_dict(type(cfg), data)
 
