@@ -277,3 +277,21 @@ def test_key_accuracy_interval_brackets_the_estimate_and_narrows_with_starts():
     assert lo < est < hi and 0.1 < hi - lo < 0.4
     lo4, hi4 = key_accuracy_interval(large, HEADLINE, [0, 1, 2], keys)["mean"]
     assert hi4 - lo4 < 0.7 * (hi - lo)
+
+
+def test_a_world_on_true_actions_keys_the_games_own_actions(tmp_path):
+    """A dynamics conditioned on Procgen's actions gets keys = the game's actions at build time (a
+    co-occurrence map of LAM codes would name codes it never saw); a LAM world keeps the map it is given."""
+    from driftless.world.action_map import KEY_GROUPS, PROCGEN_GROUPS
+    from driftless.world.debug import make_debug_world
+
+    given = {"method": "cooccurrence", "keys": {"ArrowLeft": 0}, "accuracy": 0.5}
+    true_world = make_debug_world(tmp_path / "true", num_actions=16, action_map=given,
+                                  dynamics_overrides={"action_source": "true"})
+    am = json.loads((true_world / "world.json").read_text())["action_map"]
+    assert am["method"] == "true"
+    for key, action in am["keys"].items():  # each key's action is in its control group
+        assert action in PROCGEN_GROUPS[KEY_GROUPS[key]], (key, action)
+    assert am["keys"]["ArrowLeft"] != am["keys"]["ArrowRight"]
+    lam_world = make_debug_world(tmp_path / "lam", num_actions=16, action_map=given)
+    assert json.loads((lam_world / "world.json").read_text())["action_map"] == given

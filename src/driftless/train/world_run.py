@@ -743,10 +743,13 @@ class WorldRun:
         if self.cfg.sampling_steps:
             sampling["steps"] = self.cfg.sampling_steps
         name = self.cfg.game or Path(self.paths["train"]).name.removesuffix("-train")
-        build_world(self.out / "world", ck["tokenizer"], ck["dynamics"], ck["lam"], fp16=True, sampling=sampling,
-                    action_map=action_map, name=name,
-                    extra={"trained_by": {"command": "driftless train world", "run": str(self.out.resolve()),
-                                          "config": self.ident, "plan": self.plan}})
+        meta = build_world(self.out / "world", ck["tokenizer"], ck["dynamics"], ck["lam"], fp16=True,
+                           sampling=sampling, action_map=action_map, name=name,
+                           extra={"trained_by": {"command": "driftless train world", "run": str(self.out.resolve()),
+                                                 "config": self.ident, "plan": self.plan}})
+        if meta["action_map"].get("method") == "true":  # the dynamics conditions on the game's own actions
+            entry.pop("action_map_accuracy", None)
+            entry["action_map"] = "keys are the game's own actions (dynamics on true actions)"
 
     def _stage_eval(self, entry: dict) -> None:
         from driftless.data.store import EpisodeStore

@@ -26,6 +26,17 @@ PROCGEN_GROUPS: dict[str, tuple[int, ...]] = {
 KEY_GROUPS: dict[str, str] = {
     "ArrowLeft": "left", "ArrowRight": "right", "ArrowUp": "jump", " ": "jump", "ArrowDown": "none",
 }
+# keyboard keys -> Procgen's own actions (left, right, up, up, down), for a dynamics model that
+# conditions on the data's true actions instead of LAM codes
+KEY_ACTIONS: dict[str, int] = {"ArrowLeft": 1, "ArrowRight": 7, "ArrowUp": 5, " ": 5, "ArrowDown": 3}
+PROCGEN_ACTIONS = 15
+
+
+def true_action_map() -> dict:
+    """The key map of a world whose dynamics is conditioned on Procgen's actions: each key is the
+    game's own action (no fit; `driftless world refit-actions` can still fit one by effect)."""
+    return {"method": "true", "keys": dict(KEY_ACTIONS),
+            "groups": {"none": 4, "left": 1, "right": 7, "jump": 5, "left_jump": 2, "right_jump": 8}}
 
 
 def groups_of(true_actions: np.ndarray, groups: dict[str, tuple[int, ...]]) -> np.ndarray:

@@ -45,6 +45,7 @@ def build_world(out: str | Path, tokenizer: str | Path, dynamics: str | Path | N
         params["lam"] = _export(lam, tmp / "lam", "lam", dtype, strip_lam_decoder=True)
     if dynamics is not None:
         params["dynamics"] = _export(dynamics, tmp / "dynamics", "dynamics", dtype)
+        action_map = _true_actions_map(dynamics, action_map)
     from driftless import __version__
 
     meta = {
@@ -61,6 +62,19 @@ def build_world(out: str | Path, tokenizer: str | Path, dynamics: str | Path | N
     load(tmp)
     checkpoint.swap_in(tmp, out)  # a crash leaves the old world (at OUT.old, which `load` reads) or the new one
     return meta
+
+
+def _true_actions_map(dynamics: str | Path, action_map: dict | None) -> dict | None:
+    """A dynamics conditioned on Procgen's true actions takes the game's own actions as its keys:
+    a co-occurrence map (LAM codes against true actions) would name LAM codes it never saw."""
+    from driftless.world.action_map import PROCGEN_ACTIONS, true_action_map
+
+    cfg = checkpoint.read_header(dynamics, "dynamics")["config"]
+    if cfg.get("action_source") != "true" or (action_map or {}).get("method", "cooccurrence") != "cooccurrence":
+        return action_map
+    if int(cfg.get("num_actions") or 0) < PROCGEN_ACTIONS:
+        return action_map  # not Procgen's 15 actions: nothing to name them by
+    return true_action_map()
 
 
 def world_bytes(path: str | Path) -> int:
