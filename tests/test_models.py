@@ -207,6 +207,34 @@ def _shifting_clips(n, t, seed, res=32, shift=4):
 
 
 @pytest.mark.slow
+def test_lam_with_a_product_code_trains_through_its_phases():
+    """`factors` makes the LAM's code a tuple (nn.quantize.ProductQuantizer): it warms up, is set by
+    k-means and quantises like the flat codebook, and its indices name num_actions = prod(factors) codes."""
+    torch.manual_seed(0)
+    cfg = override(registry.preset("lam", "debug"), {"num_actions": 6, "factors": [3, 2], "vq_warmup": 2})
+    assert cfg.factors == (3, 2)
+    lam = LatentActionModel(cfg)
+    opt = torch.optim.AdamW(lam.parameters(), lr=1e-3)
+    frames = _frames(t=5)
+    for _ in range(4):  # warm-up, warm-up, k-means, quantised
+        lam.before_train_step()
+        loss, stats = lam.training_loss({"frames": frames})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        lam.after_train_step()
+        assert torch.isfinite(loss)
+    assert "vq_perplexity_1" in stats  # the last step quantised through both parts
+    idx = lam.infer_actions(frames)
+    assert idx.shape == (2, 4) and 0 <= int(idx.min()) and int(idx.max()) < 6
+    pred = lam.decode_indices(frames[:, :4].float() / 127.5 - 1, idx)
+    assert pred.shape == (2, 4, 64, 64, 3)
+    with pytest.raises(ValueError, match="num_actions=6"):
+        override(registry.preset("lam", "debug"), {"factors": [3, 2]})
+    with pytest.raises(ValueError, match="split action_dim"):
+        override(registry.preset("lam", "debug"), {"num_actions": 27, "factors": [3, 3, 3]})
+
+
 def test_lam_discovers_the_actions_that_move_the_view():
     """The VQ warm-up lets the encoder learn motion before it must pick a code; afterwards the
     codes line up with the true pan direction and predictions depend on them."""

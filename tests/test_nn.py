@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from driftless.nn.attention import Attention, KVCache
-from driftless.nn.quantize import DiagonalGaussian, VectorQuantizer
+from driftless.nn.quantize import DiagonalGaussian, ProductQuantizer, VectorQuantizer
 from driftless.nn.st_transformer import STConfig, STTransformer
 
 
@@ -70,6 +70,35 @@ def test_commit_without_cache_is_an_error():
     with pytest.raises(ValueError, match="cache"):
         attn(torch.randn(1, 2, 16), commit=True)
     assert KVCache().length == 0
+
+
+def test_product_quantizer_codes_are_tuples_of_its_parts():
+    torch.manual_seed(0)
+    pq = ProductQuantizer((3, 4), 8, dead_fraction=0.5, usage_decay=0.0).train()
+    assert pq.num_codes == 12
+    z = torch.randn(2, 50, 8, requires_grad=True)
+    zq, idx, loss, stats = pq(z)
+    assert zq.shape == z.shape and idx.shape == (2, 50) and 0 <= int(idx.min()) and int(idx.max()) < 12
+    # the index is (part 0's code, part 1's code) in mixed radix, and each part is its own nearest code
+    d0, d1 = pq.digits(idx)
+    assert torch.equal(d0, pq.parts[0].quantize(z[..., :4])) and torch.equal(d1, pq.parts[1].quantize(z[..., 4:]))
+    assert torch.equal(idx, d0 * 4 + d1) and torch.equal(pq.combine([d0, d1]), idx)
+    assert torch.equal(pq.quantize(z), idx)
+    assert torch.allclose(pq.lookup(idx), zq.detach(), atol=1e-6)  # the straight-through output is the code
+    assert torch.allclose(pq.project(z).reshape(-1, 2, 4).norm(dim=-1), torch.ones(100, 2), atol=1e-5)
+    loss.backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all()
+    assert 1.0 <= float(stats["vq_perplexity"]) <= 12.0 and {"vq_perplexity_0", "vq_perplexity_1"} <= set(stats)
+    # k-means and dead-code resets reach every part's codebook
+    before = [vq.codebook.detach().clone() for vq in pq.parts]
+    pq.init_kmeans(pq.project(torch.randn(64, 8)))
+    assert all(not torch.equal(b, vq.codebook) for b, vq in zip(before, pq.parts))
+    with pytest.raises(ValueError, match=r"\[0, 12\)"):
+        pq.lookup(torch.tensor([12]))
+    with pytest.raises(ValueError, match="at least two parts"):
+        ProductQuantizer((1, 4), 8)
+    with pytest.raises(ValueError, match="equal parts"):
+        ProductQuantizer((3, 4), 7)
 
 
 def test_vq_straight_through_usage_and_dead_code_reset():

@@ -5,7 +5,10 @@
 # x0.49 with stochastic 16-step sampling), so keys cannot move the player.
 # 1. LAM C: carried at $LAM, or (its checkpoint lost with an earlier machine) trained here alone for LT
 #    minutes with lam3.sh's arm C settings, its codes read on 1,500 held-action test clips (direction score;
-#    lam3's C: 1.00) and brought back as lams.tar (fp16).
+#    lam3's C: 1.00) and brought back as lams.tar (fp16). LAM_NAME, LAM_CODES and LAM_SETS train another
+#    one instead, e.g. LAM_NAME=P LAM_CODES=18 LAM_SETS="--set factors=[3,6]": a product code (3 x 6), whose
+#    codes can say a direction and a vertical motion at once (benchmarks 2.19: LAM C's jumps and falls carry
+#    no direction).
 # 2. Arms continue the shipped dynamics under that LAM (new action rows; shares 0,0,1) for BUDGET minutes
 #    side by side on the GPUs, each with dynamics.motion_weight = its MW (0 = plain Diffusion Forcing; > 0 =
 #    tokens that change between frames weigh more) and its action conditioning COND (token: the shipped
@@ -27,8 +30,9 @@
 #   results.tar.gz comes back with every call, so a plan cut short still reports its stages.
 # Brings back world-NAME.tar per arm (fp16 worlds, ~15 MB each; stoch is its arm's world with
 # results/world-stoch.json's sampling and keys), lams.tar when the LAM was trained here, results.tar.gz.
-# Knobs: EPI, TEST_EPI, LT, BUDGET, SAMPLE, STOCH (best | all), ARMS (NAME:MW:COND[:SRC] ...), LAM, N, REFIT (refit states), DYN_BATCH,
-# LAM_FLAGS, DL, VAL (0: a token 1000-frame check, for smoke runs).
+# Knobs: EPI, TEST_EPI, LT, BUDGET, SAMPLE, STOCH (best | all), ARMS (NAME:MW:COND[:SRC] ...), LAM, LAM_NAME,
+# LAM_CODES, LAM_SETS, N, REFIT (refit states), DYN_BATCH, LAM_FLAGS, DL, VAL (0: a token 1000-frame check,
+# for smoke runs).
 EPI=${EPI:-5000}; LT=${LT:-2}; BUDGET=${BUDGET:-8}; N=${N:-192}; W=${W:-/tmp/job/w}; D=$W/data; VAL_LONG=1100
 ARMS=${ARMS:-"M4:4:token A4:4:additive"}; LAM=${LAM:-runs/s38/gpu/lam3/lams/lam-C}
 DL=${DL:-"python3 -m driftless"}; S=${S:-src/driftless/assets/coinrun}
@@ -40,14 +44,15 @@ stamp data
 source tools/plans/world_checks.sh
 if [ "${VAL:-1}" = 0 ]; then V="$V --drift-rollouts 1 --drift-frames 8"; fi
 if [ ! -f $LAM/model.safetensors ]; then
-  LAM=$W/lams/lam-C
-  $DL train lam --data $D/train --val-data $D/val --out $W/lam-C --preset small --set num_actions=16 \
+  L=${LAM_NAME:-C}; LAM=$W/lams/lam-$L
+  $DL train lam --data $D/train --val-data $D/val --out $W/lam-$L --preset small --set num_actions=${LAM_CODES:-16} \
     --set decoder.temporal_window=1 --set chunk=1 --set vq_warmup=200 --batch-size 96 --lr 3e-4 --warmup 100 \
-    --steps 1000000000 --time-budget $LT --log-every 50 --val-every 1000 ${LAM_FLAGS:-} > $R/lam-C.log 2>&1
-  cp $W/lam-C/metrics.jsonl $R/metrics-lam-C.jsonl
-  python3 tools/fp16_checkpoint.py $W/lam-C/checkpoint $LAM > /dev/null
+    --steps 1000000000 --time-budget $LT --log-every 50 --val-every 1000 ${LAM_SETS:-} ${LAM_FLAGS:-} \
+    > $R/lam-$L.log 2>&1
+  cp $W/lam-$L/metrics.jsonl $R/metrics-lam-$L.jsonl
+  python3 tools/fp16_checkpoint.py $W/lam-$L/checkpoint $LAM > /dev/null
   tar cf $P/lams.tar -C $W lams
-  stamp "lam C trained"
+  stamp "lam $L trained"
   python3 tools/control_signal.py $D/test --codes-only --max-clips 1500 --lam $LAM --json $R/probe.json \
     > $R/probe.log 2>&1 &
 fi

@@ -16,6 +16,7 @@ At play time only the encoder (to infer actions from video) and the codebook siz
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 
 from driftless.models.common import pixels_to_unit
 from driftless.nn.embeddings import patchify, sincos_2d, unpatchify
-from driftless.nn.quantize import VectorQuantizer
+from driftless.nn.quantize import ProductQuantizer, VectorQuantizer
 from driftless.nn.st_transformer import STConfig, STTransformer
 
 CONDITIONINGS = ("token", "additive")
@@ -54,6 +55,11 @@ class LAMConfig:
     # global-motion features guesses a transition's control group 0.61-0.64 of the time
     # (docs/benchmarks.md 2.13); a chunk asks the action to explain several frames of one control
     chunk: int = 1
+    # a product code (nn.quantize.ProductQuantizer): e.g. (3, 6) cuts the action vector in two halves
+    # with codebooks of 3 and 6, and num_actions must be 18; None: one flat codebook. Against flat
+    # codebooks that spend their codes on vertical motion and leave a jump with no direction
+    # (docs/benchmarks.md 2.19)
+    factors: tuple[int, ...] | None = None
     encoder: STConfig = field(default_factory=lambda: STConfig(dim=128, depth=3, heads=4))
     decoder: STConfig = field(default_factory=lambda: STConfig(dim=128, depth=3, heads=4))
     inference_only: bool = False  # only the encoder and codebook (what a shipped world needs)
@@ -63,6 +69,14 @@ class LAMConfig:
             raise ValueError(f"LAM conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
         if self.num_actions < 2:
             raise ValueError(f"a latent action codebook needs at least 2 actions, got {self.num_actions}")
+        if self.factors is not None:
+            self.factors = tuple(int(k) for k in self.factors)
+            if math.prod(self.factors) != self.num_actions:
+                raise ValueError(f"a product code of factors {list(self.factors)} has {math.prod(self.factors)} "
+                                 f"codes: set num_actions={math.prod(self.factors)} (it is {self.num_actions})")
+            if len(self.factors) < 2 or self.action_dim % len(self.factors):
+                raise ValueError(f"factors needs at least two parts that split action_dim={self.action_dim} "
+                                 f"evenly, got {list(self.factors)}")
         if self.chunk < 1:
             raise ValueError(f"LAM chunk is a number of transitions per latent action (>= 1), got {self.chunk}")
 
@@ -105,7 +119,9 @@ class LatentActionModel(nn.Module):
         self.summary = nn.Parameter(torch.zeros(de))
         self.encoder = STTransformer(cfg.encoder)
         self.to_action = nn.Linear(de, cfg.action_dim)
-        self.vq = VectorQuantizer(cfg.num_actions, cfg.action_dim, beta=cfg.vq_beta, usage_decay=cfg.vq_usage_decay)
+        vq_args = {"beta": cfg.vq_beta, "usage_decay": cfg.vq_usage_decay}
+        self.vq = (ProductQuantizer(cfg.factors, cfg.action_dim, **vq_args) if cfg.factors
+                   else VectorQuantizer(cfg.num_actions, cfg.action_dim, **vq_args))
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # for the VQ warm-up
         self._host_steps: int | None = None  # host copy of train_steps (see before_train_step)
         self._phase: str | None = None
@@ -148,9 +164,9 @@ class LatentActionModel(nn.Module):
             if phase == "warmup":
                 idx = self.vq.quantize(vec)
                 zero = vec.new_zeros(())
-                return F.normalize(vec, dim=-1), idx, zero, {"vq_perplexity": zero.detach() + 1, "vq_usage": zero.detach()}
+                return self.vq.project(vec), idx, zero, {"vq_perplexity": zero.detach() + 1, "vq_usage": zero.detach()}
             if phase == "kmeans":
-                self.vq.init_kmeans(F.normalize(vec.detach().float(), dim=-1).reshape(-1, self.cfg.action_dim))
+                self.vq.init_kmeans(self.vq.project(vec.detach().float()).reshape(-1, self.cfg.action_dim))
         return self.vq(vec)
 
     @property

@@ -1,10 +1,13 @@
-"""Bottlenecks: a vector quantizer (VQ-VAE with dead-code reset) and a diagonal Gaussian (KL).
+"""Bottlenecks: a vector quantizer (VQ-VAE with dead-code reset), a product of them (codes that are
+tuples) and a diagonal Gaussian (KL).
 
 Both take vectors in the last axis and return the bottlenecked vectors, a regularisation loss
 and a dict of scalar statistics for logging.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.distributed as dist
@@ -52,6 +55,10 @@ class VectorQuantizer(nn.Module):
     def codes(self) -> torch.Tensor:
         cb = self.codebook
         return F.normalize(cb, dim=-1) if self.normalize else cb
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """What the codes are matched against: z (..., dim) L2-normalised (or as it is)."""
+        return F.normalize(z, dim=-1) if self.normalize else z
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """indices: (...) int64 -> code vectors (..., dim)."""
@@ -141,6 +148,79 @@ class VectorQuantizer(nn.Module):
         self.codebook.data.copy_(torch.where(dead[:, None], cand, self.codebook.data))
         self.usage.copy_(torch.where(dead, torch.full_like(self.usage, 1.0 / self.num_codes), self.usage))
         self.has_candidates.fill_(False)
+
+
+class ProductQuantizer(nn.Module):
+    """Codes that are tuples: the vector's `dim` is cut into len(sizes) equal parts, each matched by
+    its own `VectorQuantizer` of sizes[i] codes, and a code's index is its tuple in mixed radix (the
+    first part most significant), so there are prod(sizes) codes and one index still names one code.
+    A latent action of CoinRun is two things at once, a direction (left / none / right) and a vertical
+    motion (standing, jumping, falling); one flat codebook of 16 spent most codes on the vertical ones
+    and left "jump to the left" and "jump to the right" sharing one (docs/benchmarks.md 2.19). The
+    same interface as `VectorQuantizer` (project, quantize, forward, lookup, init_kmeans,
+    apply_dead_code_reset)."""
+
+    def __init__(self, sizes: tuple[int, ...] | list[int], dim: int, **vq_args):
+        super().__init__()
+        sizes = tuple(int(k) for k in sizes)
+        if len(sizes) < 2 or min(sizes) < 2:
+            raise ValueError(f"a product code needs at least two parts of at least 2 codes each, got {list(sizes)}")
+        if dim % len(sizes):
+            raise ValueError(f"the vector's {dim} dimensions do not split into {len(sizes)} equal parts")
+        self.sizes, self.dim, self.part = sizes, dim, dim // len(sizes)
+        self.num_codes = math.prod(sizes)
+        self.parts = nn.ModuleList(VectorQuantizer(k, self.part, **vq_args) for k in sizes)
+        self.radix = tuple(math.prod(sizes[i + 1:]) for i in range(len(sizes)))  # place value of each part
+
+    def _split(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return z.split(self.part, dim=-1)  # (..., dim) -> parts (..., part)
+
+    def combine(self, digits: list[torch.Tensor]) -> torch.Tensor:
+        """Per-part indices [(...)] -> code indices (...)."""
+        return sum(d * r for d, r in zip(digits, self.radix))
+
+    def digits(self, indices: torch.Tensor) -> list[torch.Tensor]:
+        """Code indices (...) -> per-part indices [(...)], the first part first."""
+        return [(indices // r) % k for r, k in zip(self.radix, self.sizes)]
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """What the codes are matched against: each part L2-normalised (..., dim)."""
+        return torch.cat([vq.project(p) for vq, p in zip(self.parts, self._split(z))], dim=-1)
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """indices: (...) int64 -> code vectors (..., dim)."""
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_codes):
+            raise ValueError(f"code indices must lie in [0, {self.num_codes}), got "
+                             f"[{int(indices.min())}, {int(indices.max())}]")
+        return torch.cat([vq.lookup(d) for vq, d in zip(self.parts, self.digits(indices))], dim=-1)
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (..., dim) -> nearest code index (...) (each part's nearest code)."""
+        return self.combine([vq.quantize(p) for vq, p in zip(self.parts, self._split(z))])
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """z: (..., dim) -> (z_q (..., dim), indices (...), loss (), stats): each part's VQ, the losses
+        averaged; statistics of the whole code, and each part's perplexity."""
+        outs = [vq(p) for vq, p in zip(self.parts, self._split(z))]
+        idx = self.combine([o[1] for o in outs])
+        loss = sum(o[2] for o in outs) / len(outs)
+        counts = torch.bincount(idx.reshape(-1), minlength=self.num_codes).float()
+        if self.training and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts)
+        probs = counts / counts.sum().clamp(min=1)
+        stats = {"vq_perplexity": torch.exp(-(probs * torch.log(probs + 1e-10)).sum()).detach(),
+                 "vq_usage": (counts > 0).float().mean().detach(),
+                 **{f"vq_perplexity_{i}": o[3]["vq_perplexity"] for i, o in enumerate(outs)}}
+        return torch.cat([o[0] for o in outs], dim=-1), idx, loss, stats
+
+    def init_kmeans(self, flat: torch.Tensor, iters: int = 20) -> None:
+        """Each part's codebook from k-means of that part of `flat` (n, dim)."""
+        for vq, p in zip(self.parts, self._split(flat)):
+            vq.init_kmeans(p, iters=iters)
+
+    def apply_dead_code_reset(self) -> None:
+        for vq in self.parts:
+            vq.apply_dead_code_reset()
 
 
 class DiagonalGaussian(nn.Module):
