@@ -37,3 +37,26 @@ def test_direction_codes_pick_the_code_that_moves_each_way():
     assert best["right"]["code"] == 0 and best["right"]["rate"] == 1.0
     assert best["left"]["code"] == 1 and best["left"]["rate"] == 0.5
     assert best["score"] == 0.75
+    # of the left moves (code 1 once, code 3 once) only code 3's says "left" cleanly; every right move does
+    assert best["left"]["recall"] == 0.5 and best["right"]["recall"] == 1.0
+
+
+def test_a_product_code_lam_is_read_part_by_part():
+    from driftless.config import override
+    from driftless.models import registry
+    from driftless.models.lam import LatentActionModel
+
+    torch.manual_seed(0)
+    lam = LatentActionModel(override(registry.preset("lam", "debug"), {"num_actions": 6, "factors": [3, 2]})).eval()
+    frames = np.random.default_rng(0).integers(0, 255, (4, 5, 64, 64, 3), dtype=np.uint8)
+    groups = torch.zeros(4, 4, dtype=torch.long)
+    fit = torch.tensor([True, True, False, False])
+    dx = torch.randint(-1, 2, (4, 4))
+    dy = torch.zeros(4, 4, dtype=torch.long)
+    out = cs.probe_lam(lam, frames, groups, fit, dx, dy, seed=0, vectors=False)
+    assert [len(t) for t in out["parts"]] == [3, 2] and len(out["codes"]) == 6
+    for part in out["parts"]:
+        assert abs(sum(r["share"] for r in part) - 1) < 1e-3
+    # a part's code k gathers every full code with that digit
+    share0 = [sum(r["share"] for r in out["codes"] if r["code"] // 2 == k) for k in range(3)]
+    assert np.allclose(share0, [r["share"] for r in out["parts"][0]], atol=2e-3)
