@@ -15,6 +15,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def code_usage(idx: torch.Tensor, num_codes: int, training: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Code indices (...) -> (counts (num_codes,), their shares, perplexity ()). In training the
+    counts are over every rank's batch (all ranks step together); in eval mode a single rank may run
+    alone (validation, encoding, evaluation on rank 0): no collective then."""
+    counts = torch.bincount(idx.reshape(-1), minlength=num_codes).float()
+    if training and dist.is_available() and dist.is_initialized():
+        dist.all_reduce(counts)
+    probs = counts / counts.sum().clamp(min=1)
+    return counts, probs, torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
+
+
 class VectorQuantizer(nn.Module):
     """Nearest-neighbour codebook with a straight-through gradient.
 
@@ -84,13 +95,7 @@ class VectorQuantizer(nn.Module):
         loss = F.mse_loss(q, zf.detach()) + self.beta * F.mse_loss(zf, q.detach())
         z_q = (zf + (q - zf).detach()).to(z.dtype)
 
-        counts = torch.bincount(idx.reshape(-1), minlength=self.num_codes).float()
-        # training: usage over every rank's batch (all ranks step together); in eval mode a single
-        # rank may run alone (validation, encoding, evaluation on rank 0): no collective then
-        if self.training and dist.is_available() and dist.is_initialized():
-            dist.all_reduce(counts)
-        probs = counts / counts.sum().clamp(min=1)
-        perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
+        counts, probs, perplexity = code_usage(idx, self.num_codes, self.training)
         if self.training:
             with torch.no_grad():
                 self.usage.mul_(self.usage_decay).add_(probs, alpha=1 - self.usage_decay)
@@ -204,11 +209,8 @@ class ProductQuantizer(nn.Module):
         outs = [vq(p) for vq, p in zip(self.parts, self._split(z))]
         idx = self.combine([o[1] for o in outs])
         loss = sum(o[2] for o in outs) / len(outs)
-        counts = torch.bincount(idx.reshape(-1), minlength=self.num_codes).float()
-        if self.training and dist.is_available() and dist.is_initialized():
-            dist.all_reduce(counts)
-        probs = counts / counts.sum().clamp(min=1)
-        stats = {"vq_perplexity": torch.exp(-(probs * torch.log(probs + 1e-10)).sum()).detach(),
+        counts, _, perplexity = code_usage(idx, self.num_codes, self.training)
+        stats = {"vq_perplexity": perplexity.detach(),
                  "vq_usage": (counts > 0).float().mean().detach(),
                  **{f"vq_perplexity_{i}": o[3]["vq_perplexity"] for i, o in enumerate(outs)}}
         return torch.cat([o[0] for o in outs], dim=-1), idx, loss, stats
