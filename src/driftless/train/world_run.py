@@ -722,17 +722,20 @@ class WorldRun:
                                    tokenizer_path=str(tok_path), lam_path=str(lam_path), progress=self.cfg.progress)
 
     def _stage_world(self, entry: dict) -> None:
-        from driftless.world.build import build_world, fit_world_action_map
+        from driftless.world.build import build_world, fit_world_action_map, keys_are_game_actions
 
         ck = {s: self.out / s / "checkpoint" for s in TRAINED}
         source = self.paths["val"] or self.paths["train"]
         action_map = None
-        try:
-            action_map = fit_world_action_map(ck["lam"], source, device=self.device,
-                                              max_clips=self.plan["action_clips"])
-            entry["action_map_accuracy"] = action_map["accuracy"]
-        except ValueError as e:  # a store without true actions (videos): no keyboard map
-            entry["action_map"] = f"not fitted: {e}"
+        if keys_are_game_actions(ck["dynamics"]):  # build_world gives it the game's own actions as keys
+            entry["action_map"] = "keys are the game's own actions (dynamics on true actions)"
+        else:
+            try:
+                action_map = fit_world_action_map(ck["lam"], source, device=self.device,
+                                                  max_clips=self.plan["action_clips"])
+                entry["action_map_accuracy"] = action_map["accuracy"]
+            except ValueError as e:  # a store without true actions (videos): no keyboard map
+                entry["action_map"] = f"not fitted: {e}"
         sampling = {}
         if "dynamics" in self.init:  # the continued dynamics' tuned settings (--sampling-steps wins)
             sampling, source_json = init_sampling(self.cfg.init_from)
@@ -743,13 +746,10 @@ class WorldRun:
         if self.cfg.sampling_steps:
             sampling["steps"] = self.cfg.sampling_steps
         name = self.cfg.game or Path(self.paths["train"]).name.removesuffix("-train")
-        meta = build_world(self.out / "world", ck["tokenizer"], ck["dynamics"], ck["lam"], fp16=True,
-                           sampling=sampling, action_map=action_map, name=name,
-                           extra={"trained_by": {"command": "driftless train world", "run": str(self.out.resolve()),
-                                                 "config": self.ident, "plan": self.plan}})
-        if meta["action_map"].get("method") == "true":  # the dynamics conditions on the game's own actions
-            entry.pop("action_map_accuracy", None)
-            entry["action_map"] = "keys are the game's own actions (dynamics on true actions)"
+        build_world(self.out / "world", ck["tokenizer"], ck["dynamics"], ck["lam"], fp16=True, sampling=sampling,
+                    action_map=action_map, name=name,
+                    extra={"trained_by": {"command": "driftless train world", "run": str(self.out.resolve()),
+                                          "config": self.ident, "plan": self.plan}})
 
     def _stage_eval(self, entry: dict) -> None:
         from driftless.data.store import EpisodeStore

@@ -45,7 +45,10 @@ def build_world(out: str | Path, tokenizer: str | Path, dynamics: str | Path | N
         params["lam"] = _export(lam, tmp / "lam", "lam", dtype, strip_lam_decoder=True)
     if dynamics is not None:
         params["dynamics"] = _export(dynamics, tmp / "dynamics", "dynamics", dtype)
-        action_map = _true_actions_map(dynamics, action_map)
+        if (action_map or {}).get("method", "cooccurrence") == "cooccurrence" and keys_are_game_actions(dynamics):
+            from driftless.world.action_map import true_action_map
+
+            action_map = true_action_map()  # a co-occurrence map would name LAM codes it never saw
     from driftless import __version__
 
     meta = {
@@ -64,17 +67,13 @@ def build_world(out: str | Path, tokenizer: str | Path, dynamics: str | Path | N
     return meta
 
 
-def _true_actions_map(dynamics: str | Path, action_map: dict | None) -> dict | None:
-    """A dynamics conditioned on Procgen's true actions takes the game's own actions as its keys:
-    a co-occurrence map (LAM codes against true actions) would name LAM codes it never saw."""
-    from driftless.world.action_map import PROCGEN_ACTIONS, true_action_map
+def keys_are_game_actions(dynamics: str | Path) -> bool:
+    """Does this dynamics checkpoint condition on Procgen's own (15) actions, so that its keys are the
+    game's actions (`world.action_map.true_action_map`) and not LAM codes?"""
+    from driftless.world.action_map import PROCGEN_ACTIONS
 
     cfg = checkpoint.read_header(dynamics, "dynamics")["config"]
-    if cfg.get("action_source") != "true" or (action_map or {}).get("method", "cooccurrence") != "cooccurrence":
-        return action_map
-    if int(cfg.get("num_actions") or 0) < PROCGEN_ACTIONS:
-        return action_map  # not Procgen's 15 actions: nothing to name them by
-    return true_action_map()
+    return cfg.get("action_source") == "true" and int(cfg.get("num_actions") or 0) >= PROCGEN_ACTIONS
 
 
 def world_bytes(path: str | Path) -> int:
