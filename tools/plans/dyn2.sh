@@ -67,9 +67,7 @@ for arm in $ARMS; do
      --set "dynamics.action_source=\"${src:-lam}\"" > $R/train-$name.log 2>&1
    cp $W/run-$name/dynamics/metrics.jsonl $R/metrics-$name.jsonl
    finish_run $W/run-$name $name
-   env CUDA_VISIBLE_DEVICES=$gpu $DL eval $W/run-$name/world --data $D/test $T --json $R/test-$name.json \
-     > $R/test-$name.log 2>&1
-   stamp "test-$name") &
+   one_check test $W/run-$name/world $name $gpu) &
 done
 wait
 # Controls and the 1000-frame validation of every arm, beside the stochastic-sampling stage: the arm that
@@ -79,10 +77,7 @@ wait
 i=0
 for arm in $ARMS; do
   name=${arm%%:*}; g=$((i % NGPU)); i=$((i + 1))
-  (env CUDA_VISIBLE_DEVICES=$g $DL eval $W/run-$name/world --data $D/test $C --json $R/ctl-$name.json \
-     > $R/ctl-$name.log 2>&1; stamp "controls-$name") &
-  (env CUDA_VISIBLE_DEVICES=$g $DL eval $W/run-$name/world --data $D/val $V --json $R/val-$name.json \
-     > $R/val-$name.log 2>&1; stamp "val-$name") &
+  check_world $W/run-$name/world $name $g &  # (its test clips are measured: controls and validation run)
 done
 stoch() {  # stoch ARM NAME GPU: ARM's world with stochastic sampling, keys refitted under it, the checks
   local arm=$1 n=$2 g=$3
@@ -91,13 +86,7 @@ stoch() {  # stoch ARM NAME GPU: ARM's world with stochastic sampling, keys refi
   $DL world sampling $W/$n --temperature $st --eta $se --steps $ss --no-fused-commit > $R/sampling-$n.log 2>&1
   refit_world $W/$n $n
   stamp "refit-$n"
-  (env CUDA_VISIBLE_DEVICES=$g $DL eval $W/$n --data $D/val $V --json $R/val-$n.json > $R/val-$n.log 2>&1
-   stamp "val-$n") &
-  (env CUDA_VISIBLE_DEVICES=$g $DL eval $W/$n --data $D/test $C --json $R/ctl-$n.json > $R/ctl-$n.log 2>&1
-   stamp "controls-$n") &
-  env CUDA_VISIBLE_DEVICES=$g $DL eval $W/$n --data $D/test $T --json $R/test-$n.json > $R/test-$n.log 2>&1
-  stamp "test-$n"
-  wait
+  check_world $W/$n $n $g
 }
 if [ -n "${SAMPLE-0.7:1:16}" ]; then
   IFS=: read -r st se ss <<< "${SAMPLE-0.7:1:16}"

@@ -7,11 +7,17 @@ V="--skip recon,rollout,actions,controls,fvd --drift-rollouts 64 --drift-frames 
 T="--skip recon,drift,actions,controls,fvd --clips 256 --batch-size 128 --no-progress"
 C="--skip recon,rollout,actions,drift,fvd --controls-starts $N --seed 2 --no-progress"
 
+one_check() {  # one_check KIND WORLD [NAME [GPU]]: KIND ctl (controls) | test (clips) | val (1000 frames) -> $R/KIND[-NAME].json, unless there already
+  local k=$1 w=$2 x=${3:+-$3} g=${4:+CUDA_VISIBLE_DEVICES=$4} data=$D/test flags=$T label=test
+  [ -s $R/$k$x.json ] && return 0
+  case $k in ctl) flags=$C; label=controls ;; val) data=$D/val; flags=$V; label=val ;; esac
+  env $g $DL eval $w --data $data $flags --json $R/$k$x.json > $R/$k$x.log 2>&1
+  stamp "$label$x"
+}
+
 check_world() {  # check_world WORLD [NAME [GPU]]: controls beside (test clips, then validation); $R/ctl[-NAME].json ...
-  local w=$1 x=${2:+-$2} g=${3:+CUDA_VISIBLE_DEVICES=$3}
-  (env $g $DL eval $w --data $D/test $C --json $R/ctl$x.json > $R/ctl$x.log 2>&1; stamp "controls$x") &
-  (env $g $DL eval $w --data $D/test $T --json $R/test$x.json > $R/test$x.log 2>&1; stamp "test$x"
-   env $g $DL eval $w --data $D/val $V --json $R/val$x.json > $R/val$x.log 2>&1; stamp "val$x") &
+  (one_check ctl "$@") &
+  (one_check test "$@"; one_check val "$@") &
   wait
 }
 
